@@ -1,0 +1,111 @@
+"""The record a dataset plugin returns, and the base class of dataset plugins.
+
+A plugin (one file under ``datasets/``) reads its official files into an :class:`LTDataset`:
+class names, the split lists as (relative image path, label) pairs, where the wiki corpus lies,
+and which split the paper evaluates on. Everything downstream (training, features, corpus,
+metrics) reads only this record, so the built-in world and the real benchmarks share one path.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import DataError
+
+Split = tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class LTDataset:
+    """A long-tailed dataset as read from disk.
+
+    ``splits`` maps ``train``/``val``/``test`` to (path relative to ``root``, label) pairs.
+    ``eval_split`` is the split the paper reports (``test`` for ImageNet-LT, Places-LT and the
+    built-in world; ``val`` for iNaturalist 2018). ``val`` is for model selection.
+    """
+
+    name: str
+    root: Path
+    classnames: tuple[str, ...]
+    splits: Mapping[str, Split]
+    eval_split: str = "test"
+    wiki_dir: Path | None = None
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    def split(self, name: str) -> Split:
+        if name not in self.splits:
+            raise DataError(
+                f"Dataset {self.name!r} has no split {name!r}; it has {', '.join(sorted(self.splits))}."
+            )
+        return self.splits[name]
+
+    def labels(self, split: str) -> np.ndarray:
+        return np.fromiter((lab for _, lab in self.split(split)), dtype=np.int64)
+
+    def train_counts(self) -> np.ndarray:
+        """Training images per class (length C), the quantity the shot buckets are defined on."""
+        return np.bincount(self.labels("train"), minlength=self.num_classes)
+
+    def corpus(self, source: str = "wiki_prompt") -> list[list[str]]:
+        """Per-class sentence lists in the official order (prompts first, then wiki).
+
+        ``source`` is ``wiki_prompt`` (default) or ``prompt_only`` (Table 10).
+        """
+        from .corpus import build_corpus
+
+        wiki = self.wiki_dir if source != "prompt_only" else None
+        return build_corpus(list(self.classnames), wiki, source=source)
+
+    def fingerprint(self) -> str:
+        """A content hash of the class names and split lists: the dataset's part of a stage key."""
+        h = hashlib.sha256()
+        h.update(self.name.encode())
+        for n in self.classnames:
+            h.update(n.encode() + b"\0")
+        for split in sorted(self.splits):
+            h.update(split.encode())
+            for path, lab in self.splits[split]:
+                h.update(f"{path} {lab}\n".encode())
+        if self.wiki_dir is not None and Path(self.wiki_dir).is_dir():
+            for p in sorted(Path(self.wiki_dir).glob("desc_*.txt")):
+                st = p.stat()
+                h.update(f"{p.name}:{st.st_size}".encode())
+        return h.hexdigest()[:16]
+
+
+class DatasetPlugin:
+    """Base class of dataset plugins: ``load(root)`` returns an :class:`LTDataset`.
+
+    ``env_var`` names the environment variable that gives the data root when neither
+    ``--data-root`` nor the ``data.root`` config key does.
+    """
+
+    name: ClassVar[str] = ""
+    env_var: ClassVar[str | None] = None
+
+    def resolve_root(self, root: str | os.PathLike | None) -> Path:
+        if root:
+            return Path(root).expanduser()
+        if self.env_var and os.environ.get(self.env_var):
+            return Path(os.environ[self.env_var]).expanduser()
+        raise DataError(
+            f"Dataset {self.name!r} needs a data root: pass --data-root DIR, set data.root in the config"
+            + (f", or set the environment variable {self.env_var}." if self.env_var else ".")
+            + f" Run `python run_bench.py check-data --dataset {self.name} --data-root DIR` to validate it."
+        )
+
+    def load(self, root: Path, **options: object) -> LTDataset:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def expected_files(self) -> Sequence[tuple[str, str]]:
+        """(relative path, where it is published) for each file the root must hold; for check-data."""
+        return ()

@@ -1,0 +1,23 @@
+"""The one exception type the CLI turns into a one-paragraph message and a non-zero exit.
+
+Library code raises :class:`LtrBenchError` (or a subclass) for anything a user can fix: a bad
+name, a bad config value, a missing file. The message must say what was wrong, where (file and
+line, config key, class) and what to do. Programming errors stay ordinary exceptions.
+"""
+from __future__ import annotations
+
+
+class LtrBenchError(Exception):
+    """A user-facing error: the message is shown as is, the process exits with status 2."""
+
+
+class ConfigError(LtrBenchError):
+    """A config file or a ``--set`` override is wrong."""
+
+
+class DataError(LtrBenchError):
+    """A data root, a split list, an image or a corpus file is wrong or missing."""
+
+
+class RegistryError(LtrBenchError):
+    """A registry was asked for an unknown name, or a name was registered twice."""

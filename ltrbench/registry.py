@@ -1,0 +1,76 @@
+"""One small name → object registry, and the harness's registries.
+
+A duplicate name raises at registration (two plugins claiming one name is always a bug); an
+unknown name raises with the known names and a "did you mean" suggestion (difflib).
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Generic, Iterator, TypeVar
+
+from .errors import RegistryError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps names to objects (classes, functions). ``kind`` names the registry in errors."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: ``@METHODS.register("crt")`` above a class or function."""
+
+        def deco(obj: T) -> T:
+            self.add(name, obj)
+            return obj
+
+        return deco
+
+    def add(self, name: str, obj: T) -> None:
+        if not name or not isinstance(name, str):
+            raise RegistryError(f"{self.kind} registry: a name must be a non-empty string, got {name!r}.")
+        if name in self._items:
+            raise RegistryError(
+                f"{self.kind} {name!r} is registered twice: first by {_where(self._items[name])}, "
+                f"again by {_where(obj)}. Rename one of them."
+            )
+        self._items[name] = obj
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise RegistryError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: str) -> str:
+        known = sorted(self._items)
+        close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        return f"Unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(known) or '(none)'}."
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _where(obj: object) -> str:
+    mod = getattr(obj, "__module__", "?")
+    qual = getattr(obj, "__qualname__", type(obj).__name__)
+    return f"{mod}.{qual}"
+
+
+METHODS: Registry = Registry("method")
+DATASETS: Registry = Registry("dataset")
+BACKBONES: Registry = Registry("backbone")
+STAGES: Registry = Registry("stage kind")
