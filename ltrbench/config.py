@@ -1,0 +1,322 @@
+"""Configuration: frozen dataclasses, loaded from YAML, overridden with ``--set key=value``.
+
+The whole configuration of a benchmark is a :class:`BenchConfig`: one frozen dataclass per
+section (``data``, ``backbone`` and one per method family, e.g. ``baseline``, ``stage1``,
+``vlltr``). Sections are registered by the code that owns them (:func:`register_section`), so a
+method plugin brings its own section without touching this module.
+
+Resolution order, later wins: dataclass defaults → ``configs/<dataset>.yaml`` → its
+``backbones: {<name>: …}`` block → ``--config FILE`` → ``--set a.b=c``. Unknown keys and values of
+the wrong type are :class:`~ltrbench.errors.ConfigError`\\ s naming the key and the allowed fields.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from .errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+_SECTIONS: dict[str, type] = {}
+
+
+def register_section(name: str, cls: type | None = None):
+    """Register ``cls`` as the dataclass of config section ``name`` (usable as a decorator)."""
+
+    def deco(c: type) -> type:
+        if not is_dataclass(c):
+            raise TypeError(f"config section {name!r}: {c!r} is not a dataclass")
+        if name in _SECTIONS and _SECTIONS[name] is not c:
+            raise ConfigError(f"config section {name!r} is registered twice ({_SECTIONS[name]!r}, {c!r}).")
+        _SECTIONS[name] = c
+        return c
+
+    return deco(cls) if cls is not None else deco
+
+
+def sections() -> dict[str, type]:
+    return dict(_SECTIONS)
+
+
+# --------------------------------------------------------------------------- core sections
+
+
+@register_section("data")
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data lies and how images are fed. ``root`` is not part of any stage key."""
+
+    root: str | None = None
+    image_size: int | None = None  # input side after cropping (None: the backbone's, 224 or 32)
+    eval_resize: int | None = None  # short side before the evaluation centre crop (None: the backbone's)
+    augment: str = "official"  # official (timm RandAugment recipe) | light | none
+    num_workers: int = 0  # DataLoader workers (0 = in the main process)
+    eval_batch_size: int = 256
+    preload: bool = False  # decode every image into memory once (small data sets only)
+    allow_corrupt: bool = False  # skip unreadable images (and count them) instead of failing
+
+
+@register_section("backbone")
+@dataclass(frozen=True)
+class BackboneConfig:
+    """An open_clip model: a name and a pretrained tag (``openai``) or a local checkpoint file."""
+
+    name: str = "RN50"
+    pretrained: str = "openai"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training recipe, used by the one training loop (ltrbench.train).
+
+    ``lr`` is the recipe's learning rate at global batch ``ref_batch_size``; when ``batch_size``
+    differs, the loop scales it linearly (``effective_lr``) and records both in the result.
+    """
+
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 256
+    ref_batch_size: int | None = None
+    optimizer: str = "adamw"  # adamw | sgd
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    warmup_epochs: int = 0
+    min_lr: float = 0.0
+    # The official code steps timm's cosine once per epoch *after* it; the decoupling code steps
+    # it at the start. The lr of 0-based epoch e is g(e + schedule_shift) (epoch 0 of the
+    # official code keeps the initial value): -1 = VL-LTR/DeiT (ALGORITHMS §1), +1 = decoupling (§5).
+    schedule_shift: int = -1
+    sampler: str = "sqrt"  # instance | sqrt | class_aware
+    samples_per_class: int = 4  # class_aware only
+    train_mode: bool = True  # False: BatchNorm keeps frozen statistics (IN-LT/Places CVLP)
+    freeze_encoder: bool = False
+    select_best: bool = False  # keep the epoch with the best val accuracy (cRT), else the last
+    amp: bool = True  # autocast (CUDA only; ignored on CPU)
+
+    @property
+    def effective_lr(self) -> float:
+        ref = self.ref_batch_size or self.batch_size
+        return self.lr * self.batch_size / ref
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """The fully resolved configuration: ``sections`` maps section name → frozen dataclass."""
+
+    sections: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        secs = object.__getattribute__(self, "sections")
+        if name in secs:
+            return secs[name]
+        raise AttributeError(name)
+
+    def section(self, name: str) -> Any:
+        if name not in self.sections:
+            raise ConfigError(f"No config section {name!r}; known sections: {', '.join(sorted(self.sections))}.")
+        return self.sections[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: dataclasses.asdict(v) for k, v in sorted(self.sections.items())}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(
+    dataset: str,
+    backbone: str | None = None,
+    files: Sequence[str | Path] = (),
+    overrides: Sequence[str] = (),
+    config_dir: Path = CONFIG_DIR,
+) -> BenchConfig:
+    """Resolve the configuration for ``dataset`` (see the module docstring for the order)."""
+    secs: dict[str, Any] = {name: cls() for name, cls in _SECTIONS.items()}
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    ds_file = config_dir / f"{dataset}.yaml"
+    if ds_file.is_file():
+        doc = _read_yaml(ds_file)
+        by_backbone = doc.pop("backbones", {}) or {}
+        layers.append((str(ds_file), doc))
+        name = backbone or (doc.get("backbone") or {}).get("name") or secs["backbone"].name
+        if name in by_backbone:
+            layers.append((f"{ds_file} (backbones.{name})", by_backbone[name]))
+    for f in files:
+        layers.append((str(f), _read_yaml(Path(f))))
+    for where, doc in layers:
+        for sec_name, values in doc.items():
+            secs[sec_name] = _apply_mapping(secs, sec_name, values, where)
+    if backbone:
+        secs["backbone"] = replace(secs["backbone"], name=backbone)
+    for item in overrides:
+        path, value = _split_override(item)
+        secs = _apply_override(secs, path, value, f"--set {item}")
+    return BenchConfig(sections=secs)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist.")
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config file {path} is not valid YAML: {e}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping of sections, got {type(doc).__name__}.")
+    return doc
+
+
+def _split_override(item: str) -> tuple[list[str], str]:
+    if "=" not in item:
+        raise ConfigError(
+            f"Bad --set {item!r}: expected key=value, e.g. --set baseline.train.lr=0.001 "
+            f"(sections: {', '.join(sorted(_SECTIONS))})."
+        )
+    key, value = item.split("=", 1)
+    path = [p for p in key.strip().split(".")]
+    if len(path) < 2 or not all(path):
+        raise ConfigError(
+            f"Bad --set {item!r}: the key must be section.field (e.g. data.root), "
+            f"sections: {', '.join(sorted(_SECTIONS))}."
+        )
+    return path, value.strip()
+
+
+def _apply_mapping(secs: dict[str, Any], sec_name: str, values: Any, where: str) -> Any:
+    if sec_name not in secs:
+        raise ConfigError(
+            f"{where}: unknown config section {sec_name!r}. Known sections: {', '.join(sorted(secs))}."
+        )
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where}: section {sec_name!r} must be a mapping of fields.")
+    return _merge(secs[sec_name], values, sec_name, where)
+
+
+def _merge(obj: Any, values: Mapping[str, Any], path: str, where: str) -> Any:
+    hints = typing.get_type_hints(type(obj))
+    changes: dict[str, Any] = {}
+    names = [f.name for f in fields(obj)]
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(_unknown_key(where, f"{path}.{key}", names))
+        cur = getattr(obj, key)
+        if is_dataclass(cur) and isinstance(value, Mapping):
+            changes[key] = _merge(cur, value, f"{path}.{key}", where)
+        else:
+            changes[key] = _coerce(value, hints[key], f"{path}.{key}", where)
+    return replace(obj, **changes)
+
+
+def _apply_override(secs: dict[str, Any], path: list[str], raw: str, where: str) -> dict[str, Any]:
+    sec_name = path[0]
+    if sec_name not in secs:
+        raise ConfigError(f"{where}: unknown config section {sec_name!r}. Known sections: {', '.join(sorted(secs))}.")
+    value: Any = raw
+    for key in reversed(path[1:]):
+        value = {key: value}
+    out = dict(secs)
+    out[sec_name] = _merge_raw(secs[sec_name], value, sec_name, where)
+    return out
+
+
+def _merge_raw(obj: Any, values: Mapping[str, Any], path: str, where: str) -> Any:
+    """Like _merge, but leaf values are command-line strings parsed by the field's type."""
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in fields(obj)]
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(_unknown_key(where, f"{path}.{key}", names))
+        cur = getattr(obj, key)
+        if isinstance(value, Mapping):
+            if not is_dataclass(cur):
+                raise ConfigError(f"{where}: {path}.{key} is a plain value, it has no sub-fields.")
+            changes[key] = _merge_raw(cur, value, f"{path}.{key}", where)
+        elif is_dataclass(cur):
+            sub = [f.name for f in fields(cur)]
+            raise ConfigError(f"{where}: {path}.{key} is a group; set one of its fields: {', '.join(sub)}.")
+        else:
+            changes[key] = _coerce(_parse_cli_value(value), hints[key], f"{path}.{key}", where)
+    return replace(obj, **changes)
+
+
+def _parse_cli_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def _unknown_key(where: str, key: str, names: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], names, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"{where}: unknown config key {key!r}.{hint} Allowed fields: {', '.join(names)}."
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (int, float, bool, str, X | None, tuple[X, ...])."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}.")
+    if origin is tuple:
+        (inner, *_rest) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: {key} must be a list of {_type_name(inner)}, got {value!r}.")
+        return tuple(_coerce(v, inner, key, where) for v in value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: {key} must be true or false, got {value!r}.")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: {key} must be an integer, got {value!r}.")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: {key} must be a number, got {value!r}.")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: {key} must be a string, got {value!r}.")
+    raise ConfigError(f"{where}: {key} has an unsupported type {tp!r}.")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))

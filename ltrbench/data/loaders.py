@@ -1,0 +1,155 @@
+"""Dataset references (what a stage key holds) and DataLoaders over a dataset split.
+
+A :class:`DatasetRef` is the picklable handle that travels inside stages: the plugin name, its
+load options and the content fingerprint are part of stage keys; the data root is not (it may
+differ between machines of a cluster). :func:`open_dataset` re-reads the dataset in whatever
+process runs the stage, once per process.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import BenchConfig
+from ..registry import BACKBONES, DATASETS
+from .base import LTDataset
+from .images import ImageListDataset
+from .samplers import build_sampler
+from .transforms import eval_transform, train_transform
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""
+    root: str | None = None
+
+    def key(self) -> dict[str, Any]:
+        return {"name": self.name, "options": dict(self.options), "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_key(cls, key: Mapping[str, Any], root: str | None) -> "DatasetRef":
+        return cls(key["name"], dict(key.get("options", {})), key.get("fingerprint", ""), root)
+
+
+def resolve_dataset(name: str, cfg: BenchConfig) -> tuple[DatasetRef, LTDataset]:
+    """Load ``name`` with the config's root and options; return its ref and the dataset."""
+    plugin = DATASETS.get(name)()
+    # A plugin may derive load options from the config (the built-in world: which world).
+    options = plugin.options(cfg) if hasattr(plugin, "options") else {}
+    ds = _open(name, cfg.data.root, json.dumps(options, sort_keys=True))
+    return DatasetRef(name, options, ds.fingerprint(), cfg.data.root), ds
+
+
+def open_dataset(ref: DatasetRef) -> LTDataset:
+    return _open(ref.name, ref.root, json.dumps(dict(ref.options), sort_keys=True))
+
+
+@lru_cache(maxsize=8)
+def _open(name: str, root: str | None, options_json: str) -> LTDataset:
+    plugin = DATASETS.get(name)()
+    return plugin.load(plugin.resolve_root(root), **json.loads(options_json))
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """How images are fed: resolved from the data config and the backbone."""
+
+    image_size: int
+    eval_resize: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: str
+    num_workers: int
+    eval_batch_size: int
+    preload: bool
+    allow_corrupt: bool
+
+    @classmethod
+    def resolve(cls, cfg: BenchConfig, backbone: str) -> "ImageSettings":
+        spec = BACKBONES.get(backbone)
+        d = cfg.data
+        return cls(
+            image_size=d.image_size or spec.image_size,
+            eval_resize=d.eval_resize or spec.eval_resize,
+            mean=tuple(spec.mean),
+            std=tuple(spec.std),
+            augment=d.augment,
+            num_workers=d.num_workers,
+            eval_batch_size=d.eval_batch_size,
+            preload=d.preload,
+            allow_corrupt=d.allow_corrupt,
+        )
+
+    def key(self) -> dict[str, Any]:
+        """The part that changes what the model sees (workers and batch size for eval do not)."""
+        return {"image_size": self.image_size, "eval_resize": self.eval_resize, "augment": self.augment,
+                "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ImageSettings":
+        return cls(**{k: (tuple(v) if k in ("mean", "std") else v) for k, v in d.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+def image_dataset(ds: LTDataset, split: str, img: ImageSettings, train: bool) -> ImageListDataset:
+    tf = (
+        train_transform(img.augment, img.image_size, img.eval_resize, img.mean, img.std)
+        if train
+        else eval_transform(img.image_size, img.eval_resize, img.mean, img.std)
+    )
+    preload = img.preload or bool(ds.extra.get("preload", False))
+    key = (ds.name, str(ds.root), split, len(ds.split(split)), preload, img.allow_corrupt)
+    if key not in _DECODED:
+        if len(_DECODED) >= 16:
+            _DECODED.pop(next(iter(_DECODED)))
+        _DECODED[key] = _Shared(ImageListDataset(ds.root, ds.split(split), None, preload, img.allow_corrupt))
+    return _DECODED[key].with_transform(tf)
+
+
+_DECODED: dict[tuple, "_Shared"] = {}
+
+
+class _Shared:
+    """One decoded image list shared by loaders with different transforms (train and eval)."""
+
+    def __init__(self, base: ImageListDataset) -> None:
+        self.base = base
+
+    def with_transform(self, tf) -> ImageListDataset:
+        view = ImageListDataset.__new__(ImageListDataset)
+        view.__dict__.update(self.base.__dict__)
+        view.transform = tf
+        return view
+
+
+def train_loader(
+    ds: LTDataset, img: ImageSettings, *, sampler: str, batch_size: int, seed: int, samples_per_class: int = 4,
+    split: str = "train",
+) -> DataLoader:
+    data = image_dataset(ds, split, img, train=True)
+    smp = build_sampler(sampler, data.labels, seed, samples_per_class)
+    return DataLoader(
+        data, batch_size=batch_size, sampler=smp, drop_last=len(data) > batch_size,
+        num_workers=img.num_workers, pin_memory=torch.cuda.is_available(),
+        persistent_workers=img.num_workers > 0,
+    )
+
+
+def eval_loader(ds: LTDataset, split: str, img: ImageSettings) -> DataLoader:
+    data = image_dataset(ds, split, img, train=False)
+    return DataLoader(data, batch_size=img.eval_batch_size, shuffle=False, num_workers=img.num_workers,
+                      pin_memory=torch.cuda.is_available())
+
+
+def split_labels(ds: LTDataset, split: str) -> np.ndarray:
+    return ds.labels(split)

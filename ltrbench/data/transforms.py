@@ -1,0 +1,65 @@
+"""Image transforms, built with timm (ALGORITHMS.md §1 "Augmentation and normalisation").
+
+* ``official``: the VL-LTR training transform: RandomResizedCrop (scale 0.08–1, bicubic),
+  horizontal flip, RandAugment ``rand-m9-mstd0.5-inc1``, RandomErasing (p 0.25, pixel mode).
+* ``light``: RandomResizedCrop (scale 0.6–1) and flip; for the small built-in world, where an
+  8 % crop of a 32-px image would erase the object.
+* ``none``: the evaluation transform.
+
+Evaluation: bicubic resize of the short side to ``eval_resize``, centre crop ``image_size``.
+Normalisation: the backbone's mean/std (CLIP's for every CLIP model).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from timm.data import create_transform
+
+from ..errors import ConfigError
+
+AUGMENTS = ("official", "light", "none")
+
+
+def eval_transform(image_size: int, eval_resize: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
+    return create_transform(
+        input_size=image_size,
+        is_training=False,
+        interpolation="bicubic",
+        crop_pct=image_size / eval_resize,
+        mean=tuple(mean),
+        std=tuple(std),
+    )
+
+
+def train_transform(
+    kind: str, image_size: int, eval_resize: int, mean: Sequence[float], std: Sequence[float]
+) -> Callable:
+    if kind == "none":
+        return eval_transform(image_size, eval_resize, mean, std)
+    if kind == "official":
+        return create_transform(
+            input_size=image_size,
+            is_training=True,
+            scale=(0.08, 1.0),
+            ratio=(3 / 4, 4 / 3),
+            hflip=0.5,
+            auto_augment="rand-m9-mstd0.5-inc1",
+            interpolation="bicubic",
+            re_prob=0.25,
+            re_mode="pixel",
+            re_count=1,
+            mean=tuple(mean),
+            std=tuple(std),
+        )
+    if kind == "light":
+        return create_transform(
+            input_size=image_size,
+            is_training=True,
+            scale=(0.6, 1.0),
+            hflip=0.5,
+            color_jitter=None,
+            interpolation="bicubic",
+            mean=tuple(mean),
+            std=tuple(std),
+        )
+    raise ConfigError(f"Unknown data.augment {kind!r}; use one of {', '.join(AUGMENTS)}.")

@@ -1,0 +1,59 @@
+"""Model assembly and the model manifest that lets any stage rebuild a model from an artifact.
+
+A model-producing stage (``clip_weights``, ``finetune``, ``cvlp``) writes ``model.json``:
+``{"type": "clip" | "classifier", "backbone": NAME, "checkpoint": FILE, ...}`` next to its
+weights. :func:`load_model` rebuilds the module from that folder alone, so stages hand models to
+each other through the cache, never through the driver's memory.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .backbones import create_clip
+
+
+class Classifier(nn.Module):
+    """A CLIP image tower + a linear head: the baseline, stage 1 of the decoupled heads, FC."""
+
+    def __init__(self, visual: nn.Module, embed_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.visual = visual
+        self.head = nn.Linear(embed_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.visual(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.visual(x))
+
+
+def write_manifest(folder: Path, **manifest: Any) -> None:
+    (Path(folder) / "model.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / "model.json").read_text())
+
+
+def load_model(folder: Path, device: torch.device | str = "cpu") -> nn.Module:
+    """Rebuild the model an artifact folder describes (a CLIP model or a Classifier)."""
+    folder = Path(folder)
+    man = read_manifest(folder)
+    if man["type"] == "clip":
+        return create_clip(man["backbone"], folder / man["checkpoint"], device=device)
+    if man["type"] == "classifier":
+        clip = create_clip(man["backbone"], None, device="cpu")
+        model = Classifier(clip.visual, man["embed_dim"], man["num_classes"])
+        model.load_state_dict(torch.load(folder / man["checkpoint"], map_location="cpu", weights_only=True))
+        return model.to(device)
+    raise ValueError(f"{folder}/model.json: unknown model type {man['type']!r}")
+
+
+def image_encoder(model: nn.Module) -> nn.Module:
+    """The module mapping images to the raw embedding E^I (no L2 norm)."""
+    return model.visual

@@ -1,0 +1,163 @@
+"""The plan: requests → runs → stages.
+
+A :class:`RunSpec` is one (method, dataset, backbone, seed, variant) cell. :func:`plan_runs`
+resolves each run's configuration (the variant's ``--set`` overrides on top of the user's) and
+asks its method plugin for the run's final ``evaluate`` stage. The method builds its graph with
+the :class:`RunContext` helpers below, so equal prerequisites (one mini-CLIP, one stage-1 model
+for four decoupled heads, one CVLP for Table 4's rows) get equal keys and run once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+from .backbones import BUILTIN_PRETRAINED, BACKBONES
+from .config import BenchConfig, TrainConfig, load_config
+from .data.base import LTDataset
+from .data.loaders import DatasetRef, ImageSettings, resolve_dataset
+from .registry import METHODS
+from .stages import Stage
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str
+    dataset: str
+    backbone: str | None = None
+    seed: int = 0
+    variant: str = ""  # a name for the overrides below (a table row), "" for the plain method
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        v = f"[{self.variant}]" if self.variant else ""
+        return f"{self.method}{v}"
+
+
+class Method:
+    """Base class of method plugins (one file per method under ``methods/``).
+
+    ``plan(run)`` returns the run's ``evaluate`` stage; ``predict(ctx, ds)`` (called inside that
+    stage, in whatever process runs it) returns a :class:`~ltrbench.stage_kinds.Prediction`.
+    ``sections`` names the config sections the method reads (recorded with each result).
+    """
+
+    name: ClassVar[str] = ""
+    sections: ClassVar[tuple[str, ...]] = ()
+    description: ClassVar[str] = ""
+
+    def plan(self, run: "RunContext") -> Stage:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def predict(self, ctx, ds: LTDataset):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass
+class RunContext:
+    """One run being planned: its spec, resolved config, dataset and stage-building helpers."""
+
+    spec: RunSpec
+    cfg: BenchConfig
+    ref: DatasetRef
+    ds: LTDataset
+    img: ImageSettings
+
+    @property
+    def seed(self) -> int:
+        return self.spec.seed
+
+    @property
+    def backbone(self) -> str:
+        return self.cfg.backbone.name
+
+    def env(self, **extra: Any) -> dict[str, Any]:
+        return {"data_root": self.ref.root, "image": self.img.to_dict(), **extra}
+
+    def dataset_key(self) -> dict[str, Any]:
+        return self.ref.key()
+
+    # -- shared stages -------------------------------------------------------------------
+    def clip_weights(self) -> Stage:
+        b = self.cfg.backbone
+        conf: dict[str, Any] = {"backbone": b.name, "pretrained": b.pretrained}
+        if b.pretrained == BUILTIN_PRETRAINED:
+            conf["builtin"] = {"world": dataclasses.asdict(self.cfg.world),
+                               "recipe": dataclasses.asdict(self.cfg.miniclip)}
+        elif Path(b.pretrained).expanduser().is_file():
+            conf["file"] = _file_fingerprint(Path(b.pretrained).expanduser())
+        return Stage("clip_weights", conf, (), self.env(), label=f"{b.name}/{Path(b.pretrained).name}")
+
+    def finetune(self, src: Stage, train: TrainConfig, label: str, **extra: Any) -> Stage:
+        conf = {"dataset": self.dataset_key(), "image": self.img.key(), "train": dataclasses.asdict(train),
+                "seed": self.seed, **extra}
+        return Stage("finetune", conf, (src,), self.env(), label=label)
+
+    def features(self, model: Stage, split: str) -> Stage:
+        img = dataclasses.replace(self.img, augment="none")
+        conf = {"dataset": self.dataset_key(), "image": img.key(), "split": split}
+        return Stage("features", conf, (model,), self.env(), label=f"{model.label}:{split}")
+
+    def text_features(self, clip: Stage, source: str = "wiki_prompt") -> Stage:
+        conf = {"dataset": self.dataset_key(), "source": source}
+        return Stage("text_features", conf, (clip,), self.env(), label=f"{clip.label}:{source}")
+
+    def evaluate(self, inputs: Sequence[Stage], **conf: Any) -> Stage:
+        full = {"method": self.spec.method, "dataset": self.dataset_key(), "split": self.ds.eval_split,
+                "seed": self.seed, **conf}
+        return Stage("evaluate", full, tuple(inputs), self.env(), label=f"{self.spec.name}/seed{self.seed}")
+
+
+def _default_pretrained(cfg: BenchConfig, overrides: Sequence[str]) -> BenchConfig:
+    """Pair a backbone with its usual weights when only the name was changed (--backbone)."""
+    b = cfg.backbone
+    spec = BACKBONES.get(b.name)
+    explicit = any(o.startswith("backbone.pretrained=") for o in overrides)
+    builtin_mismatch = (b.pretrained == BUILTIN_PRETRAINED) != (spec.default_pretrained == BUILTIN_PRETRAINED)
+    if builtin_mismatch and not explicit:
+        secs = dict(cfg.sections)
+        secs["backbone"] = dataclasses.replace(b, pretrained=spec.default_pretrained)
+        return BenchConfig(sections=secs)
+    return cfg
+
+
+def _file_fingerprint(path: Path) -> str:
+    """Size + hash of the first and last MiB: cheap, and enough to tell weight files apart."""
+    h = hashlib.sha256(str(path.stat().st_size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, path.stat().st_size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class PlannedRun:
+    spec: RunSpec
+    cfg: BenchConfig
+    target: Stage
+    ctx: RunContext = field(repr=False)
+
+
+def plan_runs(
+    specs: Sequence[RunSpec],
+    *,
+    files: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    data_root: str | None = None,
+) -> list[PlannedRun]:
+    """Resolve every run's config and stages. Raises a user-facing error before anything runs."""
+    out: list[PlannedRun] = []
+    for spec in specs:
+        method = METHODS.get(spec.method)()
+        extra = [f"data.root={data_root}"] if data_root else []
+        cfg = load_config(spec.dataset, spec.backbone, files, [*overrides, *extra, *spec.overrides])
+        cfg = _default_pretrained(cfg, overrides)
+        ref, ds = resolve_dataset(spec.dataset, cfg)
+        img = ImageSettings.resolve(cfg, cfg.backbone.name)
+        ctx = RunContext(spec, cfg, ref, ds, img)
+        out.append(PlannedRun(spec, cfg, method.plan(ctx), ctx))
+    return out

@@ -1,0 +1,258 @@
+"""The core stage kinds shared by every method (ARCHITECTURE.md "Stages").
+
+* ``clip_weights``: a backbone's starting weights as one state-dict file (a tag resolved and
+  converted, or mini-CLIP pretrained on the built-in world's captions).
+* ``finetune``: a CLIP image tower + linear head trained with the one training loop.
+* ``features``: the raw image embeddings (and logits, for a classifier) of one split, under the
+  evaluation transform, as memory-mappable ``.npy`` files: the feature cache every head reads.
+* ``text_features``: the raw text embeddings of every corpus sentence of every class.
+* ``evaluate``: a method's scores on the evaluation split → metrics (``result.json``).
+
+Method plugins add their own kinds (``cvlp``, ``anss``, ``head`` …) with the same decorator.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from .backbones import BUILTIN_PRETRAINED, BACKBONES, convert_to_state_dict, resolve_pretrained, tokenizer
+from .config import TrainConfig
+from .data.loaders import DatasetRef, ImageSettings, eval_loader, open_dataset, train_loader
+from . import miniclip  # noqa: F401  (registers the miniclip config section)
+from .metrics import summarize
+from .models import Classifier, load_model, read_manifest, write_manifest
+from .registry import METHODS
+from .stages import StageContext, stage_kind
+from .train import fit
+
+log = logging.getLogger(__name__)
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def dataset_of(ctx: StageContext):
+    return open_dataset(DatasetRef.from_key(ctx.config["dataset"], ctx.env.get("data_root")))
+
+
+def image_settings(ctx: StageContext) -> ImageSettings:
+    return ImageSettings.from_dict(ctx.env["image"])
+
+
+def save_array(folder: Path, name: str, arr: np.ndarray) -> None:
+    np.save(folder / f"{name}.npy", np.ascontiguousarray(arr))
+
+
+def load_array(folder: Path, name: str, mmap: bool = True) -> np.ndarray:
+    return np.load(Path(folder) / f"{name}.npy", mmap_mode="r" if mmap else None)
+
+
+# --------------------------------------------------------------------------- clip_weights
+
+
+@stage_kind("clip_weights", version="1")
+def clip_weights(ctx: StageContext) -> dict[str, Any]:
+    cfg = ctx.config
+    out = ctx.out / "weights.pt"
+    if cfg["pretrained"] == BUILTIN_PRETRAINED:
+        from .miniclip import pretrain_mini_clip
+
+        info = pretrain_mini_clip(cfg["backbone"], cfg["builtin"], out, ctx.cache, progress=ctx.progress)
+    else:
+        src = resolve_pretrained(cfg["backbone"], cfg["pretrained"])
+        convert_to_state_dict(src, out)
+        info = {"source": str(src)}
+    write_manifest(ctx.out, type="clip", backbone=cfg["backbone"], checkpoint="weights.pt")
+    return info
+
+
+# --------------------------------------------------------------------------- finetune
+
+
+class ClassifierTask:
+    """Cross-entropy fine-tuning of image tower + linear head (baseline, decoupling stage 1, FC)."""
+
+    def __init__(self, model: Classifier, cfg: TrainConfig) -> None:
+        self.module = model
+        self.cfg = cfg
+        if cfg.freeze_encoder:
+            for p in model.visual.parameters():
+                p.requires_grad_(False)
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [{"params": list(self.module.named_parameters())}]
+
+    def set_mode(self) -> None:
+        self.module.train()
+        if not self.cfg.train_mode or self.cfg.freeze_encoder:
+            self.module.visual.eval()
+
+    def loss(self, batch) -> torch.Tensor:
+        x, y = batch
+        return self.loss_fn(self.module(x), y)
+
+    def validate(self) -> float | None:
+        return None
+
+
+@stage_kind("finetune", version="1", gpus=1.0)
+def finetune(ctx: StageContext) -> dict[str, Any]:
+    cfg = TrainConfig(**ctx.config["train"])
+    ds = dataset_of(ctx)
+    img = image_settings(ctx)
+    dev = device()
+    src = ctx.inputs[0]
+    clip = load_model(src, "cpu")
+    man = read_manifest(src)
+    spec = BACKBONES.get(man["backbone"])
+    model = Classifier(clip.visual, spec.embed_dim, ds.num_classes).to(dev)
+    del clip
+    loader = train_loader(ds, img, sampler=cfg.sampler, batch_size=cfg.batch_size, seed=ctx.config["seed"],
+                          samples_per_class=cfg.samples_per_class)
+    task = ClassifierTask(model, cfg)
+    res = fit(task, loader, cfg, ctx.out / "ckpt", device=dev, seed=ctx.config["seed"], progress=ctx.progress,
+              desc=ctx.stage.label or "finetune")
+    torch.save(model.state_dict(), ctx.out / "model.pt")
+    write_manifest(ctx.out, type="classifier", backbone=man["backbone"], checkpoint="model.pt",
+                   embed_dim=spec.embed_dim, num_classes=ds.num_classes)
+    _drop_checkpoints(ctx.out / "ckpt")
+    return {"history": res.history, "train_seconds": res.seconds, "effective_lr": cfg.effective_lr,
+            "effective_batch_size": cfg.batch_size}
+
+
+def _drop_checkpoints(folder: Path) -> None:
+    """The resume checkpoint is only needed until the stage completes."""
+    for p in Path(folder).glob("*.pt"):
+        p.unlink()
+
+
+# --------------------------------------------------------------------------- features
+
+
+@torch.no_grad()
+def encode_split(model: nn.Module, loader, dev: torch.device, progress: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    model.eval().to(dev)
+    feats, logits = [], []
+    is_clf = isinstance(model, Classifier)
+    for x, _ in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        x = x.to(dev, non_blocking=True)
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            f = model.visual(x)
+            if is_clf:
+                logits.append(model.head(f).float().cpu())
+        feats.append(f.float().cpu())
+    f = torch.cat(feats).numpy() if feats else np.zeros((0, 0), np.float32)
+    lg = torch.cat(logits).numpy() if logits else None
+    return f, lg
+
+
+@stage_kind("features", version="1", gpus=0.5)
+def features(ctx: StageContext) -> dict[str, Any]:
+    ds = dataset_of(ctx)
+    img = image_settings(ctx)
+    split = ctx.config["split"]
+    dev = device()
+    model = load_model(ctx.inputs[0], "cpu")
+    loader = eval_loader(ds, split, img)
+    f, lg = encode_split(model, loader, dev, ctx.progress, f"features {split}")
+    save_array(ctx.out, "feats", f.astype(np.float32))
+    save_array(ctx.out, "labels", ds.labels(split))
+    if lg is not None:
+        save_array(ctx.out, "logits", lg.astype(np.float32))
+        clf = model.head
+        save_array(ctx.out, "head_weight", clf.weight.detach().float().numpy())
+        save_array(ctx.out, "head_bias", clf.bias.detach().float().numpy())
+    return {"n": int(f.shape[0]), "dim": int(f.shape[1]) if f.ndim == 2 else 0}
+
+
+# --------------------------------------------------------------------------- text_features
+
+
+@torch.no_grad()
+def encode_texts(clip: nn.Module, backbone: str, sentences: list[str], dev: torch.device,
+                 batch: int = 512, progress: bool = True) -> np.ndarray:
+    from tqdm.auto import tqdm
+
+    tok = tokenizer(backbone)
+    clip.eval().to(dev)
+    out = []
+    for i in tqdm(range(0, len(sentences), batch), desc="text features", disable=not progress, leave=False):
+        t = tok(sentences[i : i + batch]).to(dev)
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            out.append(clip.encode_text(t).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+@stage_kind("text_features", version="1", gpus=0.5)
+def text_features(ctx: StageContext) -> dict[str, Any]:
+    ds = dataset_of(ctx)
+    corpus = ds.corpus(ctx.config["source"])
+    sentences = [s for cls in corpus for s in cls]
+    class_ids = np.concatenate([np.full(len(c), k, np.int64) for k, c in enumerate(corpus)])
+    man = read_manifest(ctx.inputs[0])
+    clip = load_model(ctx.inputs[0], "cpu")
+    feats = encode_texts(clip, man["backbone"], sentences, device(), progress=ctx.progress)
+    save_array(ctx.out, "text_feats", feats.astype(np.float32))
+    save_array(ctx.out, "class_ids", class_ids)
+    (ctx.out / "sentences.json").write_text(json.dumps(sentences))
+    return {"sentences": len(sentences), "logit_scale": float(clip.logit_scale.detach().exp())}
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@dataclass
+class Prediction:
+    """A method's output on the evaluation split.
+
+    ``scores`` (N×C, arg-max = prediction) give the primary result. Methods with several
+    inference rules put each rule's scores in ``rules``; ``bucket_rule`` names the rule whose
+    predictions give many/medium/few when it differs from the primary one (VL-LTR's official code).
+    """
+
+    scores: np.ndarray
+    labels: np.ndarray
+    rules: Mapping[str, np.ndarray] = field(default_factory=dict)
+    primary_rule: str | None = None
+    bucket_rule: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@stage_kind("evaluate", version="1", gpus=0.25)
+def evaluate(ctx: StageContext) -> dict[str, Any]:
+    method = METHODS.get(ctx.config["method"])()
+    ds = dataset_of(ctx)
+    pred: Prediction = method.predict(ctx, ds)
+    counts = ds.train_counts()
+    labels = np.asarray(pred.labels)
+    res = summarize(np.asarray(pred.scores).argmax(1), labels, counts)
+    rules = {name: summarize(np.asarray(s).argmax(1), labels, counts) for name, s in pred.rules.items()}
+    if pred.bucket_rule:
+        # Official VL-LTR: overall from the primary rule, many/medium/few from another (§3).
+        for conv, row in res["metrics"].items():
+            bucket = rules[pred.bucket_rule]["metrics"][conv]
+            row.update({k: bucket[k] for k in ("many", "medium", "few")})
+    result = {
+        **res,
+        "rules": {k: v["metrics"] for k, v in rules.items()},
+        "primary_rule": pred.primary_rule,
+        "bucket_rule": pred.bucket_rule,
+        "train_counts": [int(c) for c in counts],
+        "eval_split": ctx.config["split"],
+        "num_eval": int(len(labels)),
+        "info": pred.info,
+    }
+    (ctx.out / "result.json").write_text(json.dumps(result, indent=1, default=float))
+    return {"overall": res["metrics"]["paper"]["overall"]}

@@ -1,0 +1,189 @@
+"""Stages: content-keyed, cached units of work, and the plan (a de-duplicated DAG of them).
+
+A stage is a pure function of its config and its inputs (ARCHITECTURE.md "Stages"):
+``key = hash(kind, config, input keys, kind version)``. Its artifact lives at
+``<cache>/<kind>/<key>/``; it is built in ``<cache>/<kind>/<key>.partial/`` (where training
+stages keep their per-epoch checkpoint, so a crash resumes) and renamed into place when complete,
+with ``stage.json`` written last. A finished key is never recomputed, and equal stages of
+different runs are one node of the DAG.
+
+``env`` carries what may differ between machines without changing the result (a data root, the
+number of loader workers): it is passed to the stage function but not hashed.
+
+Stage functions are registered by kind in :data:`ltrbench.registry.STAGES` and receive only a
+:class:`StageContext`, so they run the same inline or in a Ray worker.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from .registry import STAGES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageKind:
+    """A registered stage kind: the function, its code version and the resources it asks for."""
+
+    name: str
+    fn: Callable[["StageContext"], Mapping[str, Any] | None]
+    version: str = "1"
+    gpus: float = 0.0  # fraction of a GPU asked of the scheduler when GPUs exist
+
+
+def stage_kind(name: str, version: str = "1", gpus: float = 0.0):
+    """Decorator registering ``fn(ctx) -> info`` as the stage kind ``name``.
+
+    Bump ``version`` when the code's output changes, so cached artifacts are not reused.
+    """
+
+    def deco(fn):
+        STAGES.add(name, StageKind(name, fn, version, gpus))
+        return fn
+
+    return deco
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+@dataclass(frozen=True, eq=False)
+class Stage:
+    """One node of the DAG. ``config`` and ``inputs`` define the key; ``env`` does not."""
+
+    kind: str
+    config: Mapping[str, Any]
+    inputs: tuple["Stage", ...] = ()
+    env: Mapping[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+    @cached_property
+    def key(self) -> str:
+        version = STAGES.get(self.kind).version
+        payload = _canonical([self.kind, version, self.config, [s.key for s in self.inputs]])
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Stage) and other.key == self.key
+
+    def describe(self) -> str:
+        return f"{self.kind}[{self.label or self.key[:8]}]"
+
+
+@dataclass
+class StageContext:
+    """What a stage function sees: its stage, where to write, its inputs' finished artifacts."""
+
+    stage: Stage
+    out: Path  # the .partial folder to write into
+    cache: Path
+    inputs: list[Path]
+    progress: bool = True
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        return self.stage.config
+
+    @property
+    def env(self) -> Mapping[str, Any]:
+        return self.stage.env
+
+    def input(self, kind: str, index: int = 0) -> Path:
+        """The artifact folder of the ``index``-th input of ``kind``."""
+        found = [p for s, p in zip(self.stage.inputs, self.inputs) if s.kind == kind]
+        if len(found) <= index:
+            raise KeyError(f"stage {self.stage.describe()} has no input #{index} of kind {kind!r}")
+        return found[index]
+
+
+def artifact_dir(cache: Path, stage: Stage) -> Path:
+    return Path(cache) / stage.kind / stage.key
+
+
+def is_done(cache: Path, stage: Stage) -> bool:
+    return (artifact_dir(cache, stage) / "stage.json").is_file()
+
+
+def read_info(cache: Path, stage: Stage) -> dict[str, Any]:
+    return json.loads((artifact_dir(cache, stage) / "stage.json").read_text())
+
+
+def topological(targets: Iterable[Stage]) -> list[Stage]:
+    """All stages needed by ``targets``, each key once, inputs before the stages that use them."""
+    order: list[Stage] = []
+    seen: set[str] = set()
+
+    def visit(s: Stage) -> None:
+        if s.key in seen:
+            return
+        for i in s.inputs:
+            visit(i)
+        seen.add(s.key)
+        order.append(s)
+
+    for t in targets:
+        visit(t)
+    return order
+
+
+def run_stage(stage: Stage, cache: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
+    """Build one stage's artifact unless it exists; return its ``stage.json`` info.
+
+    A plain function of picklable arguments: the inline executor calls it directly and the Ray
+    executor calls it inside a task. Plugins are (re)loaded so it works in a fresh worker.
+    """
+    from . import plugins
+
+    plugins.load_all()
+    cache = Path(cache)
+    final = artifact_dir(cache, stage)
+    if (final / "stage.json").is_file():
+        return json.loads((final / "stage.json").read_text())
+    partial = final.with_name(final.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    inputs = [artifact_dir(cache, s) for s in stage.inputs]
+    for s, p in zip(stage.inputs, inputs):
+        if not (p / "stage.json").is_file():
+            raise RuntimeError(f"stage {stage.describe()} started before its input {s.describe()} finished")
+    kind = STAGES.get(stage.kind)
+    log.info("stage %s: computing (key %s)", stage.describe(), stage.key)
+    t0 = time.time()
+    extra = kind.fn(StageContext(stage, partial, cache, inputs, progress)) or {}
+    info = {
+        "kind": stage.kind,
+        "key": stage.key,
+        "label": stage.label,
+        "version": kind.version,
+        "config": stage.config,
+        "inputs": [s.key for s in stage.inputs],
+        "elapsed_s": round(time.time() - t0, 3),
+        "host": socket.gethostname(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **dict(extra),
+    }
+    tmp = partial / "stage.json.tmp"
+    tmp.write_text(json.dumps(info, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, partial / "stage.json")
+    try:
+        os.replace(partial, final)
+    except OSError:
+        # Another worker finished the same key first (shared storage): keep theirs.
+        if not (final / "stage.json").is_file():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
+    return json.loads((final / "stage.json").read_text())

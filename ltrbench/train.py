@@ -1,0 +1,222 @@
+"""The one training loop. Every method that trains (baseline, CVLP, cRT, LWS, LGR, FC, mini-CLIP)
+brings a :class:`TrainTask` (its module, its loss, its parameter groups) and calls :func:`fit`.
+
+What the loop owns: the optimiser (AdamW or SGD), timm's cosine schedule stepped once per epoch
+(ALGORITHMS.md §1: warm-up from 1e-6, the cosine on the raw epoch, the official off-by-one via
+``schedule_shift``), autocast (bf16, CUDA only), the per-epoch sampler reseed, a checkpoint
+every epoch (``last.pt``, written atomically) and resume from it, optional best-epoch selection
+on val, and a progress bar. Weight decay is 0 for 1-D tensors and biases, as timm's
+``param_groups_weight_decay`` does in the official code (a 0-D ``logit_scale`` is decayed).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol
+
+import torch
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .config import TrainConfig
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class TrainTask(Protocol):
+    """What a method gives the loop."""
+
+    module: nn.Module  # everything trained and checkpointed
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Groups of named parameters: ``{"params": [(name, p), ...], "lr_scale": 1.0}``."""
+
+    def set_mode(self) -> None:
+        """Put modules in train/eval mode for an epoch (frozen BatchNorm stays in eval)."""
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        """The loss of one batch (already on the device)."""
+
+    def validate(self) -> float | None:
+        """Val accuracy for best-epoch selection, or None."""
+
+
+def split_weight_decay(
+    named: Iterable[tuple[str, nn.Parameter]], weight_decay: float
+) -> list[dict[str, Any]]:
+    """timm's rule: no decay for 1-D tensors and biases (0-D tensors are decayed)."""
+    decay, no_decay = [], []
+    for name, p in named:
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
+    groups = []
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    return groups
+
+
+def build_optimizer(task: TrainTask, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups: list[dict[str, Any]] = []
+    for g in task.param_groups():
+        lr = g.get("lr", cfg.effective_lr * g.get("lr_scale", 1.0))
+        for sub in split_weight_decay(g["params"], g.get("weight_decay", cfg.weight_decay)):
+            sub["lr"] = lr
+            groups.append(sub)
+    if not groups:
+        raise ConfigError("Nothing to train: every parameter of the task is frozen.")
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.effective_lr, betas=(0.9, 0.999), eps=1e-8)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.effective_lr, momentum=cfg.momentum)
+    raise ConfigError(f"Unknown optimizer {cfg.optimizer!r}; use adamw or sgd.")
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> CosineLRScheduler:
+    return CosineLRScheduler(
+        opt,
+        t_initial=cfg.epochs,
+        lr_min=cfg.min_lr,
+        warmup_t=cfg.warmup_epochs,
+        warmup_lr_init=1e-6,
+        warmup_prefix=False,
+        t_in_epochs=True,
+    )
+
+
+def lr_schedule(cfg: TrainConfig, base_lr: float | None = None) -> list[float]:
+    """The lr of every epoch under ``cfg`` (for tests and logs)."""
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=base_lr if base_lr is not None else cfg.effective_lr)
+    sched = build_scheduler(opt, cfg)
+    out = []
+    for e in range(cfg.epochs):
+        _step_schedule(sched, e, cfg.schedule_shift)
+        out.append(opt.param_groups[0]["lr"])
+    return out
+
+
+def _step_schedule(sched: CosineLRScheduler, epoch: int, shift: int) -> None:
+    t = epoch + shift
+    if t >= 0:
+        sched.step(t)
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    return batch
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_score: float | None = None
+    resumed_from: int | None = None
+    seconds: float = 0.0
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def fit(
+    task: TrainTask,
+    loader: DataLoader,
+    cfg: TrainConfig,
+    ckpt_dir: Path,
+    *,
+    device: torch.device,
+    seed: int,
+    progress: bool = True,
+    desc: str = "train",
+    on_epoch: Callable[[int], None] | None = None,
+) -> FitResult:
+    """Train ``task`` for ``cfg.epochs`` epochs, resuming from ``ckpt_dir/last.pt`` if present.
+
+    At the end the task's module holds the last epoch's weights, or the best epoch's when
+    ``cfg.select_best`` (the epoch with the best ``task.validate()``).
+    """
+    from tqdm.auto import tqdm
+
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    opt = build_optimizer(task, cfg)
+    sched = build_scheduler(opt, cfg)
+    use_amp = cfg.amp and device.type == "cuda"
+    result = FitResult()
+    start = 0
+    last = ckpt_dir / "last.pt"
+    if last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        task.module.load_state_dict(state["module"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        result.history = state["history"]
+        result.best_epoch, result.best_score = state.get("best_epoch"), state.get("best_score")
+        start = result.resumed_from = state["epoch"] + 1
+        log.info("%s: resuming after epoch %d from %s", desc, state["epoch"], last)
+    t0 = time.time()
+    sampler = loader.sampler
+    for epoch in range(start, cfg.epochs):
+        _step_schedule(sched, epoch, cfg.schedule_shift)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        task.set_mode()
+        total, n = 0.0, 0
+        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        for batch in bar:
+            batch = _to(batch, device)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = task.loss(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc}: loss became {loss.item()} in epoch {epoch + 1}; lower the lr.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            n += 1
+            if progress and n % 10 == 0:
+                bar.set_postfix(loss=f"{total / n:.3f}")
+        row = {"epoch": epoch + 1, "loss": total / max(n, 1), "lr": opt.param_groups[-1]["lr"]}
+        if cfg.select_best:
+            score = task.validate()
+            row["val_acc"] = score
+            if score is not None and (result.best_score is None or score > result.best_score):
+                result.best_epoch, result.best_score = epoch + 1, score
+                _atomic_save(task.module.state_dict(), ckpt_dir / "best.pt")
+        result.history.append(row)
+        log.info("%s epoch %d/%d: %s", desc, epoch + 1, cfg.epochs, row)
+        _atomic_save(
+            {
+                "module": task.module.state_dict(),
+                "optimizer": opt.state_dict(),
+                "rng": torch.get_rng_state(),
+                "epoch": epoch,
+                "history": result.history,
+                "best_epoch": result.best_epoch,
+                "best_score": result.best_score,
+            },
+            last,
+        )
+        if on_epoch is not None:
+            on_epoch(epoch)
+    if cfg.select_best and (ckpt_dir / "best.pt").is_file():
+        task.module.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=False))
+    result.seconds = time.time() - t0
+    return result

@@ -1,0 +1,50 @@
+"""``zeroshot``: zero-shot CLIP (Table 8), class prototypes from the text encoder.
+
+Each class prototype is the mean of the L2-normalised embeddings of its sentences, re-normalised,
+and an image is assigned to the class of highest cosine (ALGORITHMS.md §4). The sentences are
+the 80 prompt templates by default (``zeroshot.source: prompt_only``); ``wiki_prompt`` uses the
+whole corpus as the official ``--ensemble`` mode does (the paper does not say which it used).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ltrbench.config import register_section
+from ltrbench.plan import Method, RunContext
+from ltrbench.registry import METHODS
+from ltrbench.stage_kinds import Prediction, load_array
+
+
+@register_section("zeroshot")
+@dataclass(frozen=True)
+class ZeroShotConfig:
+    source: str = "prompt_only"  # prompt_only | wiki_prompt
+
+
+def class_prototypes(text_feats: np.ndarray, class_ids: np.ndarray, num_classes: int) -> np.ndarray:
+    t = text_feats / np.linalg.norm(text_feats, axis=1, keepdims=True)
+    protos = np.zeros((num_classes, t.shape[1]), np.float32)
+    np.add.at(protos, class_ids, t)
+    return protos / np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
+
+
+@METHODS.register("zeroshot")
+class ZeroShot(Method):
+    name = "zeroshot"
+    sections = ("zeroshot",)
+    description = "zero-shot CLIP: prompt-ensemble class prototypes, no training"
+
+    def plan(self, run: RunContext):
+        clip = run.clip_weights()
+        text = run.text_features(clip, run.cfg.zeroshot.source)
+        return run.evaluate([run.features(clip, run.ds.eval_split), text])
+
+    def predict(self, ctx, ds) -> Prediction:
+        feats = ctx.input("features")
+        text = ctx.input("text_features")
+        protos = class_prototypes(load_array(text, "text_feats"), load_array(text, "class_ids"), ds.num_classes)
+        x = np.asarray(load_array(feats, "feats"))
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        return Prediction(scores=x @ protos.T, labels=load_array(feats, "labels"))
