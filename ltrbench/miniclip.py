@@ -24,7 +24,7 @@ from .config import TrainConfig, register_section
 from .data.images import open_rgb
 from .data.samplers import InstanceSampler
 from .data.transforms import train_transform
-from .train import fit
+from .train import fit, seed_everything
 
 
 @register_section("miniclip")
@@ -94,7 +94,7 @@ def pretrain_mini_clip(
     folder = generate_world(cache_root() / "worlds", spec, progress=progress)
     recipe = {**DEFAULT_RECIPE, **builtin.get("recipe", {})}
     seed = int(builtin.get("seed", spec.seed))
-    torch.manual_seed(seed)
+    seed_everything(seed)
     model = create_clip(backbone, None)
     from .backbones import BACKBONES
 

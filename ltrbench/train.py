@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
+import numpy as np
 import torch
 from timm.scheduler import CosineLRScheduler
 from torch import nn
@@ -109,6 +111,13 @@ def _step_schedule(sched: CosineLRScheduler, epoch: int, shift: int) -> None:
         sched.step(t)
 
 
+def seed_everything(seed: int) -> None:
+    """Seed every generator augmentations and initialisations draw from (python, numpy, torch)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def _to(batch: Any, device: torch.device) -> Any:
     if torch.is_tensor(batch):
         return batch.to(device, non_blocking=True)
@@ -155,7 +164,7 @@ def fit(
 
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
+    seed_everything(seed)
     opt = build_optimizer(task, cfg)
     sched = build_scheduler(opt, cfg)
     use_amp = cfg.amp and device.type == "cuda"
@@ -167,6 +176,7 @@ def fit(
         task.module.load_state_dict(state["module"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
+        random.setstate(state["py_rng"])
         result.history = state["history"]
         result.best_epoch, result.best_score = state.get("best_epoch"), state.get("best_score")
         start = result.resumed_from = state["epoch"] + 1
@@ -207,6 +217,7 @@ def fit(
                 "module": task.module.state_dict(),
                 "optimizer": opt.state_dict(),
                 "rng": torch.get_rng_state(),
+                "py_rng": random.getstate(),  # timm/torchvision augmentations draw from `random`
                 "epoch": epoch,
                 "history": result.history,
                 "best_epoch": result.best_epoch,

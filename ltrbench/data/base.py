@@ -91,6 +91,12 @@ class DatasetPlugin:
 
     name: ClassVar[str] = ""
     env_var: ClassVar[str | None] = None
+    #: Entries of ``expected_files()`` a run can do without (e.g. ``wiki/``: prompts are the fallback).
+    optional_files: ClassVar[tuple[str, ...]] = ()
+    #: The published benchmark's sizes, for check-data's "is this the right version?" warnings:
+    #: images per split and number of classes. Empty / None where there is no published version.
+    official_sizes: ClassVar[Mapping[str, int]] = {}
+    official_classes: ClassVar[int | None] = None
 
     def resolve_root(self, root: str | os.PathLike | None) -> Path:
         if root:
@@ -107,5 +113,21 @@ class DatasetPlugin:
         raise NotImplementedError
 
     def expected_files(self) -> Sequence[tuple[str, str]]:
-        """(relative path, where it is published) for each file the root must hold; for check-data."""
+        """(relative path, where it is published) for each file the root must hold; for check-data.
+
+        A path ending in ``/`` is a folder.
+        """
         return ()
+
+    def load_for_check(self, root: Path, **options: object) -> tuple[LTDataset | None, list[str]]:
+        """What check-data inspects: the dataset as far as it can be read, and the problems found.
+
+        The default is :meth:`load` with its error as the one problem. Plugins override it to read
+        past a missing or broken file (e.g. class count = max label + 1 without a class file) so
+        that check-data can still report every count; labels are then not range-checked here.
+        A record whose class names were made up (no class file) has ``extra["classes_guessed"]``.
+        """
+        try:
+            return self.load(root, **options), []
+        except DataError as e:
+            return None, [str(e)]

@@ -1,0 +1,45 @@
+"""Shared fixtures: a private cache per test session and the tiny built-in world's overrides."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SPLITS = REPO.parent / "shared" / "data" / "splits"
+
+#: A built-in world small enough for end-to-end tests (seconds, not minutes).
+TINY = [
+    "world.num_classes=12", "world.max_count=120", "world.min_count=3", "world.val_per_class=3",
+    "world.test_per_class=4", "world.num_captions=256", "miniclip.epochs=1", "miniclip.batch_size=64",
+    "baseline.train.epochs=1", "baseline.train.batch_size=64",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Every test session gets its own LTRBENCH_CACHE, so tests never touch the user's cache."""
+    old = os.environ.get("LTRBENCH_CACHE")
+    os.environ["LTRBENCH_CACHE"] = str(tmp_path_factory.mktemp("ltrbench-cache"))
+    yield
+    if old is None:
+        os.environ.pop("LTRBENCH_CACHE", None)
+    else:
+        os.environ["LTRBENCH_CACHE"] = old
+
+
+def tiny_set(extra: list[str] = ()) -> list[str]:
+    out = []
+    for item in [*TINY, *extra]:
+        out += ["--set", item]
+    return out
+
+
+def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python run_bench.py ARGS`` in a subprocess, as a user would."""
+    e = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / "run_bench.py"), *args], cwd=cwd, env=e,
+                          capture_output=True, text=True, timeout=900)

@@ -1,0 +1,65 @@
+import json
+
+import pytest
+
+from ltrbench import plugins
+from ltrbench.execute import execute
+from ltrbench.stages import Stage, artifact_dir, is_done, stage_kind, topological
+
+plugins.load_all()
+CALLS: list[str] = []
+
+
+@stage_kind("test_write", version="1")
+def _write(ctx):
+    CALLS.append(ctx.stage.config["name"])
+    text = ctx.config["name"] + "".join((p / "out.txt").read_text() for p in ctx.inputs)
+    (ctx.out / "out.txt").write_text(text)
+    return {"n": len(text)}
+
+
+@stage_kind("test_fail", version="1")
+def _fail(ctx):
+    (ctx.out / "half.txt").write_text("half")
+    raise RuntimeError("boom")
+
+
+def test_key_depends_on_config_and_inputs_not_env():
+    a = Stage("test_write", {"name": "a"}, env={"root": "/x"})
+    a2 = Stage("test_write", {"name": "a"}, env={"root": "/y"})
+    b = Stage("test_write", {"name": "b"})
+    assert a.key == a2.key and a == a2
+    assert a.key != b.key
+    assert Stage("test_write", {"name": "c"}, (a,)).key != Stage("test_write", {"name": "c"}, (b,)).key
+
+
+def test_equal_stages_of_two_runs_execute_once(tmp_path):
+    CALLS.clear()
+    shared = Stage("test_write", {"name": "s"})
+    r1 = Stage("test_write", {"name": "r1"}, (Stage("test_write", {"name": "s"}),))
+    r2 = Stage("test_write", {"name": "r2"}, (shared,))
+    assert len(topological([r1, r2])) == 3
+    infos = execute([r1, r2], tmp_path, progress=False)
+    assert CALLS == ["s", "r1", "r2"]
+    assert all(i["ran"] for i in infos.values())
+    assert (artifact_dir(tmp_path, r2) / "out.txt").read_text() == "r2s"
+    CALLS.clear()
+    infos = execute([r1, r2], tmp_path, progress=False)
+    assert CALLS == [] and not any(i["ran"] for i in infos.values())
+
+
+def test_failed_stage_leaves_no_finished_artifact(tmp_path):
+    s = Stage("test_fail", {"x": 1})
+    with pytest.raises(RuntimeError):
+        execute([s], tmp_path, progress=False)
+    assert not is_done(tmp_path, s)
+    assert not artifact_dir(tmp_path, s).exists()
+    assert artifact_dir(tmp_path, s).with_name(s.key + ".partial").exists()
+
+
+def test_stage_json_records_config_and_inputs(tmp_path):
+    a = Stage("test_write", {"name": "a"})
+    b = Stage("test_write", {"name": "b"}, (a,))
+    execute([b], tmp_path, progress=False)
+    info = json.loads((artifact_dir(tmp_path, b) / "stage.json").read_text())
+    assert info["config"] == {"name": "b"} and info["inputs"] == [a.key] and info["n"] == 2

@@ -1,0 +1,128 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ltrbench.config import TrainConfig
+from ltrbench.data.samplers import ClassAwareSampler, InstanceSampler, SqrtSampler
+from ltrbench.train import fit, lr_schedule
+
+
+def g(t, lr0, T, W, lr_min=0.0):
+    """ALGORITHMS.md §1's schedule, written independently."""
+    if t < W:
+        return 1e-6 + t * (lr0 - 1e-6) / W
+    return lr_min + 0.5 * (lr0 - lr_min) * (1 + math.cos(math.pi * t / T))
+
+
+def test_official_schedule_epoch0_initial_then_g_of_e_minus_1():
+    cfg = TrainConfig(epochs=10, lr=5e-5, warmup_epochs=5)
+    got = lr_schedule(cfg)
+    want = [1e-6] + [g(e - 1, 5e-5, 10, 5) for e in range(1, 10)]
+    assert got == pytest.approx(want, rel=1e-6)
+    cfg0 = TrainConfig(epochs=4, lr=1e-3, warmup_epochs=0)
+    assert lr_schedule(cfg0) == pytest.approx([1e-3] + [g(e - 1, 1e-3, 4, 0) for e in range(1, 4)])
+
+
+def test_decoupling_schedule_last_epoch_runs_at_zero():
+    cfg = TrainConfig(epochs=10, lr=0.2, schedule_shift=1, optimizer="sgd")
+    got = lr_schedule(cfg)
+    assert got == pytest.approx([0.2 * (1 + math.cos(math.pi * e / 10)) / 2 for e in range(1, 11)], abs=1e-9)
+    assert got[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+class _Task:
+    def __init__(self, module):
+        self.module = module
+
+    def param_groups(self):
+        return [{"params": list(self.module.named_parameters())}]
+
+    def set_mode(self):
+        self.module.train()
+
+    def loss(self, batch):
+        x, y = batch
+        return nn.functional.cross_entropy(self.module(x), y)
+
+    def validate(self):
+        return None
+
+
+def _loader(seed=0):
+    g_ = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 5, generator=g_)
+    y = torch.randint(0, 3, (64,), generator=g_)
+    return DataLoader(TensorDataset(x, y), batch_size=16, sampler=InstanceSampler(y.numpy(), seed))
+
+
+def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
+    cfg = TrainConfig(epochs=4, lr=0.05, warmup_epochs=1)
+    torch.manual_seed(0)
+    full = nn.Linear(5, 3)
+    init = {k: v.clone() for k, v in full.state_dict().items()}
+    fit(_Task(full), _loader(), cfg, tmp_path / "a", device=torch.device("cpu"), seed=1, progress=False)
+
+    part = nn.Linear(5, 3)
+    part.load_state_dict(init)
+
+    class Stop(Exception):
+        pass
+
+    def crash(epoch):
+        if epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(_Task(part), _loader(), cfg, tmp_path / "b", device=torch.device("cpu"), seed=1, progress=False,
+            on_epoch=crash)
+    resumed = nn.Linear(5, 3)
+    res = fit(_Task(resumed), _loader(), cfg, tmp_path / "b", device=torch.device("cpu"), seed=1, progress=False)
+    assert res.resumed_from == 2
+    for k in init:
+        assert torch.allclose(full.state_dict()[k], resumed.state_dict()[k], atol=1e-6)
+
+
+def test_weight_decay_skips_biases_and_1d_but_not_0d():
+    from ltrbench.train import split_weight_decay
+
+    named = [("w", nn.Parameter(torch.zeros(2, 2))), ("b.bias", nn.Parameter(torch.zeros(2))),
+             ("ln.weight", nn.Parameter(torch.zeros(2))), ("logit_scale", nn.Parameter(torch.tensor(1.0)))]
+    groups = split_weight_decay(named, 0.05)
+    decayed = {id(p) for grp in groups if grp["weight_decay"] > 0 for p in grp["params"]}
+    assert decayed == {id(named[0][1]), id(named[3][1])}
+
+
+def test_sqrt_sampler_draws_classes_in_proportion_to_sqrt_counts():
+    labels = np.repeat([0, 1, 2], [400, 100, 25])
+    s = SqrtSampler(labels, seed=0)
+    draws = np.concatenate([labels[(s.set_epoch(e), s.indices())[1]] for e in range(20)])
+    freq = np.bincount(draws, minlength=3) / len(draws)
+    want = np.sqrt([400, 100, 25]) / np.sqrt([400, 100, 25]).sum()
+    assert freq == pytest.approx(want, abs=0.02)
+
+
+def test_samplers_reseed_every_epoch_and_are_deterministic():
+    labels = np.repeat(np.arange(5), [50, 20, 10, 5, 2])
+    for cls in (InstanceSampler, SqrtSampler, ClassAwareSampler):
+        a, b = cls(labels, seed=3), cls(labels, seed=3)
+        a.set_epoch(0)
+        b.set_epoch(0)
+        e0 = a.indices()
+        assert np.array_equal(e0, b.indices())
+        a.set_epoch(1)
+        assert not np.array_equal(e0, a.indices()), cls.__name__
+        assert len(e0) == len(labels)
+
+
+def test_class_aware_sampler_yields_blocks_of_four_per_class():
+    labels = np.repeat(np.arange(4), [40, 10, 3, 1])
+    s = ClassAwareSampler(labels, seed=0, samples_per_class=4)
+    idx = s.indices()
+    blocks = labels[idx[: (len(idx) // 4) * 4]].reshape(-1, 4)
+    assert (blocks == blocks[:, :1]).all()
+    first_pass = blocks[:4, 0]
+    assert sorted(first_pass.tolist()) == [0, 1, 2, 3]  # every class once per pass
