@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["run", *argv]
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # timm warns that a 1-epoch cosine is constant; tiny test runs do that on purpose.
+    logging.getLogger("timm.scheduler.cosine_lr").setLevel(logging.ERROR)
     try:
         from . import plugins
 
@@ -131,6 +134,8 @@ def cmd_run(args) -> int:
     out = Path(args.out)
     check_writable(out)
     progress = not args.quiet
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # also silences bars in plugins (world generation) and workers
     specs = [RunSpec(m, args.dataset, args.backbone, seed) for seed in seeds for m in methods]
     planned = plan_runs(specs, files=args.files, overrides=args.overrides, data_root=args.data_root)
     cache = cache_root()

@@ -53,7 +53,7 @@ def _ray(order: list[Stage], todo: list[Stage], cache: Path, progress: bool, add
         # Embedded local Ray by default (all local CPUs and GPUs); --ray-address joins a cluster,
         # where the cache must be on storage every node sees.
         ray.init(address=address, include_dashboard=False, log_to_driver=True,
-                 runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("LTRBENCH_")}})
+                 runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("LTRBENCH_", "TQDM_"))}})
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     remote = ray.remote(_remote_stage)
     refs: dict[str, Any] = {}

@@ -91,15 +91,28 @@ class RunContext:
             conf["file"] = _file_fingerprint(Path(b.pretrained).expanduser())
         return Stage("clip_weights", conf, (), self.env(), label=f"{b.name}/{Path(b.pretrained).name}")
 
+    def cvlp_weights(self) -> Stage:
+        """VL-LTR's CVLP stage (shared by vlltr, knn and fc); the raw CLIP when cvlp.enabled is false."""
+        from .cvlp import cvlp_stage
+
+        return cvlp_stage(self)
+
     def finetune(self, src: Stage, train: TrainConfig, label: str, **extra: Any) -> Stage:
         conf = {"dataset": self.dataset_key(), "image": self.img.key(), "train": dataclasses.asdict(train),
                 "seed": self.seed, **extra}
         return Stage("finetune", conf, (src,), self.env(), label=label)
 
-    def features(self, model: Stage, split: str) -> Stage:
+    def features(self, model: Stage, split: str, max_per_class: int | None = None) -> Stage:
+        """Raw image embeddings of ``split`` under the evaluation transform (the feature cache).
+
+        ``max_per_class`` keeps the first N images of each class in list order (AnSS's scoring set).
+        """
         img = dataclasses.replace(self.img, augment="none")
         conf = {"dataset": self.dataset_key(), "image": img.key(), "split": split}
-        return Stage("features", conf, (model,), self.env(), label=f"{model.label}:{split}")
+        if max_per_class:
+            conf["max_per_class"] = int(max_per_class)
+        suffix = f"≤{max_per_class}" if max_per_class else ""
+        return Stage("features", conf, (model,), self.env(), label=f"{model.label}:{split}{suffix}")
 
     def text_features(self, clip: Stage, source: str = "wiki_prompt") -> Stage:
         conf = {"dataset": self.dataset_key(), "source": source}

@@ -26,6 +26,7 @@ from torch import nn
 from .backbones import BUILTIN_PRETRAINED, BACKBONES, convert_to_state_dict, resolve_pretrained, tokenizer
 from .config import TrainConfig
 from .data.loaders import DatasetRef, ImageSettings, eval_loader, open_dataset, train_loader
+from . import cvlp as _cvlp  # noqa: F401  (registers the cvlp stage kind and config section)
 from . import miniclip  # noqa: F401  (registers the miniclip config section)
 from .metrics import summarize
 from .models import Classifier, load_model, read_manifest, write_manifest
@@ -158,6 +159,19 @@ def encode_split(model: nn.Module, loader, dev: torch.device, progress: bool, de
     return f, lg
 
 
+def first_per_class(labels: np.ndarray, n: int | None) -> np.ndarray | None:
+    """Indices of the first ``n`` items of each class in list order (None: keep all)."""
+    if not n:
+        return None
+    seen: dict[int, int] = {}
+    keep = []
+    for i, lab in enumerate(labels.tolist()):
+        if seen.get(lab, 0) < n:
+            seen[lab] = seen.get(lab, 0) + 1
+            keep.append(i)
+    return np.asarray(keep, dtype=np.int64)
+
+
 @stage_kind("features", version="1", gpus=0.5)
 def features(ctx: StageContext) -> dict[str, Any]:
     ds = dataset_of(ctx)
@@ -165,10 +179,11 @@ def features(ctx: StageContext) -> dict[str, Any]:
     split = ctx.config["split"]
     dev = device()
     model = load_model(ctx.inputs[0], "cpu")
-    loader = eval_loader(ds, split, img)
+    keep = first_per_class(ds.labels(split), ctx.config.get("max_per_class"))
+    loader = eval_loader(ds, split, img, indices=keep)
     f, lg = encode_split(model, loader, dev, ctx.progress, f"features {split}")
     save_array(ctx.out, "feats", f.astype(np.float32))
-    save_array(ctx.out, "labels", ds.labels(split))
+    save_array(ctx.out, "labels", ds.labels(split)[keep] if keep is not None else ds.labels(split))
     if lg is not None:
         save_array(ctx.out, "logits", lg.astype(np.float32))
         clf = model.head

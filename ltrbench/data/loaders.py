@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from ..config import BenchConfig
 from ..registry import BACKBONES, DATASETS
@@ -145,8 +145,10 @@ def train_loader(
     )
 
 
-def eval_loader(ds: LTDataset, split: str, img: ImageSettings) -> DataLoader:
+def eval_loader(ds: LTDataset, split: str, img: ImageSettings, indices: np.ndarray | None = None) -> DataLoader:
     data = image_dataset(ds, split, img, train=False)
+    if indices is not None:
+        data = Subset(data, indices.tolist())
     return DataLoader(data, batch_size=img.eval_batch_size, shuffle=False, num_workers=img.num_workers,
                       pin_memory=torch.cuda.is_available())
 

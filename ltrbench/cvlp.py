@@ -1,0 +1,144 @@
+"""CVLP: class-wise visual-linguistic pre-training (ALGORITHMS.md §1), the ``cvlp`` stage.
+
+Shared by ``vlltr`` (its stage 1), ``knn`` and ``fc`` (Table 4 rows 5–6), so one CVLP run serves
+all of them. The student starts from the CLIP weights (or random weights, Table 4 row 3); every
+image is paired with a fresh random sentence of its class at every step (prompts + wiki, no
+AnSS filtering); the loss is :func:`ltrbench.losses.cvlp_loss` (class-wise contrastive loss with
+soft same-class targets and 0.1 smoothing, both directions averaged, plus β × distillation from a
+frozen copy of the starting CLIP, which uses its own logit scale). The learnable temperature
+starts from the checkpoint's (ln 100 for OpenAI CLIP) and is neither clamped nor excluded from
+weight decay. The square-root sampler is reseeded every epoch (the official single-process run is
+not: ALGORITHMS.md §1, a deliberate fix). ``train.train_mode: false`` keeps BatchNorm frozen, as
+the official ImageNet-LT and Places-LT configs do.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .backbones import create_clip, tokenizer
+from .config import TrainConfig, register_section
+from .errors import ConfigError
+from .losses import DISTILL_TYPES, cvlp_loss
+from .models import load_model, read_manifest, write_manifest
+from .stages import StageContext, stage_kind
+from .train import fit
+
+
+@register_section("cvlp")
+@dataclass(frozen=True)
+class CVLPConfig:
+    """Stage 1 of VL-LTR. Defaults: ImageNet-LT R50 (lr 5e-5 at global batch 2048, 50 epochs)."""
+
+    enabled: bool = True  # false: skip CVLP, LGR/AnSS on the raw CLIP weights (Table 4 row 2)
+    init: str = "clip"  # clip | random (Table 4 row 3: random weights, τ₀ = 0.07)
+    distill: str = "logits"  # logits | feature | none (Table 9; feature is an assumption, see losses)
+    beta: float = 0.5  # distillation weight: Table 9's λ, the official β
+    smoothing: float = 0.1
+    source: str = "wiki_prompt"  # wiki_prompt | prompt_only (Table 10): the corpus of CVLP and AnSS
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=50, lr=5e-5, batch_size=2048, ref_batch_size=2048, warmup_epochs=5, min_lr=0.0,
+        sampler="sqrt", train_mode=False))
+
+    def check(self) -> None:
+        if self.init not in ("clip", "random"):
+            raise ConfigError(f"cvlp.init must be clip or random, got {self.init!r}.")
+        if self.distill not in DISTILL_TYPES:
+            raise ConfigError(f"cvlp.distill must be one of {', '.join(DISTILL_TYPES)}, got {self.distill!r}.")
+        if not 0.0 <= self.beta <= 1.0:
+            raise ConfigError(f"cvlp.beta must lie in [0, 1], got {self.beta}.")
+        if self.source not in ("wiki_prompt", "prompt_only"):
+            raise ConfigError(f"cvlp.source must be wiki_prompt or prompt_only, got {self.source!r}.")
+
+
+def cvlp_stage(run) -> Any:
+    """The CVLP stage of a run (or the raw CLIP weights when ``cvlp.enabled`` is false)."""
+    from .stages import Stage
+
+    c: CVLPConfig = run.cfg.cvlp
+    c.check()
+    clip = run.clip_weights()
+    if not c.enabled:
+        return clip
+    distill = "none" if c.beta == 0 else c.distill
+    conf = {"dataset": run.dataset_key(), "image": run.img.key(), "seed": run.seed,
+            "cvlp": {**asdict(c), "distill": distill}}
+    label = f"cvlp{'' if c.init == 'clip' else '-random'}-{distill}{c.beta:g}-{c.source}"
+    return Stage("cvlp", conf, (clip,), run.env(), label=label)
+
+
+class CVLPTask:
+    """One CVLP step: sample a sentence per image, student and teacher embeddings, L_pre."""
+
+    def __init__(self, student, teacher, tokens: torch.Tensor, offsets: torch.Tensor, counts: torch.Tensor,
+                 c: CVLPConfig, distill: str) -> None:
+        self.module = student
+        self.teacher = teacher
+        self.tokens, self.offsets, self.counts = tokens, offsets, counts
+        self.c = c
+        self.distill = distill
+
+    def param_groups(self):
+        return [{"params": list(self.module.named_parameters())}]
+
+    def set_mode(self) -> None:
+        self.module.train(self.c.train.train_mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+
+    def loss(self, batch) -> torch.Tensor:
+        x, y = batch
+        yc = y.cpu()
+        # A fresh uniform draw among all sentences of the image's class, at every step (§1.2).
+        pick = self.offsets[yc] + (torch.rand(len(yc)) * self.counts[yc]).long()
+        t = self.tokens[pick].to(x.device, non_blocking=True)
+        img = self.module.encode_image(x)
+        txt = self.module.encode_text(t)
+        kw: dict[str, Any] = {}
+        if self.distill != "none":
+            with torch.no_grad():
+                kw = {"teacher_image_emb": self.teacher.encode_image(x), "teacher_text_emb": self.teacher.encode_text(t),
+                      "teacher_logit_scale": self.teacher.logit_scale.exp()}
+        return cvlp_loss(img, txt, y, self.module.logit_scale.exp(), distill=self.distill, beta=self.c.beta,
+                         smoothing=self.c.smoothing, **kw).total
+
+    def validate(self):
+        return None
+
+
+@stage_kind("cvlp", version="1", gpus=1.0)
+def cvlp(ctx: StageContext) -> dict[str, Any]:
+    from .data.loaders import train_loader
+    from .stage_kinds import dataset_of, device, image_settings
+
+    c = CVLPConfig(**{**ctx.config["cvlp"], "train": TrainConfig(**ctx.config["cvlp"]["train"])})
+    distill = ctx.config["cvlp"]["distill"]
+    ds = dataset_of(ctx)
+    img = image_settings(ctx)
+    dev = device()
+    man = read_manifest(ctx.inputs[0])
+    backbone = man["backbone"]
+    start = load_model(ctx.inputs[0], "cpu")
+    student = start if c.init == "clip" else create_clip(backbone, None)
+    teacher = None
+    if distill != "none":
+        teacher = copy.deepcopy(start).eval().requires_grad_(False).to(dev)
+    corpus = ds.corpus(c.source)
+    counts = torch.tensor([len(s) for s in corpus])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)[:-1]])
+    tokens = tokenizer(backbone)([s for cls in corpus for s in cls])
+    student.to(dev)
+    loader = train_loader(ds, img, sampler=c.train.sampler, batch_size=c.train.batch_size, seed=ctx.config["seed"])
+    res = fit(CVLPTask(student, teacher, tokens, offsets, counts, c, distill), loader, c.train, ctx.out / "ckpt",
+              device=dev, seed=ctx.config["seed"], progress=ctx.progress, desc=ctx.stage.label or "cvlp")
+    torch.save({k: v.cpu() for k, v in student.state_dict().items()}, ctx.out / "weights.pt")
+    write_manifest(ctx.out, type="clip", backbone=backbone, checkpoint="weights.pt")
+    for p in (ctx.out / "ckpt").glob("*.pt"):
+        p.unlink()
+    return {"history": res.history, "train_seconds": res.seconds, "effective_lr": c.train.effective_lr,
+            "effective_batch_size": c.train.batch_size, "sentences": int(counts.sum()),
+            "logit_scale": float(student.logit_scale.detach().exp())}

@@ -1,0 +1,270 @@
+"""``vlltr``: VL-LTR (Tian et al.): CVLP → anchor sentence selection → language-guided recognition.
+
+Stages (ARCHITECTURE.md "Stages"): ``clip_weights`` → ``cvlp`` (ltrbench/cvlp.py) →
+``text_features`` + ``features`` of the scoring images → ``anss`` (this file) → ``lgr`` (this
+file) → ``evaluate``. Every row of Tables 4, 9 and 10 is this method with ``--set`` overrides
+(configs/tables/): ``cvlp.enabled=false`` (row 2), ``cvlp.init=random`` + ``cvlp.beta=0`` (row 3),
+``cvlp.beta=0`` (row 4), ``anss.mode=cutoff`` (row 7), ``cvlp.distill=feature`` (Table 9),
+``cvlp.source=prompt_only`` (Table 10).
+
+Faithful defaults (ALGORITHMS.md §2–3): AnSS scores every sentence by L_lin against the val images
+(ImageNet-LT, Places-LT, the built-in world) or the first 50 training images per class (iNat,
+where val is the evaluation split) and keeps the M = 64 lowest; LGR on a frozen encoder trains
+from the feature cache; inference reports the official α-fusion (overall) with the logit sum for
+many/medium/few as the primary ("faithful") result, and the paper's equal probability sum beside it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ltrbench.backbones import BACKBONES
+from ltrbench.config import TrainConfig, register_section
+from ltrbench.data.loaders import eval_loader, train_loader
+from ltrbench.data.samplers import build_sampler
+from ltrbench.errors import ConfigError
+from ltrbench.heads import ANCHOR_MODES, LGRHead, anss_scores, fuse_logits, select_anchors
+from ltrbench.losses import soft_cross_entropy
+from ltrbench.models import load_model, read_manifest
+from ltrbench.plan import Method, RunContext
+from ltrbench.registry import METHODS
+from ltrbench.stage_kinds import Prediction, dataset_of, device, image_settings, load_array, save_array
+from ltrbench.stages import Stage, StageContext, stage_kind
+from ltrbench.train import fit
+
+
+@register_section("anss")
+@dataclass(frozen=True)
+class AnssConfig:
+    mode: str = "anss"  # anss (lowest L_lin) | cutoff (first M in corpus order: prompts) | random
+    num_anchors: int = 64  # M
+    scoring: str = "faithful"  # faithful (val images; iNat: first 50 train/class) | clean (≤50 train/class)
+
+
+@register_section("lgr")
+@dataclass(frozen=True)
+class LGRConfig:
+    """Stage 2. Defaults: ImageNet-LT (frozen encoder, lr 1e-3 at global batch 1024, 50 epochs)."""
+
+    finetune_encoder: bool = False  # official: false on ImageNet-LT/Places-LT, true on iNat
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=50, lr=1e-3, batch_size=1024, ref_batch_size=1024, warmup_epochs=0, min_lr=0.0, sampler="sqrt"))
+    text_lr: float = 1e-6  # LN_q, LN_k, W_q, W_k (every parameter without "visual" in its name)
+    label_smoothing: float = 0.1
+    mixup: float = 0.8  # image-level mixup/CutMix of the official recipe: through-encoder path only
+    cutmix: float = 1.0
+    alpha: float = 0.2  # official fusion weight of the visual branch (0.7 on iNat)
+    v_detach: bool = False  # official iNat models
+    hidden: int | None = None  # visual MLP width (None: the backbone's, 4096 R50 / 2048 ViT)
+
+
+# --------------------------------------------------------------------------- anss
+
+
+@stage_kind("anss", version="1", gpus=0.25)
+def anss(ctx: StageContext) -> dict[str, Any]:
+    conf = ctx.config
+    text_dir = ctx.input("text_features")
+    text = torch.from_numpy(np.array(load_array(text_dir, "text_feats")))
+    cls = torch.from_numpy(np.array(load_array(text_dir, "class_ids")))
+    info = json.loads((text_dir / "stage.json").read_text())
+    num_classes = int(conf["num_classes"])
+    per_class = [torch.nonzero(cls == c).flatten() for c in range(num_classes)]
+    embs = [text[i] for i in per_class]
+    scores = None
+    if conf["mode"] == "anss":
+        img_dir = ctx.input("features")
+        s = anss_scores(text, cls, torch.from_numpy(np.array(load_array(img_dir, "feats"))),
+                        torch.from_numpy(np.array(load_array(img_dir, "labels"))), info["logit_scale"])
+        scores = [s[i] for i in per_class]
+    gen = torch.Generator().manual_seed(int(conf["seed"]))
+    anchors, mask, chosen = select_anchors(scores, embs, M=int(conf["num_anchors"]), mode=conf["mode"], generator=gen)
+    save_array(ctx.out, "anchors", anchors.numpy().astype(np.float32))
+    save_array(ctx.out, "mask", mask.numpy())
+    sentences = json.loads((text_dir / "sentences.json").read_text())
+    picked = [[sentences[int(per_class[c][j])] for j in chosen[c].tolist()] for c in range(num_classes)]
+    (ctx.out / "anchors.json").write_text(json.dumps(picked, indent=0))
+    nan_classes = [c for c in range(num_classes) if scores is not None and torch.isnan(scores[c]).any()]
+    return {"logit_scale": info["logit_scale"], "classes_without_scoring_images": nan_classes}
+
+
+# --------------------------------------------------------------------------- lgr
+
+
+class LGRModel(nn.Module):
+    """Image tower + LGR head, for the path that fine-tunes the encoder (official iNat recipe)."""
+
+    def __init__(self, visual: nn.Module, head: LGRHead) -> None:
+        super().__init__()
+        self.visual = visual
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.visual(x))
+
+
+class LGRTask:
+    """L = SCE(z^I, ỹ) + SCE(z^T, ỹ) (§3 "Training loss"); ỹ smoothed, mixed on images when asked."""
+
+    def __init__(self, module: nn.Module, c: LGRConfig, num_classes: int, mixup=None) -> None:
+        self.module = module
+        self.c = c
+        self.num_classes = num_classes
+        self.mixup = mixup
+
+    def param_groups(self):
+        # The official optimiser groups by name: "visual" (encoder, visual_fc) → lr, else text_lr.
+        named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
+        main = [(n, p) for n, p in named if "visual" in n]
+        text = [(n, p) for n, p in named if "visual" not in n]
+        return [{"params": main}, {"params": text, "lr": self.c.text_lr}]
+
+    def set_mode(self) -> None:
+        self.module.train()
+        if isinstance(self.module, LGRModel):
+            self.module.visual.eval()  # §3: the visual tower always runs in eval mode (frozen BN)
+
+    def targets(self, y: torch.Tensor) -> torch.Tensor:
+        off = self.c.label_smoothing / self.num_classes
+        return torch.full((len(y), self.num_classes), off, device=y.device).scatter_(
+            1, y[:, None], 1.0 - self.c.label_smoothing + off)
+
+    def loss(self, batch) -> torch.Tensor:
+        x, y = batch
+        if self.mixup is not None and len(x) % 2 == 0:
+            x, target = self.mixup(x, y)
+        else:
+            target = self.targets(y)
+        z_img, z_txt = self.module(x)
+        return soft_cross_entropy(z_img, target) + soft_cross_entropy(z_txt, target)
+
+    def validate(self):
+        return None
+
+
+def _head(anchor_dir, c: LGRConfig, backbone: str) -> LGRHead:
+    info = json.loads((anchor_dir / "stage.json").read_text())
+    hidden = c.hidden or BACKBONES.get(backbone).lgr_hidden
+    return LGRHead(torch.from_numpy(np.array(load_array(anchor_dir, "anchors"))),
+                   torch.from_numpy(np.array(load_array(anchor_dir, "mask"))), info["logit_scale"],
+                   hidden=hidden, v_detach=c.v_detach)
+
+
+@torch.no_grad()
+def _branch_logits(fn, batches, dev) -> tuple[np.ndarray, np.ndarray]:
+    zi, zt = [], []
+    for x in batches:
+        a, b = fn(x.to(dev))
+        zi.append(a.float().cpu())
+        zt.append(b.float().cpu())
+    return torch.cat(zi).numpy(), torch.cat(zt).numpy()
+
+
+@stage_kind("lgr", version="1", gpus=1.0)
+def lgr(ctx: StageContext) -> dict[str, Any]:
+    c = LGRConfig(**{**ctx.config["lgr"], "train": TrainConfig(**ctx.config["lgr"]["train"])})
+    seed = int(ctx.config["seed"])
+    ds = dataset_of(ctx)
+    dev = device()
+    model_dir = ctx.inputs[1]
+    backbone = read_manifest(model_dir)["backbone"]
+    head = _head(ctx.inputs[0], c, backbone)
+    if c.finetune_encoder:
+        img = image_settings(ctx)
+        module: nn.Module = LGRModel(load_model(model_dir, "cpu").visual, head).to(dev)
+        loader = train_loader(ds, img, sampler=c.train.sampler, batch_size=c.train.batch_size, seed=seed)
+        mixup = None
+        if c.mixup > 0 or c.cutmix > 0:
+            from timm.data import Mixup
+
+            mixup = Mixup(mixup_alpha=c.mixup, cutmix_alpha=c.cutmix, prob=1.0, switch_prob=0.5, mode="batch",
+                          label_smoothing=c.label_smoothing, num_classes=ds.num_classes)
+        task = LGRTask(module, c, ds.num_classes, mixup)
+    else:
+        # Frozen encoder (official ImageNet-LT/Places-LT): train from the feature cache. Image-level
+        # mixup/CutMix needs images through the encoder, so here ỹ is label smoothing only.
+        train_dir = ctx.inputs[2]
+        feats = torch.from_numpy(np.array(load_array(train_dir, "feats")))
+        labels = torch.from_numpy(np.array(load_array(train_dir, "labels")))
+        sampler = build_sampler(c.train.sampler, labels.numpy(), seed)
+        loader = DataLoader(TensorDataset(feats, labels), batch_size=c.train.batch_size, sampler=sampler,
+                            drop_last=len(labels) > c.train.batch_size)
+        module = head.to(dev)
+        task = LGRTask(module, c, ds.num_classes)
+    res = fit(task, loader, c.train, ctx.out / "ckpt", device=dev, seed=seed, progress=ctx.progress,
+              desc=ctx.stage.label or "lgr")
+    module.eval()
+    if c.finetune_encoder:
+        batches = (x for x, _ in eval_loader(ds, ds.eval_split, image_settings(ctx)))
+        zi, zt = _branch_logits(module, batches, dev)
+        labels_eval = ds.labels(ds.eval_split)
+    else:
+        eval_dir = ctx.inputs[3]
+        f = torch.from_numpy(np.array(load_array(eval_dir, "feats")))
+        zi, zt = _branch_logits(module, torch.split(f, 1024), dev)
+        labels_eval = np.array(load_array(eval_dir, "labels"))
+    save_array(ctx.out, "z_img", zi)
+    save_array(ctx.out, "z_txt", zt)
+    save_array(ctx.out, "labels", labels_eval)
+    torch.save({k: v.cpu() for k, v in module.state_dict().items() if not k.endswith("anchors")}, ctx.out / "lgr.pt")
+    for p in (ctx.out / "ckpt").glob("*.pt"):
+        p.unlink()
+    return {"history": res.history, "train_seconds": res.seconds, "effective_lr": c.train.effective_lr,
+            "effective_batch_size": c.train.batch_size}
+
+
+# --------------------------------------------------------------------------- the method
+
+
+@METHODS.register("vlltr")
+class VLLTR(Method):
+    name = "vlltr"
+    sections = ("cvlp", "anss", "lgr")
+    description = "VL-LTR: class-wise visual-linguistic pre-training + AnSS + language-guided head"
+
+    def plan(self, run: RunContext) -> Stage:
+        a: AnssConfig = run.cfg.anss
+        c: LGRConfig = run.cfg.lgr
+        if a.mode not in ANCHOR_MODES:
+            raise ConfigError(f"anss.mode must be one of {', '.join(ANCHOR_MODES)}, got {a.mode!r}.")
+        if a.scoring not in ("faithful", "clean"):
+            raise ConfigError(f"anss.scoring must be faithful or clean, got {a.scoring!r}.")
+        model = run.cvlp_weights()
+        text = run.text_features(model, run.cfg.cvlp.source)
+        anss_inputs = [text]
+        if a.mode == "anss":
+            if a.scoring == "faithful" and run.ds.eval_split != "val" and "val" in run.ds.splits:
+                scoring = run.features(model, "val")
+            else:
+                scoring = run.features(model, "train", max_per_class=50)
+            anss_inputs.append(scoring)
+        anchors = Stage("anss", {"mode": a.mode, "num_anchors": a.num_anchors, "scoring": a.scoring,
+                                 "seed": run.seed if a.mode == "random" else 0,
+                                 "num_classes": run.ds.num_classes}, tuple(anss_inputs), run.env(),
+                        label=f"{model.label}:{a.mode}{a.num_anchors}")
+        inputs = [anchors, model]  # lgr reads its inputs by position: anchors, model, [train, eval features]
+        if not c.finetune_encoder:
+            inputs += [run.features(model, "train"), run.features(model, run.ds.eval_split)]
+        conf = {"dataset": run.dataset_key(), "image": run.img.key(), "seed": run.seed, "lgr": asdict(c)}
+        head = Stage("lgr", conf, tuple(inputs), run.env(), label=f"lgr:{model.label}")
+        return run.evaluate([head], alpha=c.alpha)
+
+    def predict(self, ctx, ds) -> Prediction:
+        d = ctx.input("lgr")
+        zi = torch.from_numpy(np.array(load_array(d, "z_img")))
+        zt = torch.from_numpy(np.array(load_array(d, "z_txt")))
+        labels = np.array(load_array(d, "labels"))
+        alpha = float(ctx.config["alpha"])
+        rules = {r: fuse_logits(zi, zt, r, alpha=alpha).numpy() for r in ("alpha", "paper", "logit_sum")}
+        rules["visual_branch"] = zi.numpy()
+        rules["text_branch"] = zt.numpy()
+        return Prediction(scores=rules["alpha"], labels=labels, rules=rules, primary_rule="alpha",
+                          bucket_rule="logit_sum", info={"alpha": alpha})
