@@ -23,7 +23,7 @@ DEFAULT_DATASET = "synthetic_lt"
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default=None,
                    help="comma-separated method names (default: every registered method)")
-    p.add_argument("--dataset", default=DEFAULT_DATASET, help=f"data set name (default: {DEFAULT_DATASET})")
+    p.add_argument("--dataset", default=None, help=f"data set name (default: {DEFAULT_DATASET}; with --table the paper's)")
     p.add_argument("--backbone", default=None, help="backbone name (default: the data set config's)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -35,6 +35,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", choices=("inline", "ray"), default="inline",
                    help="run stages in this process in order (inline) or as Ray tasks (ray)")
     p.add_argument("--ray-address", default=None, help="join an existing Ray cluster (implies --executor ray)")
+    p.add_argument("--table", type=int, default=None,
+                   help="run every row of a paper table (1-4, 8-10) on --dataset (default: the paper's data sets)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -53,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     cd.add_argument("--data-root", required=True)
     cd.add_argument("--sample", type=int, default=None, help="check only N random listed images")
     cd.add_argument("--allow-corrupt", action="store_true", help="count unreadable images instead of failing")
-    tb = sub.add_parser("tables", help="print the summary tables of a results folder")
+    tb = sub.add_parser("tables", help="print the summary tables of a results folder, or a paper table with diffs")
     tb.add_argument("--out", default="results")
+    tb.add_argument("--table", type=int, default=None, help="render paper table N: ours, the paper's, the difference")
     return p
 
 
@@ -121,22 +124,33 @@ def cmd_run(args) -> int:
     from .results import check_writable, load_results, write_result
     from .tables import CONVENTION_NOTE, summary_table
 
-    methods = _csv(args.methods) or METHODS.names()
-    for m in methods:
-        METHODS.get(m)
-    DATASETS.get(args.dataset)
     try:
         seeds = [int(s) for s in _csv(args.seeds)]
     except ValueError:
         raise LtrBenchError(f"--seeds must be comma-separated integers, got {args.seeds!r}.") from None
     if not seeds:
         raise LtrBenchError("--seeds is empty; give at least one seed, e.g. --seeds 0.")
+    table = None
+    if args.table is not None:
+        from .tables import load_table, table_runs
+
+        table = load_table(args.table)
+        specs = table_runs(table, seeds, args.dataset, args.backbone)
+        methods = sorted({s.method for s in specs})
+        dataset_name = args.dataset or "paper"
+    else:
+        methods = _csv(args.methods) or METHODS.names()
+        dataset_name = args.dataset or DEFAULT_DATASET
+        specs = [RunSpec(m, dataset_name, args.backbone, seed) for seed in seeds for m in methods]
+    for m in methods:
+        METHODS.get(m)
+    for s in specs:
+        DATASETS.get(s.dataset)
     out = Path(args.out)
     check_writable(out)
     progress = not args.quiet
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"  # also silences bars in plugins (world generation) and workers
-    specs = [RunSpec(m, args.dataset, args.backbone, seed) for seed in seeds for m in methods]
     planned = plan_runs(specs, files=args.files, overrides=args.overrides, data_root=args.data_root)
     cache = cache_root()
     executor = "ray" if args.ray_address else args.executor
@@ -150,14 +164,21 @@ def cmd_run(args) -> int:
         write_result(out, rec)
     df = load_results(records)
     text = []
-    for conv in ("paper", "decoupling"):
-        text.append(f"### {planned[0].spec.dataset}: top-1 accuracy (%), {CONVENTION_NOTE[conv]}\n")
-        text.append(summary_table(df, conv) + "\n")
+    if table is not None:
+        from .tables import render_table
+
+        for conv in ("paper", "decoupling"):
+            text.append(render_table(table, records, conv))
+        name = f"table{table.number}__{dataset_name}.md"
+    else:
+        for conv in ("paper", "decoupling"):
+            text.append(f"### {dataset_name}: top-1 accuracy (%), {CONVENTION_NOTE[conv]}\n")
+            text.append(summary_table(df, conv) + "\n")
+        name = f"summary__{dataset_name}__{'-'.join(methods)}.md"
     md = "\n".join(text)
     print("\n" + md)
     tables = out / "tables"
     tables.mkdir(parents=True, exist_ok=True)
-    name = f"summary__{args.dataset}__{'-'.join(methods)}.md"
     (tables / name).write_text(md)
     print(f"results: {out / 'runs'}  table: {tables / name}")
     return 0
@@ -206,9 +227,15 @@ def _record(p, infos, cache) -> dict:
 
 
 def cmd_tables(args) -> int:
-    from .results import load_results
-    from .tables import CONVENTION_NOTE, summary_table
+    from .results import load_results, read_results
+    from .tables import CONVENTION_NOTE, load_table, render_table, summary_table
 
+    if args.table is not None:
+        spec = load_table(args.table)
+        recs = read_results(Path(args.out)) if (Path(args.out) / "runs").is_dir() else []
+        for conv in ("paper", "decoupling"):
+            print(render_table(spec, recs, conv))
+        return 0
     df = load_results(Path(args.out))
     if df.empty:
         raise LtrBenchError(f"No result JSONs under {Path(args.out) / 'runs'}; run `python run_bench.py` first.")
