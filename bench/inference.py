@@ -44,9 +44,14 @@ def gmacs_per_image(m: nn.Module, x: torch.Tensor) -> float:
 
 
 def time_once(m: nn.Module, x: torch.Tensor) -> float:
+    cuda = x.is_cuda
+    if cuda:
+        torch.cuda.synchronize()
     t = time.perf_counter()
     with torch.no_grad():
         m(x)
+    if cuda:
+        torch.cuda.synchronize()
     return (time.perf_counter() - t) / len(x) * 1e3
 
 
@@ -59,18 +64,20 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--anchors", type=int, default=64)
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--device", default="cpu", help="cpu (the issue's setting) or cuda")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     clip = create_clip(args.backbone, None)
     visual = clip.visual.eval()
-    d = clip.text_projection.shape[1] if hasattr(clip, "text_projection") else visual.output_dim
     with torch.no_grad():
         d = visual(torch.zeros(1, 3, args.size, args.size)).shape[1]
     linear = WithHead(visual, nn.Linear(d, args.classes)).eval()
     anchors = torch.randn(args.classes, args.anchors, d)
     lgr = WithHead(visual, LGRHead(anchors, torch.ones(args.classes, args.anchors, dtype=torch.bool), 100.0)).eval()
-    x = torch.randn(args.batch, 3, args.size, args.size)
+    dev = torch.device(args.device)
+    linear, lgr = linear.to(dev), lgr.to(dev)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=dev)
     with torch.no_grad():  # warm-up; fills LGR's key cache as a deployment would once
         linear(x[:2])
         lgr(x[:2])
@@ -78,7 +85,7 @@ def main() -> None:
     for _ in range(args.repeats):
         t_lin.append(time_once(linear, x))
         t_lgr.append(time_once(lgr, x))
-    head_x = torch.randn(args.batch, d)
+    head_x = torch.randn(args.batch, d, device=dev)
     t_head_lin, t_head_lgr = [], []
     for _ in range(args.repeats):
         t_head_lin.append(time_once(linear.head, head_x))
@@ -89,7 +96,7 @@ def main() -> None:
         ("encoder + LGR head", params_m(lgr), gmacs_per_image(lgr, x[:2]), statistics.median(t_lgr),
          statistics.median(t_head_lgr)),
     ]
-    print(f"{args.backbone} {args.size}px, {args.classes} classes, M={args.anchors}, batch {args.batch}, "
+    print(f"{args.device}: {args.backbone} {args.size}px, {args.classes} classes, M={args.anchors}, batch {args.batch}, "
           f"{args.threads} threads, median of {args.repeats}")
     print("| model | params (M) | GMACs/img | ms/img (total) | ms/img (head only) |")
     print("|---|---|---|---|---|")

@@ -15,15 +15,14 @@ from typing import Any, Mapping
 import numpy as np
 import open_clip
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from dataclasses import asdict, dataclass
 
 from .backbones import create_clip, tokenizer
 from .config import TrainConfig, register_section
+from .data.batched import BatchLoader
 from .data.images import open_rgb
 from .data.samplers import InstanceSampler
-from .data.transforms import train_transform
 from .train import fit, seed_everything
 
 
@@ -36,7 +35,7 @@ class MiniClipConfig:
     lr: float = 1e-3
     batch_size: int = 256
     weight_decay: float = 0.1
-    warmup_epochs: int = 1
+    warmup_epochs: int = 0  # the official schedule would spend 2 epochs at 1e-6 with W = 1
     min_lr: float = 1e-5
     augment: str = "light"
 
@@ -44,22 +43,12 @@ class MiniClipConfig:
 DEFAULT_RECIPE = asdict(MiniClipConfig())
 
 
-class CaptionDataset(Dataset):
-    def __init__(self, folder: Path, transform) -> None:
-        lines = (folder / "clip_pretrain.tsv").read_text(encoding="utf-8").splitlines()
-        pairs = [ln.split("\t", 1) for ln in lines if ln.strip()]
-        self.images = [np.asarray(open_rgb(folder / p)) for p, _ in pairs]
-        self.captions = [c for _, c in pairs]
-        self.transform = transform
-        self.tokens: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        return self.transform(Image.fromarray(self.images[i])), self.tokens[i]
+def read_captions(folder: Path) -> tuple[np.ndarray, list[str]]:
+    """The caption corpus: all images as one N×H×W×3 uint8 array, and their captions."""
+    lines = (folder / "clip_pretrain.tsv").read_text(encoding="utf-8").splitlines()
+    pairs = [ln.split("\t", 1) for ln in lines if ln.strip()]
+    images = np.stack([np.asarray(open_rgb(folder / p)) for p, _ in pairs])
+    return images, [c for _, c in pairs]
 
 
 class ClipTask:
@@ -99,14 +88,14 @@ def pretrain_mini_clip(
     from .backbones import BACKBONES
 
     bspec = BACKBONES.get(backbone)
-    tf = train_transform(recipe["augment"], bspec.image_size, bspec.eval_resize, bspec.mean, bspec.std)
-    data = CaptionDataset(folder, tf)
-    data.tokens = tokenizer(backbone)(data.captions)
+    images, captions = read_captions(folder)
+    tokens = tokenizer(backbone)(captions)
     cfg = TrainConfig(epochs=recipe["epochs"], lr=recipe["lr"], batch_size=recipe["batch_size"],
                       weight_decay=recipe["weight_decay"], warmup_epochs=recipe["warmup_epochs"],
                       min_lr=recipe["min_lr"], sampler="instance")
-    loader = DataLoader(data, batch_size=cfg.batch_size, sampler=InstanceSampler(np.zeros(len(data)), seed),
-                        drop_last=True)
+    loader = BatchLoader(images, tokens, batch_size=cfg.batch_size, sampler=InstanceSampler(np.zeros(len(images)), seed),
+                         augment=recipe["augment"], image_size=bspec.image_size, eval_resize=bspec.eval_resize,
+                         mean=bspec.mean, std=bspec.std, drop_last=True)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(dev)
     res = fit(ClipTask(model), loader, cfg, out.parent / "ckpt", device=dev, seed=seed, progress=progress,
@@ -114,4 +103,4 @@ def pretrain_mini_clip(
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out)
     for p in (out.parent / "ckpt").glob("*.pt"):
         p.unlink()
-    return {"history": res.history, "train_seconds": res.seconds, "captions": len(data), "recipe": recipe}
+    return {"history": res.history, "train_seconds": res.seconds, "captions": len(captions), "recipe": recipe}

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Subset
 from ..config import BenchConfig
 from ..registry import BACKBONES, DATASETS
 from .base import LTDataset
+from .batched import BatchLoader
 from .images import ImageListDataset
 from .samplers import build_sampler
 from .transforms import eval_transform, train_transform
@@ -124,6 +125,16 @@ class _Shared:
 
     def __init__(self, base: ImageListDataset) -> None:
         self.base = base
+        self._stacked: np.ndarray | None = None
+
+    def stacked(self) -> np.ndarray | None:
+        """All images as one N×H×W×3 uint8 array when preloaded and of one size, else None."""
+        cache = self.base._cache
+        if cache is None or not cache or len({a.shape for a in cache}) != 1:
+            return None
+        if self._stacked is None:
+            self._stacked = np.stack(cache)
+        return self._stacked
 
     def with_transform(self, tf) -> ImageListDataset:
         view = ImageListDataset.__new__(ImageListDataset)
@@ -132,12 +143,28 @@ class _Shared:
         return view
 
 
+def _batched(ds: LTDataset, split: str, img: ImageSettings, augment: str) -> np.ndarray | None:
+    """The in-memory images of a split when the whole-batch path applies (ltrbench.data.batched)."""
+    if augment not in ("light", "none"):
+        return None
+    image_dataset(ds, split, img, train=False)  # decodes and caches the split
+    preload = img.preload or bool(ds.extra.get("preload", False))
+    key = (ds.name, str(ds.root), split, len(ds.split(split)), preload, img.allow_corrupt)
+    return _DECODED[key].stacked() if preload else None
+
+
 def train_loader(
     ds: LTDataset, img: ImageSettings, *, sampler: str, batch_size: int, seed: int, samples_per_class: int = 4,
     split: str = "train",
-) -> DataLoader:
+):
+    labels = ds.labels(split)
+    smp = build_sampler(sampler, labels, seed, samples_per_class)
+    images = _batched(ds, split, img, img.augment)
+    if images is not None:
+        return BatchLoader(images, torch.from_numpy(labels), batch_size=batch_size, sampler=smp, augment=img.augment,
+                           image_size=img.image_size, eval_resize=img.eval_resize, mean=img.mean, std=img.std,
+                           drop_last=len(labels) > batch_size)
     data = image_dataset(ds, split, img, train=True)
-    smp = build_sampler(sampler, data.labels, seed, samples_per_class)
     return DataLoader(
         data, batch_size=batch_size, sampler=smp, drop_last=len(data) > batch_size,
         num_workers=img.num_workers, pin_memory=torch.cuda.is_available(),
@@ -145,7 +172,14 @@ def train_loader(
     )
 
 
-def eval_loader(ds: LTDataset, split: str, img: ImageSettings, indices: np.ndarray | None = None) -> DataLoader:
+def eval_loader(ds: LTDataset, split: str, img: ImageSettings, indices: np.ndarray | None = None):
+    images = _batched(ds, split, img, "none")
+    if images is not None:
+        labels = torch.from_numpy(ds.labels(split))
+        if indices is not None:
+            images, labels = images[indices], labels[torch.from_numpy(indices)]
+        return BatchLoader(images, labels, batch_size=img.eval_batch_size, image_size=img.image_size,
+                           eval_resize=img.eval_resize, mean=img.mean, std=img.std)
     data = image_dataset(ds, split, img, train=False)
     if indices is not None:
         data = Subset(data, indices.tolist())
