@@ -61,6 +61,7 @@ class DataConfig:
     eval_batch_size: int = 256
     preload: bool = False  # decode every image into memory once (small data sets only)
     allow_corrupt: bool = False  # skip unreadable images (and count them) instead of failing
+    eval_split: str | None = None  # None: the paper's (test; iNat val). "val" for choosing recipes
 
 
 @register_section("backbone")

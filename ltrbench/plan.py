@@ -71,6 +71,16 @@ class RunContext:
         return self.spec.seed
 
     @property
+    def eval_split(self) -> str:
+        """The split results are reported on: the paper's, unless data.eval_split says otherwise."""
+        split = self.cfg.data.eval_split or self.ds.eval_split
+        if split not in self.ds.splits:
+            from .errors import ConfigError
+
+            raise ConfigError(f"data.eval_split={split!r}: {self.ds.name} has splits {', '.join(sorted(self.ds.splits))}.")
+        return split
+
+    @property
     def backbone(self) -> str:
         return self.cfg.backbone.name
 
@@ -119,7 +129,7 @@ class RunContext:
         return Stage("text_features", conf, (clip,), self.env(), label=f"{clip.label}:{source}")
 
     def evaluate(self, inputs: Sequence[Stage], **conf: Any) -> Stage:
-        full = {"method": self.spec.method, "dataset": self.dataset_key(), "split": self.ds.eval_split,
+        full = {"method": self.spec.method, "dataset": self.dataset_key(), "split": self.eval_split,
                 "seed": self.seed, **conf}
         return Stage("evaluate", full, tuple(inputs), self.env(), label=f"{self.spec.name}/seed{self.seed}")
 

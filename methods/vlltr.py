@@ -203,9 +203,10 @@ def lgr(ctx: StageContext) -> dict[str, Any]:
               desc=ctx.stage.label or "lgr")
     module.eval()
     if c.finetune_encoder:
-        batches = (x for x, _ in eval_loader(ds, ds.eval_split, image_settings(ctx)))
+        split = ctx.config["eval_split"]
+        batches = (x for x, _ in eval_loader(ds, split, image_settings(ctx)))
         zi, zt = _branch_logits(module, batches, dev)
-        labels_eval = ds.labels(ds.eval_split)
+        labels_eval = ds.labels(split)
     else:
         eval_dir = ctx.inputs[3]
         f = torch.from_numpy(np.array(load_array(eval_dir, "feats")))
@@ -252,8 +253,9 @@ class VLLTR(Method):
                         label=f"{model.label}:{a.mode}{a.num_anchors}")
         inputs = [anchors, model]  # lgr reads its inputs by position: anchors, model, [train, eval features]
         if not c.finetune_encoder:
-            inputs += [run.features(model, "train"), run.features(model, run.ds.eval_split)]
-        conf = {"dataset": run.dataset_key(), "image": run.img.key(), "seed": run.seed, "lgr": asdict(c)}
+            inputs += [run.features(model, "train"), run.features(model, run.eval_split)]
+        conf = {"dataset": run.dataset_key(), "image": run.img.key(), "seed": run.seed, "lgr": asdict(c),
+                "eval_split": run.eval_split}
         head = Stage("lgr", conf, tuple(inputs), run.env(), label=f"lgr:{model.label}")
         return run.evaluate([head], alpha=c.alpha)
 

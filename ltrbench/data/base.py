@@ -99,10 +99,17 @@ class DatasetPlugin:
     official_classes: ClassVar[int | None] = None
 
     def resolve_root(self, root: str | os.PathLike | None) -> Path:
+        if not root and self.env_var and os.environ.get(self.env_var):
+            root = os.environ[self.env_var]
         if root:
-            return Path(root).expanduser()
-        if self.env_var and os.environ.get(self.env_var):
-            return Path(os.environ[self.env_var]).expanduser()
+            path = Path(root).expanduser()
+            if not path.is_dir():
+                raise DataError(
+                    f"Data root {path} of dataset {self.name!r} does not exist or is not a folder. Pass the folder "
+                    f"holding its split lists with --data-root DIR (check it with `python run_bench.py check-data "
+                    f"--dataset {self.name} --data-root DIR`)."
+                )
+            return path
         raise DataError(
             f"Dataset {self.name!r} needs a data root: pass --data-root DIR, set data.root in the config"
             + (f", or set the environment variable {self.env_var}." if self.env_var else ".")
