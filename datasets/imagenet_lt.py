@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ltrbench.data.base import DatasetPlugin, LTDataset, Split
 from ltrbench.data.lists import read_split_lists
-from ltrbench.errors import ConfigError, DataError
+from ltrbench.errors import DataError
 from ltrbench.registry import DATASETS
 
 LISTS = {"train": "ImageNet_LT_train.txt", "val": "ImageNet_LT_val.txt", "test": "ImageNet_LT_test.txt"}
@@ -102,7 +102,7 @@ class ImageNetLT(DatasetPlugin):
         ]
 
     def load(self, root: Path, **options: object) -> LTDataset:
-        _no_options(options)
+        self.no_options(options)
         root = Path(root)
         names, wnids = read_labels(root / "labels.txt")
         splits, _ = read_split_lists(
@@ -114,10 +114,10 @@ class ImageNetLT(DatasetPlugin):
                 f"{len(bad)} list lines disagree with {root / 'labels.txt'} (labels follow sorted-wnid "
                 "order): " + "; ".join(bad[:3]) + ". Use the labels.txt that belongs to these lists."
             )
-        return self._record(root, names, splits, wnids)
+        return self.record(root, names, splits, wnids=tuple(wnids))
 
     def load_for_check(self, root: Path, **options: object) -> tuple[LTDataset | None, list[str]]:
-        _no_options(options)
+        self.no_options(options)
         root = Path(root)
         problems: list[str] = []
         try:
@@ -136,23 +136,6 @@ class ImageNetLT(DatasetPlugin):
             bad = wnid_mismatches(splits, wnids)
             if bad:
                 problems.append(f"{len(bad)} list lines disagree with labels.txt: " + "; ".join(bad[:3]))
-        return self._record(root, names, splits, wnids, guessed=not wnids), problems
-
-    def _record(
-        self, root: Path, names: list[str], splits: dict[str, Split], wnids: list[str], guessed: bool = False
-    ) -> LTDataset:
-        wiki = root / "wiki"
-        return LTDataset(
-            name=self.name,
-            root=root,
-            classnames=tuple(names),
-            splits=splits,
-            eval_split="test",
-            wiki_dir=wiki if wiki.is_dir() else None,
-            extra={"wnids": tuple(wnids), **({"classes_guessed": True} if guessed else {})},
-        )
+        return self.record(root, names, splits, guessed=not wnids, wnids=tuple(wnids)), problems
 
 
-def _no_options(options: dict[str, object]) -> None:
-    if options:
-        raise ConfigError(f"Dataset 'imagenet_lt' takes no options; got {', '.join(sorted(options))}.")

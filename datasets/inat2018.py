@@ -21,7 +21,7 @@ from typing import Any
 
 from ltrbench.data.base import DatasetPlugin, LTDataset, Split
 from ltrbench.data.lists import path_problem
-from ltrbench.errors import ConfigError, DataError
+from ltrbench.errors import DataError
 from ltrbench.registry import DATASETS
 
 JSONS = {"train": "train2018.json", "val": "val2018.json"}
@@ -128,14 +128,14 @@ class INat2018(DatasetPlugin):
         ]
 
     def load(self, root: Path, **options: object) -> LTDataset:
-        _no_options(options)
+        self.no_options(options)
         root = Path(root)
         names = read_categories(root / "categories.json")
         splits = {split: read_split_json(root / f, len(names)) for split, f in JSONS.items()}
-        return self._record(root, names, splits)
+        return self.record(root, names, splits, eval_split="val")
 
     def load_for_check(self, root: Path, **options: object) -> tuple[LTDataset | None, list[str]]:
-        _no_options(options)
+        self.no_options(options)
         root = Path(root)
         problems: list[str] = []
         try:
@@ -153,21 +153,6 @@ class INat2018(DatasetPlugin):
         if names is None:  # no category file: count classes as max label + 1
             n = 1 + max((lab for pairs in splits.values() for _, lab in pairs), default=-1)
             names = [f"class {i}" for i in range(n)]
-        return self._record(root, names, splits, guessed=guessed), problems
-
-    def _record(self, root: Path, names: list[str], splits: dict[str, Split], guessed: bool = False) -> LTDataset:
-        wiki = root / "wiki"
-        return LTDataset(
-            name=self.name,
-            root=root,
-            classnames=tuple(names),
-            splits=splits,
-            eval_split="val",  # no labelled test split: val is the reported split (see module doc)
-            wiki_dir=wiki if wiki.is_dir() else None,
-            extra={"classes_guessed": True} if guessed else {},
-        )
+        return self.record(root, names, splits, eval_split="val", guessed=guessed), problems
 
 
-def _no_options(options: dict[str, object]) -> None:
-    if options:
-        raise ConfigError(f"Dataset 'inat2018' takes no options; got {', '.join(sorted(options))}.")

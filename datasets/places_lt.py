@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ltrbench.data.base import DatasetPlugin, LTDataset, Split
+from ltrbench.data.base import DatasetPlugin, LTDataset
 from ltrbench.data.lists import read_split_lists
-from ltrbench.errors import ConfigError, DataError
+from ltrbench.errors import DataError
 from ltrbench.registry import DATASETS
 
 LISTS = {"train": "Places_LT_train.txt", "val": "Places_LT_val.txt", "test": "Places_LT_test.txt"}
@@ -89,14 +89,14 @@ class PlacesLT(DatasetPlugin):
         ]
 
     def load(self, root: Path, **options: object) -> LTDataset:
-        _no_options(options)
+        self.no_options(options)
         root = Path(root)
         names = read_labels(root / "labels.txt")
         splits, _ = read_split_lists(root, LISTS, num_classes=len(names), dataset=self.name, published=LISTS_FROM)
-        return self._record(root, names, splits)
+        return self.record(root, names, splits)
 
     def load_for_check(self, root: Path, **options: object) -> tuple[LTDataset | None, list[str]]:
-        _no_options(options)
+        self.no_options(options)
         root = Path(root)
         problems: list[str] = []
         try:
@@ -112,21 +112,6 @@ class PlacesLT(DatasetPlugin):
         if names is None:  # no class file: count classes as max label + 1
             n = 1 + max((lab for pairs in splits.values() for _, lab in pairs), default=-1)
             names = [f"class {i}" for i in range(n)]
-        return self._record(root, names, splits, guessed=guessed), problems
-
-    def _record(self, root: Path, names: list[str], splits: dict[str, Split], guessed: bool = False) -> LTDataset:
-        wiki = root / "wiki"
-        return LTDataset(
-            name=self.name,
-            root=root,
-            classnames=tuple(names),
-            splits=splits,
-            eval_split="test",
-            wiki_dir=wiki if wiki.is_dir() else None,
-            extra={"classes_guessed": True} if guessed else {},
-        )
+        return self.record(root, names, splits, guessed=guessed), problems
 
 
-def _no_options(options: dict[str, object]) -> None:
-    if options:
-        raise ConfigError(f"Dataset 'places_lt' takes no options; got {', '.join(sorted(options))}.")

@@ -10,8 +10,6 @@ duplicate lines, and wiki coverage with corpus statistics (ALGORITHMS.md §6, Ta
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -352,29 +350,8 @@ def dataset_plugin(dataset: str | DatasetPlugin) -> DatasetPlugin:
     if isinstance(dataset, DatasetPlugin):
         return dataset
     if dataset not in DATASETS:
-        _load_plugin_file(dataset)
+        from .plugins import load_plugin
+
+        load_plugin("datasets", dataset)
     obj = DATASETS.get(dataset)  # unknown name: RegistryError with "did you mean"
     return obj() if isinstance(obj, type) else obj
-
-
-def _load_plugin_file(name: str) -> None:
-    """Import the one plugin file ``datasets/<name>.py`` as ``ltrbench.datasets.<name>``, if present.
-
-    Same module name and folders as :mod:`ltrbench.plugins` (which loads every plugin, methods
-    included), so either may run first; this keeps check-data independent of the method plugins.
-    """
-    modname = f"ltrbench.datasets.{name}"
-    pkg = Path(__file__).resolve().parent
-    found = [p for p in (pkg / "datasets" / f"{name}.py", pkg.parent / "datasets" / f"{name}.py") if p.is_file()]
-    if modname in sys.modules or not found:
-        return
-    path = found[0]
-    spec = importlib.util.spec_from_file_location(modname, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[modname] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[modname]
-        raise

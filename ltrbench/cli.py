@@ -186,8 +186,6 @@ def cmd_run(args) -> int:
 
 def _record(p, infos, cache) -> dict:
     """The result JSON of one planned run (REQUIRED_KEYS of ltrbench.results)."""
-    import dataclasses
-
     from .results import device_description, git_revision, versions
     from .stages import artifact_dir, topological
 

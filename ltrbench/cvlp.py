@@ -17,7 +17,6 @@ import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from .backbones import create_clip, tokenizer

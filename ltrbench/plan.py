@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Sequence
 
 from .backbones import BUILTIN_PRETRAINED, BACKBONES
 from .config import BenchConfig, TrainConfig, load_config

@@ -26,30 +26,43 @@ def _folder(name: str) -> Path:
     raise RuntimeError(f"ltrbench: plugin folder {name!r} not found beside {_PKG}")
 
 
-def _load_folder(name: str) -> None:
+def _package(name: str) -> types.ModuleType:
+    """The synthetic package ``ltrbench.<name>`` whose path is the plugin folder."""
     pkg_name = f"ltrbench.{name}"
-    folder = _folder(name)
     pkg = sys.modules.get(pkg_name)
     if pkg is None:
+        folder = _folder(name)
         pkg = types.ModuleType(pkg_name, f"ltrbench {name} plugins, loaded from {folder}")
         pkg.__path__ = [str(folder)]  # type: ignore[attr-defined]
         sys.modules[pkg_name] = pkg
         setattr(sys.modules["ltrbench"], name, pkg)
-    for path in sorted(folder.glob("*.py")):
-        if path.name.startswith("_"):
-            continue
-        mod_name = f"{pkg_name}.{path.stem}"
-        if mod_name in sys.modules:
-            continue
-        spec = importlib.util.spec_from_file_location(mod_name, path)
-        assert spec and spec.loader
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = mod
-        try:
-            spec.loader.exec_module(mod)
-        except BaseException:
-            del sys.modules[mod_name]
-            raise
+    return pkg
+
+
+def load_plugin(folder: str, stem: str) -> None:
+    """Import ``<folder>/<stem>.py`` once as ``ltrbench.<folder>.<stem>`` (registering its plugin)."""
+    import ltrbench  # noqa: F401  (the parent package must exist in sys.modules)
+
+    pkg = _package(folder)
+    mod_name = f"{pkg.__name__}.{stem}"
+    path = Path(pkg.__path__[0]) / f"{stem}.py"
+    if mod_name in sys.modules or not path.is_file():
+        return
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules[mod_name]
+        raise
+
+
+def _load_folder(name: str) -> None:
+    for path in sorted(_folder(name).glob("*.py")):
+        if not path.name.startswith("_"):
+            load_plugin(name, path.stem)
 
 
 def load_all() -> None:

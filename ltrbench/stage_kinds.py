@@ -12,7 +12,6 @@ Method plugins add their own kinds (``cvlp``, ``anss``, ``head`` …) with the s
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field

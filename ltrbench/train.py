@@ -36,7 +36,10 @@ class TrainTask(Protocol):
     module: nn.Module  # everything trained and checkpointed
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """Groups of named parameters: ``{"params": [(name, p), ...], "lr_scale": 1.0}``."""
+        """Groups of named parameters: ``{"params": [(name, p), ...], "lr_scale": 1.0}``.
+
+        Optional keys: ``lr``, ``weight_decay`` and ``decay_all`` (decay biases and 1-D tensors too).
+        """
 
     def set_mode(self) -> None:
         """Put modules in train/eval mode for an epoch (frozen BatchNorm stays in eval)."""
@@ -69,7 +72,12 @@ def build_optimizer(task: TrainTask, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups: list[dict[str, Any]] = []
     for g in task.param_groups():
         lr = g.get("lr", cfg.effective_lr * g.get("lr_scale", 1.0))
-        for sub in split_weight_decay(g["params"], g.get("weight_decay", cfg.weight_decay)):
+        wd = g.get("weight_decay", cfg.weight_decay)
+        # ``decay_all``: weight decay on every parameter, biases and 1-D tensors included, as the
+        # decoupling code's plain SGD does (ALGORITHMS §5: LWS's scales are decayed).
+        subs = ([{"params": [p for _, p in g["params"] if p.requires_grad], "weight_decay": wd}]
+                if g.get("decay_all") else split_weight_decay(g["params"], wd))
+        for sub in (s for s in subs if s["params"]):
             sub["lr"] = lr
             groups.append(sub)
     if not groups:

@@ -1,9 +1,6 @@
 """End-to-end runs of the CLI on the tiny built-in world, and its errors for bad input."""
 import json
-import os
-import stat
 import sys
-from pathlib import Path
 
 import pytest
 

@@ -119,6 +119,22 @@ class DatasetPlugin:
     def load(self, root: Path, **options: object) -> LTDataset:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def no_options(self, options: Mapping[str, object]) -> None:
+        """Real data sets take no load options; anything passed is a config mistake."""
+        if options:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"Dataset {self.name!r} takes no options; got {', '.join(sorted(options))}.")
+
+    def record(self, root: Path, names: Sequence[str], splits: Mapping[str, Split], *, eval_split: str = "test",
+               guessed: bool = False, **extra: object) -> LTDataset:
+        """The :class:`LTDataset` of a real root: ``wiki/`` when present; ``classes_guessed`` when the
+        class file was missing and classes were counted from the labels (check-data only)."""
+        wiki = Path(root) / "wiki"
+        return LTDataset(name=self.name, root=Path(root), classnames=tuple(names), splits=dict(splits),
+                         eval_split=eval_split, wiki_dir=wiki if wiki.is_dir() else None,
+                         extra={**extra, **({"classes_guessed": True} if guessed else {})})
+
     def expected_files(self) -> Sequence[tuple[str, str]]:
         """(relative path, where it is published) for each file the root must hold; for check-data.
 
