@@ -162,6 +162,11 @@ def run_stage(stage: Stage, cache: str | os.PathLike, progress: bool = True) -> 
             raise RuntimeError(f"stage {stage.describe()} started before its input {s.describe()} finished")
     kind = STAGES.get(stage.kind)
     log.info("stage %s: computing (key %s)", stage.describe(), stage.key)
+    # Every stage starts from generators seeded by its own key, so its result never depends on
+    # what ran before it in the same process (e.g. a head's initialisation after mini-CLIP).
+    from .train import seed_everything
+
+    seed_everything(int(stage.key[:8], 16))
     t0 = time.time()
     extra = kind.fn(StageContext(stage, partial, cache, inputs, progress)) or {}
     info = {
