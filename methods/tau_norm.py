@@ -1,0 +1,42 @@
+"""``tau_norm``: τ-normalised stage-1 classifier (Kang et al.; ALGORITHMS.md §5).
+
+The stage-1 joint classifier W (saved by the stage-1 ``features`` stages), bias dropped, rows
+rescaled W̃_k = W_k / ‖W_k‖^τ; logit_k = f·W̃_k on raw features. τ is swept over 0, 0.1, …, 2.0
+and chosen by the best mean per-class accuracy on VAL (K's script's "overall"; ties → smallest
+τ); the evaluation split is scored once, with that τ. The chosen τ and the whole sweep are kept
+in the result's ``info``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ltrbench.config import register_section
+from ltrbench.head_fit import HeadData, HeadEnv, HeadFit, HeadMethod, stage1_features
+from ltrbench.heads import DEFAULT_TAUS, select_tau, tau_normalize
+from ltrbench.plan import RunContext
+from ltrbench.registry import METHODS
+
+
+@register_section("tau_norm")
+@dataclass(frozen=True)
+class TauNormConfig:
+    taus: tuple[float, ...] = DEFAULT_TAUS  # K's sweep: 0, 0.1, …, 2.0
+
+
+@METHODS.register("tau_norm")
+class TauNorm(HeadMethod):
+    name = "tau_norm"
+    sections = ("tau_norm", "stage1")
+    description = "τ-normalised stage-1 classifier, τ chosen on val"
+    config_cls = TauNormConfig
+    roles = ("val", "eval")
+
+    def plan(self, run: RunContext):
+        return self.plan_head(run, stage1_features(run))
+
+    def fit_head(self, data: HeadData, cfg: TauNormConfig, env: HeadEnv) -> HeadFit:
+        data.need("weight", "val_x", "val_y")
+        tau, sweep = select_tau(data.weight, data.val_x, data.val_y, cfg.taus)
+        logits = data.eval_x @ tau_normalize(data.weight, tau).T  # bias dropped (§5)
+        return HeadFit(logits, {"tau": tau, "sweep": {f"{t:g}": acc for t, acc in sweep.items()},
+                                "selected_on": "val mean per-class accuracy"})
