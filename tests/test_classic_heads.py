@@ -11,7 +11,6 @@ import torch
 
 from conftest import TINY, run_cli, tiny_set
 from ltrbench import plugins
-from ltrbench.config import sections
 from ltrbench.head_fit import HeadData, HeadEnv, config_from_dict, head_methods
 
 plugins.load_all()
@@ -102,12 +101,24 @@ def test_decoupled_heads_share_one_stage1_finetune_and_features():
 # --------------------------------------------------------------------------- end to end
 
 
+def test_knn_and_fc_read_the_chosen_encoder():
+    from ltrbench.plan import RunContext, RunSpec, plan_runs
+    from ltrbench.stages import topological
+
+    for encoder in ("cvlp", "clip"):
+        sets = [*TINY, f"knn.encoder={encoder}", f"fc.encoder={encoder}"]
+        for p in plan_runs([RunSpec("knn", "synthetic_lt"), RunSpec("fc", "synthetic_lt")], overrides=sets):
+            model = next(s for s in topological([p.target]) if s.kind == "features").inputs[0]
+            cvlp_wired = hasattr(RunContext, "cvlp_weights") and p.cfg.cvlp.enabled
+            assert model.kind == ("cvlp" if encoder == "cvlp" and cvlp_wired else "clip_weights")
+
+
 def _fast_heads() -> list[str]:
-    extra = ["stage1.train.epochs=1", "stage1.train.batch_size=64", "crt.train.epochs=2", "crt.train.batch_size=32",
-             "lws.train.epochs=2", "lws.train.batch_size=32", "fc.train.epochs=2", "fc.train.batch_size=32"]
-    if "cvlp" in sections():  # the CVLP stage of knn/fc, where it is wired in
-        extra += ["cvlp.train.epochs=1", "cvlp.train.batch_size=64"]
-    return tiny_set(extra)
+    # knn/fc on the raw CLIP weights here: their CVLP encoder is trained and tested by test_vlltr.py
+    # (Table 4 rows 5 and 6), and test_knn_and_fc_read_the_chosen_encoder checks the wiring.
+    return tiny_set(["stage1.train.epochs=1", "stage1.train.batch_size=64", "crt.train.epochs=2",
+                     "crt.train.batch_size=32", "lws.train.epochs=2", "lws.train.batch_size=32", "fc.train.epochs=2",
+                     "fc.train.batch_size=32", "knn.encoder=clip", "fc.encoder=clip"])
 
 
 @pytest.mark.slow
