@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--split", default="val")
+    ap.add_argument("--rules", action="store_true",
+                    help="one row per inference rule (vlltr: alpha, paper, logit_sum, visual_branch, text_branch)")
     args = ap.parse_args()
     plugins.load_all()
     axes = [(g.split("=", 1)[0], g.split("=", 1)[1].split(",")) for g in args.grid]
@@ -37,14 +39,18 @@ def main() -> None:
     specs = [RunSpec(args.method, args.dataset, None, s, f"g{i}", tuple(c)) for i, c in enumerate(combos) for s in seeds]
     planned = plan_runs(specs, overrides=[*args.overrides, f"data.eval_split={args.split}"])
     execute([p.target for p in planned], cache_root(), progress=True)
-    print(f"| {' | '.join(k for k, _ in axes)} | seeds | {args.split} overall | many | medium | few |")
-    print("|" + "---|" * (len(axes) + 5))
+    print(f"| {' | '.join(k for k, _ in axes)} | rule | seeds | {args.split} overall | many | medium | few |")
+    print("|" + "---|" * (len(axes) + 6))
     for i, combo in enumerate(combos):
-        rows = [json.loads((artifact_dir(cache_root(), p.target) / "result.json").read_text())["metrics"]["paper"]
-                for p in planned if p.spec.variant == f"g{i}"]
-        mean = {m: sum(r[m] or 0 for r in rows) / len(rows) for m in ("overall", "many", "medium", "few")}
+        results = [json.loads((artifact_dir(cache_root(), p.target) / "result.json").read_text())
+                   for p in planned if p.spec.variant == f"g{i}"]
+        rules = {"primary": [r["metrics"]["paper"] for r in results]}
+        if args.rules:
+            rules.update({name: [r["rules"][name]["paper"] for r in results] for name in results[0].get("rules", {})})
         vals = [c.split("=", 1)[1] for c in combo]
-        print(f"| {' | '.join(vals)} | {len(rows)} | " + " | ".join(f"{mean[m]:.1f}" for m in mean) + " |")
+        for name, rows in rules.items():
+            mean = {m: sum(r[m] or 0 for r in rows) / len(rows) for m in ("overall", "many", "medium", "few")}
+            print(f"| {' | '.join(vals)} | {name} | {len(rows)} | " + " | ".join(f"{mean[m]:.1f}" for m in mean) + " |")
 
 
 if __name__ == "__main__":

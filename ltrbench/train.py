@@ -211,7 +211,7 @@ def fit(
             n += 1
             if progress and n % 10 == 0:
                 bar.set_postfix(loss=f"{total / n:.3f}")
-        row = {"epoch": epoch + 1, "loss": total / max(n, 1), "lr": opt.param_groups[-1]["lr"]}
+        row = {"epoch": epoch + 1, "loss": total / max(n, 1), "lr": max(g["lr"] for g in opt.param_groups)}
         if cfg.select_best:
             score = task.validate()
             row["val_acc"] = score

@@ -69,3 +69,9 @@ def test_effective_lr_scales_linearly_with_batch():
 def test_none_and_optional_values():
     cfg = load_config("synthetic_lt", overrides=["data.root=null", "data.image_size=48"])
     assert cfg.data.root is None and cfg.data.image_size == 48
+
+
+def test_builtin_vlltr_budget_does_not_exceed_the_baselines():
+    """Issue rule: VL-LTR's epochs in all (CVLP + LGR) are no more than the baseline's, as shipped."""
+    cfg = load_config("synthetic_lt")
+    assert cfg.cvlp.enabled and cfg.cvlp.train.epochs + cfg.lgr.train.epochs <= cfg.baseline.train.epochs

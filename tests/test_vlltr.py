@@ -37,6 +37,9 @@ def test_table4_rows_share_and_differ_as_designed(table4):
     assert cvlp["t4r1"] == cvlp["t4r5"] == cvlp["t4r6"] == cvlp["t4r7"] and len(cvlp["t4r1"]) == 1
     assert cvlp["t4r2"] == set()
     assert len({frozenset(cvlp[v]) for v in ("t4r1", "t4r3", "t4r4")}) == 3
+    # The built-in recipe has no distillation (β = 0); the "w/ L_dis" rows set the paper's 0.5.
+    assert {recs[v]["config"]["cvlp"]["beta"] for v in ("t4r1", "t4r5", "t4r6", "t4r7")} == {0.5}
+    assert recs["t4r4"]["config"]["cvlp"]["beta"] == 0.0
     anss = {v: _stage_keys(rec, "anss") for v, rec in recs.items() if rec["method"] == "vlltr"}
     assert anss["t4r1"] != anss["t4r7"]  # AnSS vs cut-off
 
@@ -61,3 +64,23 @@ def test_prompt_only_source_runs(tmp_path):
     rec = json.loads(f.read_text())
     assert rec["config"]["cvlp"]["source"] == "prompt_only"
     assert any(s["label"].endswith("prompt_only") for s in rec["stages"] if s["kind"] == "cvlp")
+
+
+def test_lgr_through_the_encoder_with_mixup_runs(tmp_path):
+    """The official iNat shape: LGR fine-tunes the image encoder on images, with mixup/CutMix."""
+    r = run_cli("--methods", "vlltr", "--out", str(tmp_path), "--quiet",
+                *tiny_set([*FAST, "lgr.finetune_encoder=true", "lgr.mixup=0.8", "lgr.cutmix=1.0"]))
+    assert r.returncode == 0, r.stderr[-3000:]
+    (f,) = (tmp_path / "runs").glob("*.json")
+    rec = json.loads(f.read_text())
+    assert rec["config"]["lgr"]["finetune_encoder"] is True
+    assert [s for s in rec["stages"] if s["kind"] == "lgr"]
+    # Through the encoder LGR reads images, not the feature cache: no cached training features.
+    feats = [s["label"] for s in rec["stages"] if s["kind"] == "features"]
+    assert feats and not any(label.endswith(":train") for label in feats), feats
+
+
+def test_frozen_lgr_trains_from_the_feature_cache(table4):
+    _, recs = table4
+    feats = [s["label"] for s in recs["t4r4"]["stages"] if s["kind"] == "features"]
+    assert any(label.endswith(":train") for label in feats), feats
