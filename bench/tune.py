@@ -3,6 +3,10 @@
 
     python bench/tune.py --method baseline --grid baseline.train.lr=0.0003,0.001,0.003 \\
         --grid baseline.train.epochs=10,20,30 [--seeds 0,1] [--set key=value ...] [--dataset synthetic_lt]
+    python bench/tune.py --method vlltr --rules --grid cvlp.train.lr=0.001,0.002
+
+``--rules`` adds a row per inference rule the method records (VL-LTR: the α-fusion, the paper's
+probability sum, the logit sum and each branch alone) beside the primary result.
 
 Every run is evaluated on the val split (``data.eval_split=val``), never on test; stages are cached,
 so shared prerequisites (the world, mini-CLIP, CVLP) run once across the grid. This is how the

@@ -53,6 +53,9 @@ class LGRConfig:
     """Stage 2. Defaults: ImageNet-LT (frozen encoder, lr 1e-3 at global batch 1024, 50 epochs)."""
 
     finetune_encoder: bool = False  # official: false on ImageNet-LT/Places-LT, true on iNat
+    # Frozen encoder only: train on augmented images through the encoder (with mixup/CutMix as set,
+    # the official code's way) instead of from the feature cache (label smoothing only, far cheaper).
+    image_augment: bool = False
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=50, lr=1e-3, batch_size=1024, ref_batch_size=1024, warmup_epochs=0, min_lr=0.0, sampler="sqrt"))
     text_lr: float = 1e-6  # LN_q, LN_k, W_q, W_k (every parameter without "visual" in its name)
@@ -175,9 +178,13 @@ def lgr(ctx: StageContext) -> dict[str, Any]:
     model_dir = ctx.inputs[1]
     backbone = read_manifest(model_dir)["backbone"]
     head = _head(ctx.inputs[0], c, backbone)
-    if c.finetune_encoder:
+    through = c.finetune_encoder or c.image_augment
+    if through:
         img = image_settings(ctx)
-        module: nn.Module = LGRModel(load_model(model_dir, "cpu").visual, head).to(dev)
+        visual = load_model(model_dir, "cpu").visual
+        if not c.finetune_encoder:
+            visual.requires_grad_(False)  # image_augment: frozen encoder, augmented images
+        module: nn.Module = LGRModel(visual, head).to(dev)
         loader = train_loader(ds, img, sampler=c.train.sampler, batch_size=c.train.batch_size, seed=seed)
         mixup = None
         if c.mixup > 0 or c.cutmix > 0:
@@ -188,7 +195,8 @@ def lgr(ctx: StageContext) -> dict[str, Any]:
         task = LGRTask(module, c, ds.num_classes, mixup)
     else:
         # Frozen encoder (official ImageNet-LT/Places-LT): train from the feature cache. Image-level
-        # mixup/CutMix needs images through the encoder, so here ỹ is label smoothing only.
+        # mixup/CutMix needs images through the encoder (lgr.image_augment), so here ỹ is label
+        # smoothing only; the stage records that.
         train_dir = ctx.inputs[2]
         feats = torch.from_numpy(np.array(load_array(train_dir, "feats")))
         labels = torch.from_numpy(np.array(load_array(train_dir, "labels")))
@@ -200,7 +208,7 @@ def lgr(ctx: StageContext) -> dict[str, Any]:
     res = fit(task, loader, c.train, ctx.out / "ckpt", device=dev, seed=seed, progress=ctx.progress,
               desc=ctx.stage.label or "lgr")
     module.eval()
-    if c.finetune_encoder:
+    if through:
         split = ctx.config["eval_split"]
         batches = (x for x, _ in eval_loader(ds, split, image_settings(ctx)))
         zi, zt = _branch_logits(module, batches, dev)
@@ -216,8 +224,11 @@ def lgr(ctx: StageContext) -> dict[str, Any]:
     torch.save({k: v.cpu() for k, v in module.state_dict().items() if not k.endswith("anchors")}, ctx.out / "lgr.pt")
     for p in (ctx.out / "ckpt").glob("*.pt"):
         p.unlink()
+    mixing = f"mixup {c.mixup}, cutmix {c.cutmix}" if c.mixup > 0 or c.cutmix > 0 else "none"
     return {"history": res.history, "train_seconds": res.seconds, "effective_lr": c.train.effective_lr,
-            "effective_batch_size": c.train.batch_size}
+            "effective_batch_size": c.train.batch_size,
+            "trained_on": "images" if through else "feature cache (no image augmentation, no mixup/CutMix)",
+            "image_mixing": mixing if through else "none"}
 
 
 # --------------------------------------------------------------------------- the method
@@ -250,9 +261,12 @@ class VLLTR(Method):
                                  "num_classes": run.ds.num_classes}, tuple(anss_inputs), run.env(),
                         label=f"{model.label}:{a.mode}{a.num_anchors}")
         inputs = [anchors, model]  # lgr reads its inputs by position: anchors, model, [train, eval features]
-        if not c.finetune_encoder:
+        if not (c.finetune_encoder or c.image_augment):
             inputs += [run.features(model, "train"), run.features(model, run.eval_split)]
-        conf = {"dataset": run.dataset_key(), "image": run.img.key(), "seed": run.seed, "lgr": asdict(c),
+        lgr_conf = asdict(c)
+        if not c.image_augment:
+            del lgr_conf["image_augment"]  # added later: off, it leaves the stage keys (and caches) as they were
+        conf = {"dataset": run.dataset_key(), "image": run.img.key(), "seed": run.seed, "lgr": lgr_conf,
                 "eval_split": run.eval_split}
         head = Stage("lgr", conf, tuple(inputs), run.env(), label=f"lgr:{model.label}")
         return run.evaluate([head], alpha=c.alpha)

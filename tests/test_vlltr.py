@@ -84,3 +84,27 @@ def test_frozen_lgr_trains_from_the_feature_cache(table4):
     _, recs = table4
     feats = [s["label"] for s in recs["t4r4"]["stages"] if s["kind"] == "features"]
     assert any(label.endswith(":train") for label in feats), feats
+
+
+def test_frozen_lgr_on_augmented_images_keeps_the_encoder(tmp_path):
+    """lgr.image_augment: the encoder stays frozen, but the head trains on images through it."""
+    import os
+
+    import torch
+
+    r = run_cli("--methods", "vlltr", "--out", str(tmp_path), "--quiet",
+                *tiny_set([*FAST, "lgr.image_augment=true", "lgr.mixup=0.8"]))
+    assert r.returncode == 0, r.stderr[-3000:]
+    (f,) = (tmp_path / "runs").glob("*.json")
+    rec = json.loads(f.read_text())
+    feats = [s["label"] for s in rec["stages"] if s["kind"] == "features"]
+    assert not any(label.endswith(":train") for label in feats), feats
+    cache = os.environ["LTRBENCH_CACHE"]
+    (lgr,) = [s["key"] for s in rec["stages"] if s["kind"] == "lgr"]
+    (cvlp,) = [s["key"] for s in rec["stages"] if s["kind"] == "cvlp"]
+    head = torch.load(f"{cache}/lgr/{lgr}/lgr.pt", map_location="cpu")
+    start = torch.load(f"{cache}/cvlp/{cvlp}/weights.pt", map_location="cpu")
+    enc = [k for k in head if k.startswith("visual.")]
+    assert enc and all(torch.equal(head[k], start[k]) for k in enc)
+    info = json.loads(open(f"{cache}/lgr/{lgr}/stage.json").read())
+    assert info["trained_on"] == "images" and info["image_mixing"].startswith("mixup 0.8")
