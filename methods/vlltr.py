@@ -66,6 +66,11 @@ class LGRConfig:
     v_detach: bool = False  # official iNat models
     hidden: int | None = None  # visual MLP width (None: the backbone's, 4096 R50 / 2048 ViT)
 
+    @property
+    def through_encoder(self) -> bool:
+        """Train on images through the encoder (fine-tuned or frozen), not from the feature cache."""
+        return self.finetune_encoder or self.image_augment
+
 
 # --------------------------------------------------------------------------- anss
 
@@ -178,7 +183,7 @@ def lgr(ctx: StageContext) -> dict[str, Any]:
     model_dir = ctx.inputs[1]
     backbone = read_manifest(model_dir)["backbone"]
     head = _head(ctx.inputs[0], c, backbone)
-    through = c.finetune_encoder or c.image_augment
+    through = c.through_encoder
     if through:
         img = image_settings(ctx)
         visual = load_model(model_dir, "cpu").visual
@@ -224,11 +229,11 @@ def lgr(ctx: StageContext) -> dict[str, Any]:
     torch.save({k: v.cpu() for k, v in module.state_dict().items() if not k.endswith("anchors")}, ctx.out / "lgr.pt")
     for p in (ctx.out / "ckpt").glob("*.pt"):
         p.unlink()
-    mixing = f"mixup {c.mixup}, cutmix {c.cutmix}" if c.mixup > 0 or c.cutmix > 0 else "none"
+    mixing = f"mixup {c.mixup}, cutmix {c.cutmix}" if through and (c.mixup > 0 or c.cutmix > 0) else "none"
     return {"history": res.history, "train_seconds": res.seconds, "effective_lr": c.train.effective_lr,
             "effective_batch_size": c.train.batch_size,
             "trained_on": "images" if through else "feature cache (no image augmentation, no mixup/CutMix)",
-            "image_mixing": mixing if through else "none"}
+            "image_mixing": mixing}
 
 
 # --------------------------------------------------------------------------- the method
@@ -261,7 +266,7 @@ class VLLTR(Method):
                                  "num_classes": run.ds.num_classes}, tuple(anss_inputs), run.env(),
                         label=f"{model.label}:{a.mode}{a.num_anchors}")
         inputs = [anchors, model]  # lgr reads its inputs by position: anchors, model, [train, eval features]
-        if not (c.finetune_encoder or c.image_augment):
+        if not c.through_encoder:
             inputs += [run.features(model, "train"), run.features(model, run.eval_split)]
         lgr_conf = asdict(c)
         if not c.image_augment:

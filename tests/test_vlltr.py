@@ -1,7 +1,9 @@
 """VL-LTR end to end on the tiny built-in world: every Table 4 row and Table 10's prompt-only run."""
 import json
+import os
 
 import pytest
+import torch
 
 from conftest import run_cli, tiny_set
 
@@ -88,10 +90,6 @@ def test_frozen_lgr_trains_from_the_feature_cache(table4):
 
 def test_frozen_lgr_on_augmented_images_keeps_the_encoder(tmp_path):
     """lgr.image_augment: the encoder stays frozen, but the head trains on images through it."""
-    import os
-
-    import torch
-
     r = run_cli("--methods", "vlltr", "--out", str(tmp_path), "--quiet",
                 *tiny_set([*FAST, "lgr.image_augment=true", "lgr.mixup=0.8"]))
     assert r.returncode == 0, r.stderr[-3000:]
