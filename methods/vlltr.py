@@ -71,6 +71,21 @@ class LGRConfig:
         """Train on images through the encoder (fine-tuned or frozen), not from the feature cache."""
         return self.finetune_encoder or self.image_augment
 
+    def stage_config(self) -> dict[str, Any]:
+        """The fields that change what the lgr stage trains: its config, and so its cache key.
+
+        ``alpha`` only fuses the two branches at evaluation (it is in the evaluate stage's key), and
+        mixup/CutMix act on images, so a head trained from the feature cache leaves them out: a sweep
+        of either does not retrain the head.
+        """
+        conf = asdict(self)
+        del conf["alpha"]
+        if not self.through_encoder:
+            del conf["mixup"], conf["cutmix"]
+        if not self.image_augment:
+            del conf["image_augment"]
+        return conf
+
 
 # --------------------------------------------------------------------------- anss
 
@@ -268,10 +283,7 @@ class VLLTR(Method):
         inputs = [anchors, model]  # lgr reads its inputs by position: anchors, model, [train, eval features]
         if not c.through_encoder:
             inputs += [run.features(model, "train"), run.features(model, run.eval_split)]
-        lgr_conf = asdict(c)
-        if not c.image_augment:
-            del lgr_conf["image_augment"]  # added later: off, it leaves the stage keys (and caches) as they were
-        conf = {"dataset": run.dataset_key(), "image": run.img.key(), "seed": run.seed, "lgr": lgr_conf,
+        conf = {"dataset": run.dataset_key(), "image": run.img.key(), "seed": run.seed, "lgr": c.stage_config(),
                 "eval_split": run.eval_split}
         head = Stage("lgr", conf, tuple(inputs), run.env(), label=f"lgr:{model.label}")
         return run.evaluate([head], alpha=c.alpha)

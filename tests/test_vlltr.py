@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from conftest import run_cli, tiny_set
+from conftest import TINY, run_cli, tiny_set
 
 FAST = ["cvlp.train.epochs=1", "lgr.train.epochs=1", "fc.train.epochs=1", "cvlp.train.batch_size=64",
         "lgr.train.batch_size=64"]
@@ -106,3 +106,26 @@ def test_frozen_lgr_on_augmented_images_keeps_the_encoder(tmp_path):
     assert enc and all(torch.equal(head[k], start[k]) for k in enc)
     info = json.loads(open(f"{cache}/lgr/{lgr}/stage.json").read())
     assert info["trained_on"] == "images" and info["image_mixing"].startswith("mixup 0.8")
+
+
+def _lgr_and_eval_keys(*sets):
+    from ltrbench import plugins
+    from ltrbench.plan import RunSpec, plan_runs
+    from ltrbench.stages import topological
+
+    plugins.load_all()
+    (p,) = plan_runs([RunSpec("vlltr", "synthetic_lt")], overrides=[*TINY, *FAST, *sets])
+    (lgr,) = [s for s in topological([p.target]) if s.kind == "lgr"]
+    return lgr.key, p.target.key
+
+
+def test_lgr_key_holds_only_what_trains_the_head():
+    """α fuses at evaluation and mixup/CutMix need images: neither retrains a head fitted from the cache."""
+    lgr, ev = _lgr_and_eval_keys()
+    lgr_a, ev_a = _lgr_and_eval_keys("lgr.alpha=0.5")
+    assert lgr_a == lgr and ev_a != ev  # α: a new evaluation of the same head
+    assert _lgr_and_eval_keys("lgr.mixup=0.3", "lgr.cutmix=0.0")[0] == lgr
+    assert _lgr_and_eval_keys("lgr.label_smoothing=0.0")[0] != lgr
+    # Through the encoder the mixing is part of training, so it is part of the key.
+    ft = _lgr_and_eval_keys("lgr.finetune_encoder=true")[0]
+    assert _lgr_and_eval_keys("lgr.finetune_encoder=true", "lgr.mixup=0.3")[0] != ft
