@@ -5,7 +5,8 @@ A stage is a pure function of its config and its inputs (ARCHITECTURE.md "Stages
 ``<cache>/<kind>/<key>/``; it is built in ``<cache>/<kind>/<key>.partial/`` (where training
 stages keep their per-epoch checkpoint, so a crash resumes) and renamed into place when complete,
 with ``stage.json`` written last. A finished key is never recomputed, and equal stages of
-different runs are one node of the DAG.
+different runs are one node of the DAG. A file lock per key (``<key>.lock``) keeps two processes
+sharing a cache from building the same stage at once.
 
 ``env`` carries what may differ between machines without changing the result (a data root, the
 number of loader workers): it is passed to the stage function but not hashed.
@@ -15,6 +16,7 @@ Stage functions are registered by kind in :data:`ltrbench.registry.STAGES` and r
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -154,6 +156,34 @@ def run_stage(stage: Stage, cache: str | os.PathLike, progress: bool = True) -> 
     final = artifact_dir(cache, stage)
     if (final / "stage.json").is_file():
         return json.loads((final / "stage.json").read_text())
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(final.with_name(final.name + ".lock"), stage):
+        if (final / "stage.json").is_file():  # another process built it while we waited
+            return json.loads((final / "stage.json").read_text())
+        return _build(stage, cache, final, progress)
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path, stage: Stage):
+    """One builder per stage key: two processes sharing a cache (two runs, Ray workers on one
+    machine) would otherwise train into the same ``.partial`` folder. The second waits, then finds
+    the artifact done. ``flock`` is advisory and per machine; on network storage it holds where the
+    file system supports it (NFSv4, Lustre), and the final rename keeps one result either way."""
+    import fcntl
+
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("stage %s: another process is building it; waiting", stage.describe())
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _build(stage: Stage, cache: Path, final: Path, progress: bool) -> dict[str, Any]:
     partial = final.with_name(final.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     inputs = [artifact_dir(cache, s) for s in stage.inputs]

@@ -63,3 +63,41 @@ def test_stage_json_records_config_and_inputs(tmp_path):
     execute([b], tmp_path, progress=False)
     info = json.loads((artifact_dir(tmp_path, b) / "stage.json").read_text())
     assert info["config"] == {"name": "b"} and info["inputs"] == [a.key] and info["n"] == 2
+
+
+@stage_kind("test_slow", version="1")
+def _slow(ctx):
+    import os
+    import time
+
+    with open(ctx.config["log"], "a") as fh:
+        fh.write(f"{os.getpid()}\n")
+    time.sleep(1.0)
+    (ctx.out / "out.txt").write_text("done")
+    return {"pid": os.getpid()}
+
+
+def _build_in_child(stage, cache, queue):
+    from ltrbench.stages import run_stage
+
+    queue.put(run_stage(stage, cache, progress=False)["pid"])
+
+
+def test_two_processes_building_one_stage_build_it_once(tmp_path):
+    """Two runs sharing a cache: the second waits for the first instead of training into its folder."""
+    import multiprocessing as mp
+
+    log = tmp_path / "calls.txt"
+    stage = Stage("test_slow", {"log": str(log)})
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_build_in_child, args=(stage, tmp_path / "cache", queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    pids = [queue.get(timeout=5) for _ in procs]
+    assert len(log.read_text().split()) == 1  # built once
+    assert pids[0] == pids[1]  # both report the one build
+    assert (artifact_dir(tmp_path / "cache", stage) / "out.txt").read_text() == "done"
