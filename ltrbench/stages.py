@@ -177,6 +177,10 @@ def _build_lock(path: Path, stage: Stage):
         except BlockingIOError:
             log.info("stage %s: another process is building it; waiting", stage.describe())
             fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError as e:  # a file system without locks (some network mounts): build unlocked
+            log.warning("stage %s: cannot lock %s (%s); building without a lock", stage.describe(), path, e)
+            yield
+            return
         try:
             yield
         finally:

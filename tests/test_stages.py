@@ -101,3 +101,17 @@ def test_two_processes_building_one_stage_build_it_once(tmp_path):
     assert len(log.read_text().split()) == 1  # built once
     assert pids[0] == pids[1]  # both report the one build
     assert (artifact_dir(tmp_path / "cache", stage) / "out.txt").read_text() == "done"
+
+
+def test_a_file_system_without_locks_still_builds(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from ltrbench.stages import run_stage
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    stage = Stage("test_write", {"name": "unlocked"})
+    assert run_stage(stage, tmp_path, progress=False)["n"] == len("unlocked")
