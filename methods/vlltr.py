@@ -83,7 +83,7 @@ class LGRConfig:
         if not self.through_encoder:
             del conf["mixup"], conf["cutmix"]
         if not self.image_augment:
-            del conf["image_augment"]
+            del conf["image_augment"]  # added after the first runs: off, it leaves their keys as they were
         return conf
 
 
@@ -199,6 +199,7 @@ def lgr(ctx: StageContext) -> dict[str, Any]:
     backbone = read_manifest(model_dir)["backbone"]
     head = _head(ctx.inputs[0], c, backbone)
     through = c.through_encoder
+    mixing = "none"
     if through:
         img = image_settings(ctx)
         visual = load_model(model_dir, "cpu").visual
@@ -212,6 +213,7 @@ def lgr(ctx: StageContext) -> dict[str, Any]:
 
             mixup = Mixup(mixup_alpha=c.mixup, cutmix_alpha=c.cutmix, prob=1.0, switch_prob=0.5, mode="batch",
                           label_smoothing=c.label_smoothing, num_classes=ds.num_classes)
+            mixing = f"mixup {c.mixup}, cutmix {c.cutmix}"
         task = LGRTask(module, c, ds.num_classes, mixup)
     else:
         # Frozen encoder (official ImageNet-LT/Places-LT): train from the feature cache. Image-level
@@ -244,7 +246,6 @@ def lgr(ctx: StageContext) -> dict[str, Any]:
     torch.save({k: v.cpu() for k, v in module.state_dict().items() if not k.endswith("anchors")}, ctx.out / "lgr.pt")
     for p in (ctx.out / "ckpt").glob("*.pt"):
         p.unlink()
-    mixing = f"mixup {c.mixup}, cutmix {c.cutmix}" if through and (c.mixup > 0 or c.cutmix > 0) else "none"
     return {"history": res.history, "train_seconds": res.seconds, "effective_lr": c.train.effective_lr,
             "effective_batch_size": c.train.batch_size,
             "trained_on": "images" if through else "feature cache (no image augmentation, no mixup/CutMix)",
