@@ -37,13 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltrbench import plugins
+import ltrbench
+from ltrbench.config import from_dict
 from ltrbench.data.loaders import eval_loader, train_loader
 from ltrbench.execute import execute
-from ltrbench.head_fit import HeadData, HeadEnv, HeadMethod, TrainedHeadMethod, config_from_dict, load_head_data
+from ltrbench.head_fit import HeadData, HeadEnv, HeadMethod, TrainedHeadMethod, head_logits, load_head_data
+from ltrbench.metrics import top1
 from ltrbench.models import load_model, read_manifest
-from ltrbench.paths import cache_root
-from ltrbench.plan import PlannedRun, RunSpec, plan_runs
+from ltrbench.plan import PlannedRun
 from ltrbench.registry import METHODS
 from ltrbench.stage_kinds import device, encode_split, encode_texts
 from ltrbench.stages import Stage, StageContext, artifact_dir
@@ -73,24 +74,31 @@ class ImageHeadTask:
     def validate(self) -> float | None:
         if self.val_loader is None:
             return None
-        self.module.eval()
         logits, labels = images_logits(self.encoder, self.module, self.val_loader, self.dev)
-        return float((logits.argmax(1) == labels).float().mean())
+        return accuracy(logits, labels)
 
 
-@torch.no_grad()
 def images_logits(encoder: nn.Module, head: nn.Module, loader, dev: torch.device) -> tuple[Tensor, Tensor]:
-    head.eval()
-    out, labels = [], []
-    for x, y in loader:
-        out.append(head(encoder(x.to(dev)).float()).cpu())
-        labels.append(y)
-    return torch.cat(out), torch.cat(labels)
+    """The head's scores over a loader of images through the frozen encoder, and the labels."""
+    labels: list[Tensor] = []
+
+    def batches():
+        for x, y in loader:
+            labels.append(y)
+            yield x
+
+    logits = head_logits(nn.Sequential(encoder, _Float(), head), batches(), dev)
+    return logits, torch.cat(labels)
+
+
+class _Float(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x.float()
 
 
 def _split_of(stage: Stage) -> dict[str, str]:
-    feats = [s for s in stage.inputs if s.kind == "features"]
-    return {role: s.config["split"] for role, s in zip(stage.config["features"], feats)}
+    """The split each feature role of a head stage was extracted from."""
+    return {role: s.config["split"] for role, s in zip(stage.roles, stage.inputs) if s.kind == "features"}
 
 
 def fit_from_images(method: HeadMethod, cfg: Any, stage: Stage, run: PlannedRun, cache: Path, cached: HeadData,
@@ -118,8 +126,8 @@ def fit_from_images(method: HeadMethod, cfg: Any, stage: Stage, run: PlannedRun,
         parts[f"{role}_x"], parts[f"{role}_y"] = torch.from_numpy(f), torch.from_numpy(ds.labels(split))
         if lg is not None:
             parts["weight"], parts["bias"] = model.head.weight.detach().cpu(), model.head.bias.detach().cpu()
-    if any(s.kind == "text_features" for s in stage.inputs):
-        source = next(s for s in stage.inputs if s.kind == "text_features").config["source"]
+    if "text" in stage.roles:
+        source = stage.inputs[stage.roles.index("text")].config["source"]
         corpus = ds.corpus(source)
         sentences = [s for cls in corpus for s in cls]
         backbone = read_manifest(artifact_dir(cache, model_stage))["backbone"]
@@ -129,20 +137,20 @@ def fit_from_images(method: HeadMethod, cfg: Any, stage: Stage, run: PlannedRun,
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> float:
-    return 100.0 * float((logits.argmax(1) == labels).float().mean())
+    return top1(logits.argmax(1).numpy(), labels.numpy())
 
 
 def prepare(args) -> tuple[list[tuple[PlannedRun, Stage]], Path, float]:
     """Plan the runs and fill the feature cache; return (run, head stage) pairs and the cache's cost."""
-    specs = [RunSpec(m.strip(), args.dataset) for m in args.methods.split(",") if m.strip()]
-    trained = [METHODS.get(s.method) for s in specs if issubclass(METHODS.get(s.method), TrainedHeadMethod)]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    trained = [METHODS.get(m) for m in methods if issubclass(METHODS.get(m), TrainedHeadMethod)]
     caps = [f"{m.sections[0]}.train.epochs={args.epochs}" for m in trained] if args.epochs else []
-    planned = plan_runs(specs, files=args.config, overrides=[*args.set, *caps])
-    pairs = [(p, p.target.inputs[0]) for p in planned]
+    plan = ltrbench.plan(methods, args.dataset, config_files=args.config, overrides=[*args.set, *caps])
+    pairs = [(p, p.target.inputs[0]) for p in plan.runs]
     for p, h in pairs:
         if h.kind != "head":
             raise SystemExit(f"{p.spec.method} is not a head on cached features (its evaluate input is {h.kind})")
-    cache = cache_root()
+    cache = plan.cache
     prereqs = list({s.key: s for _, h in pairs for s in h.inputs}.values())
     infos = execute(prereqs, cache, progress=not args.quiet)
     extraction = sum(i["elapsed_s"] for i in infos.values() if i["kind"] in ("features", "text_features"))
@@ -171,17 +179,17 @@ def main() -> None:
     logging.getLogger("timm.scheduler.cosine_lr").setLevel(logging.ERROR)
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"
-    plugins.load_all()
     pairs, cache, extraction = prepare(args)
     rows, tot_c, tot_i = [], 0.0, 0.0
     with tempfile.TemporaryDirectory(prefix="bench-heads-") as tmp:
         for run, stage in pairs:
             method = METHODS.get(run.spec.method)()
-            cfg = config_from_dict(method.config_cls, stage.config["config"])
+            cfg = from_dict(method.config_cls, stage.config["config"])
             work = Path(tmp) / run.spec.method
             ctx = StageContext(stage, work, cache, [artifact_dir(cache, s) for s in stage.inputs], progress=False)
             t0 = time.perf_counter()
-            data = load_head_data(ctx)
+            data = load_head_data(ctx, stage.config["num_classes"], stage.config["features"])
+            method.load_extra(ctx, data)
             cached = method.fit_head(data, cfg, HeadEnv(work / "cached", device(), run.spec.seed))
             t_c = time.perf_counter() - t0
             t0 = time.perf_counter()

@@ -9,23 +9,40 @@
 probability sum, the logit sum and each branch alone) beside the primary result.
 
 Every run is evaluated on the val split (``data.eval_split=val``), never on test; stages are cached,
-so shared prerequisites (the world, mini-CLIP, CVLP) run once across the grid. This is how the
-built-in world's recipes in configs/synthetic_lt.yaml were chosen.
+so shared prerequisites (the world, mini-CLIP, CVLP) run once across the grid. Each grid point is
+one :func:`ltrbench.run` call; the numbers are the mean over seeds of its frame, and a shot bucket
+with no class stays empty (—), never 0. This is how the built-in world's recipes in
+configs/synthetic_lt.yaml were chosen.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
+import sys
 
-from ltrbench import plugins
-from ltrbench.execute import execute
-from ltrbench.paths import cache_root
-from ltrbench.plan import RunSpec, plan_runs
-from ltrbench.stages import artifact_dir
+import pandas as pd
+
+import ltrbench
+from ltrbench.errors import LtrBenchError
+from ltrbench.results import load_results
+from ltrbench.tables import markdown
+
+METRICS = ("overall", "many", "medium", "few")
 
 
-def main() -> None:
+def grid_points(grid: list[str]) -> tuple[list[str], list[tuple[str, ...]]]:
+    """The axes' keys and every combination of ``key=value`` overrides (one empty one without a grid)."""
+    axes = []
+    for g in grid:
+        key, sep, values = g.partition("=")
+        if not sep or not values:
+            raise LtrBenchError(f"--grid {g!r}: expected KEY=V1,V2,..., e.g. --grid baseline.train.lr=0.001,0.003")
+        axes.append((key, values.split(",")))
+    combos = list(itertools.product(*[[f"{k}={v}" for v in vals] for k, vals in axes])) or [()]
+    return [k for k, _ in axes], combos
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--method", required=True)
     ap.add_argument("--dataset", default="synthetic_lt")
@@ -35,27 +52,29 @@ def main() -> None:
     ap.add_argument("--split", default="val")
     ap.add_argument("--rules", action="store_true",
                     help="one row per inference rule (vlltr: alpha, paper, logit_sum, visual_branch, text_branch)")
-    args = ap.parse_args()
-    plugins.load_all()
-    axes = [(g.split("=", 1)[0], g.split("=", 1)[1].split(",")) for g in args.grid]
-    combos = list(itertools.product(*[[f"{k}={v}" for v in vals] for k, vals in axes])) or [()]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    specs = [RunSpec(args.method, args.dataset, None, s, f"g{i}", tuple(c)) for i, c in enumerate(combos) for s in seeds]
-    planned = plan_runs(specs, overrides=[*args.overrides, f"data.eval_split={args.split}"])
-    execute([p.target for p in planned], cache_root(), progress=True)
-    print(f"| {' | '.join(k for k, _ in axes)} | rule | seeds | {args.split} overall | many | medium | few |")
-    print("|" + "---|" * (len(axes) + 6))
-    for i, combo in enumerate(combos):
-        results = [json.loads((artifact_dir(cache_root(), p.target) / "result.json").read_text())
-                   for p in planned if p.spec.variant == f"g{i}"]
-        rules = {"primary": [r["metrics"]["paper"] for r in results]}
-        if args.rules:
-            rules.update({name: [r["rules"][name]["paper"] for r in results] for name in results[0].get("rules", {})})
-        vals = [c.split("=", 1)[1] for c in combo]
-        for name, rows in rules.items():
-            mean = {m: sum(r[m] or 0 for r in rows) / len(rows) for m in ("overall", "many", "medium", "few")}
-            print(f"| {' | '.join(vals)} | {name} | {len(rows)} | " + " | ".join(f"{mean[m]:.1f}" for m in mean) + " |")
+    args = ap.parse_args(argv)
+    try:
+        keys, combos = grid_points(args.grid)
+        seeds = [int(s) for s in args.seeds.split(",")]
+        rows = []
+        for combo in combos:
+            df = ltrbench.run([args.method], args.dataset, seeds=seeds, progress=True,
+                              overrides=[*args.overrides, f"data.eval_split={args.split}", *combo])
+            frame = load_results(df.attrs["records"], rules=args.rules)
+            if not args.rules:
+                frame["rule"] = "primary"
+            for rule, g in frame.groupby("rule", sort=False):
+                row = {k: c.split("=", 1)[1] for k, c in zip(keys, combo)}
+                row.update({"rule": rule, "seeds": str(g["seed"].nunique())})
+                row.update({m: "—" if pd.isna(v) else f"{v:.1f}" for m, v in g[list(METRICS)].mean().items()})
+                rows.append(row)
+    except LtrBenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    table = pd.DataFrame(rows).rename(columns={"overall": f"{args.split} overall"})
+    print(markdown(table))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,7 +3,8 @@
 The world is generated once into ``$LTRBENCH_CACHE/worlds/<name>/`` (deterministic given
 ``world.seed``) in the real benchmarks' layout (split lists, labels.txt, wiki/desc_<k>.txt), and
 then read back through the same generic list reader and corpus code as ImageNet-LT and Places-LT.
-``--data-root DIR`` puts the worlds under DIR instead.
+``--data-root DIR`` puts the worlds under DIR instead. The generator is ``_world.py``; the world's
+CLIP (the ``mini-clip`` backbone and its ``builtin`` pretrained weights) is ``_miniclip.py``.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 from ltrbench.config import register_section
 from ltrbench.data.base import DatasetPlugin, LTDataset
 from ltrbench.data.lists import read_list
-from ltrbench.data.world import WorldSpec, generate_world
+from ltrbench.datasets import _miniclip  # noqa: F401  (registers the mini-clip backbone and its weights)
+from ltrbench.datasets._world import WorldSpec, generate_world
 from ltrbench.paths import cache_root
 from ltrbench.registry import DATASETS
 

@@ -1,6 +1,16 @@
 """ltrbench: a benchmark harness for long-tailed recognition on CLIP backbones.
 
-The core (this package) names no particular method or data set; those are plugins in the
-top-level ``methods/`` and ``datasets/`` folders, loaded by :func:`ltrbench.plugins.load_all`.
+The library API is :func:`run` (plan, execute and collect a tidy DataFrame of results) and
+:func:`plan` (the de-duplicated stage DAG, without running it). The core (this package) names no
+particular method or data set; those are plugins in the top-level ``methods/`` and ``datasets/``
+folders, loaded as ``ltrbench.methods.<name>`` and ``ltrbench.datasets.<name>`` by
+:func:`ltrbench.plugins.load_all`.
 """
-__version__ = "0.1.0"
+from .version import __version__
+from . import plugins
+
+plugins.install()  # the packages ltrbench.methods / ltrbench.datasets (no plugin is loaded yet)
+
+from .api import Plan, plan, run  # noqa: E402  (after install: the API may import plugin code)
+
+__all__ = ["Plan", "plan", "run", "__version__"]

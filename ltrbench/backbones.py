@@ -1,11 +1,11 @@
 """CLIP backbones: open_clip models by (name, pretrained tag or local file), offline-safe.
 
-Registered backbones (``python run_bench.py list``): ``RN50`` and ``ViT-B-16`` (OpenAI CLIP
-through open_clip) and ``mini-clip``, a tiny open_clip config (``model_configs/mini-clip.json``,
-registered with ``open_clip.add_model_config``) that the built-in world pretrains on its own
-caption corpus. Every model is built by ``open_clip.create_model(name, pretrained=<file>)``: the
-``clip_weights`` stage turns a tag (``openai``), an OpenAI TorchScript ``.pt`` or an open_clip
-state dict into one state-dict file first, so mini-CLIP and real CLIP load by the same path.
+Registered here (``python run_bench.py list``): ``RN50`` and ``ViT-B-16`` (OpenAI CLIP through
+open_clip). Plugins may register more (the built-in world registers its tiny ``mini-clip`` and the
+``builtin`` weights source that pretrains it, ``datasets/_miniclip.py``). Every model is built by
+``open_clip.create_model(name, pretrained=<file>)``: the ``clip_weights`` stage turns a tag
+(``openai``), an OpenAI TorchScript ``.pt``, an open_clip state dict or a registered weights source
+(:data:`ltrbench.registry.WEIGHTS`) into one state-dict file first, so every CLIP loads by one path.
 
 Offline, a tag whose file is not cached is a clear error within seconds (a 3-second probe of
 the hub), naming the file, where it is published and where to put it: never a hang.
@@ -22,18 +22,16 @@ from typing import Sequence
 
 import open_clip
 import torch
+from huggingface_hub import try_to_load_from_cache
 from torch import nn
 
 from .errors import LtrBenchError
-from .registry import BACKBONES
+from .registry import BACKBONES, WEIGHTS
 
 log = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-BUILTIN_PRETRAINED = "builtin"  # mini-CLIP: pretrained on the built-in world's caption corpus
-
-open_clip.add_model_config(Path(__file__).resolve().parent / "model_configs")
 
 
 @dataclass(frozen=True)
@@ -44,17 +42,12 @@ class BackboneSpec:
     image_size: int
     eval_resize: int
     embed_dim: int
-    lgr_hidden: int  # hidden width of LGR's visual MLP (ALGORITHMS.md §3)
     mean: Sequence[float] = CLIP_MEAN
     std: Sequence[float] = CLIP_STD
     default_pretrained: str = "openai"
 
 
-for _spec in (
-    BackboneSpec("RN50", 224, 256, 1024, 4096),
-    BackboneSpec("ViT-B-16", 224, 256, 512, 2048),
-    BackboneSpec("mini-clip", 32, 32, 64, 256, default_pretrained=BUILTIN_PRETRAINED),
-):
+for _spec in (BackboneSpec("RN50", 224, 256, 1024), BackboneSpec("ViT-B-16", 224, 256, 512)):
     BACKBONES.add(_spec.name, _spec)
 
 
@@ -116,8 +109,6 @@ def _cached_tag_file(cfg: dict, cache_dir: str | None) -> Path | None:
     hub = cfg.get("hf_hub", "")
     if hub:
         try:
-            from huggingface_hub import try_to_load_from_cache
-
             repo = hub.rstrip("/")
             for fname in ("open_clip_pytorch_model.bin", "open_clip_model.safetensors"):
                 hit = try_to_load_from_cache(repo, fname, cache_dir=cache_dir)
@@ -134,8 +125,10 @@ def _cached_tag_file(cfg: dict, cache_dir: str | None) -> Path | None:
 
 def resolve_pretrained(name: str, pretrained: str, cache_dir: str | None = None) -> Path:
     """The local file behind ``pretrained`` (a file path, or an open_clip tag, downloaded if online)."""
-    if pretrained == BUILTIN_PRETRAINED:
-        raise LtrBenchError(f"backbone.pretrained={BUILTIN_PRETRAINED!r} is the built-in mini-CLIP; use it with backbone mini-clip.")
+    if pretrained in WEIGHTS:
+        source = WEIGHTS.get(pretrained)
+        raise LtrBenchError(f"backbone.pretrained={pretrained!r} is generated weights for the backbones "
+                            f"{', '.join(source.backbones)} only; {name} needs an open_clip tag or a weights file.")
     path = Path(pretrained).expanduser()
     if path.suffix in (".pt", ".pth", ".bin", ".safetensors") or os.sep in pretrained:
         if not path.is_file():

@@ -19,6 +19,7 @@ from .data.base import DatasetPlugin, LTDataset
 from .data.corpus import class_sentences, corpus_stats, wiki_path
 from .data.lists import corrupt_images, find_duplicates, labels_out_of_range, missing_images
 from .errors import DataError, LtrBenchError
+from .metrics import CONVENTIONS, bucket_counts
 from .registry import DATASETS
 
 _SHOWN = 10  # examples quoted per finding in render()
@@ -99,7 +100,7 @@ class CheckReport:
             out.append(f"Training images per class: min {self.train_min:,}, max {self.train_max:,}")
             out.append("Many / medium / few classes (by training images):")
             for conv, (m, md, f) in self.shots.items():
-                out.append(f"  {_CONVENTIONS[conv][0]:<36} {m} / {md} / {f}")
+                out.append(f"  {_convention_label(conv):<36} {m} / {md} / {f}")
         out += ["", "Images on disk:" + (f" (a random sample of up to {self.sample:,} per split)" if self.sample else "")]
         if self.images_absent:
             out.append(f"  THE IMAGES ARE ABSENT: none of the listed images checked exists under {self.root}.")
@@ -133,22 +134,20 @@ class CheckReport:
         return "\n".join(out)
 
 
-# Both conventions in use (PEERS.md item 7). Local for now; the lead will point this at the metrics
-# module. (label, many if n >= / > ..., few if n <= / < ...)
-_CONVENTIONS = {
-    "paper": ("paper (many >= 100, few <= 20):", lambda n: n >= 100, lambda n: n <= 20),
-    "decoupling": ("decoupling (many > 100, few < 20):", lambda n: n > 100, lambda n: n < 20),
-}
-
-
 def shot_counts(train_counts: np.ndarray) -> dict[str, tuple[int, int, int]]:
-    """(many, medium, few) numbers of classes under each convention, from training images per class."""
+    """(many, medium, few) numbers of classes under each convention (ltrbench.metrics), from
+    training images per class."""
     out = {}
-    for conv, (_, is_many, is_few) in _CONVENTIONS.items():
-        many = int(sum(is_many(n) for n in train_counts))
-        few = int(sum(is_few(n) for n in train_counts))
-        out[conv] = (many, len(train_counts) - many - few, few)
+    for conv in CONVENTIONS:
+        n = bucket_counts(train_counts, conv)
+        out[conv] = (n["many"], n["medium"], n["few"])
     return out
+
+
+def _convention_label(conv: str) -> str:
+    many, few, inclusive = CONVENTIONS[conv]
+    ge, le = (">=", "<=") if inclusive else (">", "<")
+    return f"{conv} (many {ge} {many}, few {le} {few}):"
 
 
 def check_data(
@@ -346,12 +345,8 @@ def _check_wiki(
 
 
 def dataset_plugin(dataset: str | DatasetPlugin) -> DatasetPlugin:
-    """The plugin instance for a registered dataset name (loading ``datasets/<name>.py`` if needed)."""
+    """The plugin instance for a registered dataset name."""
     if isinstance(dataset, DatasetPlugin):
         return dataset
-    if dataset not in DATASETS:
-        from .plugins import load_plugin
-
-        load_plugin("datasets", dataset)
     obj = DATASETS.get(dataset)  # unknown name: RegistryError with "did you mean"
     return obj() if isinstance(obj, type) else obj

@@ -1,21 +1,26 @@
 """The command line: ``run_bench.py [run] …``, ``list``, ``check-data``, ``tables``.
 
-Bad input (an unknown method or data set, a bad ``--set``, an unwritable output folder, a data
-root that fails its checks) is one paragraph on stderr and exit status 2, before any work starts
-and with nothing half-written.
+Each command is argparse → the library (:func:`ltrbench.run`, :func:`ltrbench.results.load_results`,
+:func:`ltrbench.checkdata.check_data`) → rendering. Bad input (an unknown method or data set, a bad
+``--set``, an unwritable output folder, a data root that fails its checks) is one paragraph on
+stderr and exit status 2, before any work starts and with nothing half-written.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
+from . import api
+from .checkdata import check_data
 from .errors import LtrBenchError
+from .metrics import CONVENTION_NOTE, CONVENTIONS
+from .registry import BACKBONES, DATASETS, METHODS
+from .results import load_results
+from .tables import load_table, render_table, summary_table
 
 DEFAULT_DATASET = "synthetic_lt"
 
@@ -70,9 +75,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # timm warns that a 1-epoch cosine is constant; tiny test runs do that on purpose.
     logging.getLogger("timm.scheduler.cosine_lr").setLevel(logging.ERROR)
     try:
-        from . import plugins
-
-        plugins.load_all()
         if args.command == "list":
             return cmd_list()
         if args.command == "check-data":
@@ -83,14 +85,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LtrBenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the output was piped into a program that stopped reading (head)
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted; finished stages are kept in the cache and a rerun resumes", file=sys.stderr)
         return 130
 
 
 def cmd_list() -> int:
-    from .registry import BACKBONES, DATASETS, METHODS
-
     print("methods:")
     for n in METHODS:
         print(f"  {n:<10} {METHODS.get(n).description}")
@@ -105,8 +108,6 @@ def cmd_list() -> int:
 
 
 def cmd_check_data(args) -> int:
-    from .checkdata import check_data
-
     report = check_data(args.dataset, Path(args.data_root), sample=args.sample, allow_corrupt=args.allow_corrupt)
     print(report.render())
     return 0 if report.usable else 1
@@ -117,127 +118,47 @@ def _csv(s: str | None) -> list[str]:
 
 
 def cmd_run(args) -> int:
-    from .execute import execute
-    from .paths import cache_root
-    from .plan import RunSpec, plan_runs
-    from .registry import DATASETS, METHODS
-    from .results import check_writable, load_results, write_result
-    from .tables import CONVENTION_NOTE, summary_table
-
     try:
         seeds = [int(s) for s in _csv(args.seeds)]
     except ValueError:
         raise LtrBenchError(f"--seeds must be comma-separated integers, got {args.seeds!r}.") from None
-    if not seeds:
-        raise LtrBenchError("--seeds is empty; give at least one seed, e.g. --seeds 0.")
-    table = None
-    if args.table is not None:
-        from .tables import load_table, table_runs
-
-        table = load_table(args.table)
-        specs = table_runs(table, seeds, args.dataset, args.backbone)
-        methods = sorted({s.method for s in specs})
-        dataset_name = args.dataset or "paper"
-    else:
-        methods = _csv(args.methods) or METHODS.names()
-        dataset_name = args.dataset or DEFAULT_DATASET
-        specs = [RunSpec(m, dataset_name, args.backbone, seed) for seed in seeds for m in methods]
-    for m in methods:
-        METHODS.get(m)
-    for s in specs:
-        DATASETS.get(s.dataset)
-    out = Path(args.out)
-    check_writable(out)
-    progress = not args.quiet
+    methods = None if args.methods is None or args.table is not None else _csv(args.methods)
+    if args.table is not None and args.methods is not None:
+        raise LtrBenchError("--table runs the rows of a paper table; leave out --methods.")
+    dataset = args.dataset if args.table is not None else (args.dataset or DEFAULT_DATASET)
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"  # also silences bars in plugins (world generation) and workers
-    planned = plan_runs(specs, files=args.files, overrides=args.overrides, data_root=args.data_root)
-    cache = cache_root()
-    executor = "ray" if args.ray_address else args.executor
-    t0 = time.time()
-    infos = execute([p.target for p in planned], cache, executor=executor, progress=progress,
-                    ray_address=args.ray_address)
-    ran = sum(i["ran"] for i in infos.values())
-    print(f"stages: {len(infos)} needed, {ran} executed, {len(infos) - ran} cached ({time.time() - t0:.0f}s)")
-    records = [_record(p, infos, cache) for p in planned]
-    for rec in records:
-        write_result(out, rec)
-    df = load_results(records)
-    text = []
-    if table is not None:
-        from .tables import render_table
-
-        for conv in ("paper", "decoupling"):
-            text.append(render_table(table, records, conv))
-        name = f"table{table.number}__{dataset_name}.md"
+    df = api.run(methods, dataset, backbone=args.backbone, seeds=seeds, overrides=args.overrides,
+                 config_files=args.files, data_root=args.data_root, out=args.out, executor=args.executor,
+                 ray_address=args.ray_address, table=args.table, progress=not args.quiet)
+    ex = df.attrs["execution"]
+    print(f"stages: {ex['stages']} needed, {ex['executed']} executed, {ex['cached']} cached ({ex['seconds']:.0f}s)")
+    if args.table is not None:
+        spec = load_table(args.table)
+        md = "\n".join(render_table(spec, df, conv) for conv in CONVENTIONS)
+        name = f"table{spec.number}__{dataset or 'paper'}.md"
     else:
-        for conv in ("paper", "decoupling"):
-            text.append(f"### {dataset_name}: top-1 accuracy (%), {CONVENTION_NOTE[conv]}\n")
-            text.append(summary_table(df, conv) + "\n")
-        name = f"summary__{dataset_name}__{'-'.join(methods)}.md"
-    md = "\n".join(text)
+        md = "\n".join(f"### {dataset}: top-1 accuracy (%), {CONVENTION_NOTE[conv]}\n\n{summary_table(df, conv)}\n"
+                       for conv in CONVENTIONS)
+        name = f"summary__{dataset}__{'-'.join(sorted(df['method'].unique()))}.md"
     print("\n" + md)
-    tables = out / "tables"
+    tables = Path(args.out) / "tables"
     tables.mkdir(parents=True, exist_ok=True)
     (tables / name).write_text(md)
-    print(f"results: {out / 'runs'}  table: {tables / name}")
+    print(f"results: {Path(args.out) / 'runs'}  table: {tables / name}")
     return 0
 
 
-def _record(p, infos, cache) -> dict:
-    """The result JSON of one planned run (REQUIRED_KEYS of ltrbench.results)."""
-    from .results import device_description, git_revision, versions
-    from .stages import artifact_dir, topological
-
-    res = json.loads((artifact_dir(cache, p.target) / "result.json").read_text())
-    stages = topological([p.target])
-    effective = {s.label or s.kind: {"effective_lr": infos[s.key]["effective_lr"],
-                                     "effective_batch_size": infos[s.key]["effective_batch_size"]}
-                 for s in stages if "effective_lr" in infos[s.key]}
-    return {
-        "method": p.spec.method,
-        "variant": p.spec.variant,
-        "dataset": p.spec.dataset,
-        "backbone": p.cfg.backbone.name,
-        "pretrained": p.cfg.backbone.pretrained,
-        "seed": p.spec.seed,
-        "metrics": res["metrics"],
-        "rules": res.get("rules", {}),
-        "primary_rule": res.get("primary_rule"),
-        "bucket_rule": res.get("bucket_rule"),
-        "per_class_accuracy": res["per_class_accuracy"],
-        "train_counts": res["train_counts"],
-        "eval_split": res["eval_split"],
-        "num_eval": res["num_eval"],
-        "info": res.get("info", {}),
-        "config": p.cfg.to_dict(),
-        "overrides": list(p.spec.overrides),
-        "effective": effective,
-        "stages": [{"kind": s.kind, "key": s.key, "label": s.label, "elapsed_s": infos[s.key]["elapsed_s"]}
-                   for s in stages],
-        "run_key": p.target.key,
-        "wall_time_s": round(sum(infos[s.key]["elapsed_s"] for s in stages), 2),
-        "git_revision": git_revision(),
-        "versions": versions(),
-        "device": device_description(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
 def cmd_tables(args) -> int:
-    from .results import load_results, read_results
-    from .tables import CONVENTION_NOTE, load_table, render_table, summary_table
-
+    df = load_results(Path(args.out))
     if args.table is not None:
         spec = load_table(args.table)
-        recs = read_results(Path(args.out)) if (Path(args.out) / "runs").is_dir() else []
-        for conv in ("paper", "decoupling"):
-            print(render_table(spec, recs, conv))
+        for conv in CONVENTIONS:
+            print(render_table(spec, df, conv))
         return 0
-    df = load_results(Path(args.out))
     if df.empty:
         raise LtrBenchError(f"No result JSONs under {Path(args.out) / 'runs'}; run `python run_bench.py` first.")
-    for conv in ("paper", "decoupling"):
+    for conv in CONVENTIONS:
         print(f"### top-1 accuracy (%), {CONVENTION_NOTE[conv]}\n")
         print(summary_table(df, conv) + "\n")
     return 0

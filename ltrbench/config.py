@@ -12,6 +12,7 @@ the wrong type are :class:`~ltrbench.errors.ConfigError`\\ s naming the key and 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -21,28 +22,42 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from .errors import ConfigError
+from .registry import SECTIONS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-_SECTIONS: dict[str, type] = {}
-
 
 def register_section(name: str, cls: type | None = None):
-    """Register ``cls`` as the dataclass of config section ``name`` (usable as a decorator)."""
+    """Register ``cls`` as the dataclass of config section ``name`` in :data:`SECTIONS` (a decorator)."""
 
     def deco(c: type) -> type:
         if not is_dataclass(c):
             raise TypeError(f"config section {name!r}: {c!r} is not a dataclass")
-        if name in _SECTIONS and _SECTIONS[name] is not c:
-            raise ConfigError(f"config section {name!r} is registered twice ({_SECTIONS[name]!r}, {c!r}).")
-        _SECTIONS[name] = c
+        SECTIONS.add(name, c)
         return c
 
     return deco(cls) if cls is not None else deco
 
 
 def sections() -> dict[str, type]:
-    return dict(_SECTIONS)
+    """Every registered section (the plugins' included: the registry loads them) by name."""
+    return {name: SECTIONS.get(name) for name in SECTIONS}
+
+
+def from_dict(cls: type, values: Mapping[str, Any]) -> Any:
+    """Rebuild a (nested) frozen config dataclass from its ``dataclasses.asdict`` form (a stage's
+    config). Keys the class does not have are an error; missing ones keep their defaults."""
+    names = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"{cls.__name__} has no field {', '.join(unknown)}; its fields: {', '.join(names)}.")
+    kwargs = {}
+    for name, value in values.items():
+        f = names[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        kwargs[name] = from_dict(type(default), value) if is_dataclass(default) and isinstance(value, Mapping) else (
+            tuple(value) if isinstance(default, tuple) and isinstance(value, list) else value)
+    return cls(**kwargs)
 
 
 # --------------------------------------------------------------------------- core sections
@@ -139,7 +154,7 @@ def load_config(
     config_dir: Path = CONFIG_DIR,
 ) -> BenchConfig:
     """Resolve the configuration for ``dataset`` (see the module docstring for the order)."""
-    secs: dict[str, Any] = {name: cls() for name, cls in _SECTIONS.items()}
+    secs: dict[str, Any] = {name: cls() for name, cls in sections().items()}
     layers: list[tuple[str, Mapping[str, Any]]] = []
     ds_file = config_dir / f"{dataset}.yaml"
     if ds_file.is_file():
@@ -178,14 +193,14 @@ def _split_override(item: str) -> tuple[list[str], str]:
     if "=" not in item:
         raise ConfigError(
             f"Bad --set {item!r}: expected key=value, e.g. --set baseline.train.lr=0.001 "
-            f"(sections: {', '.join(sorted(_SECTIONS))})."
+            f"(sections: {', '.join(sorted(SECTIONS.names()))})."
         )
     key, value = item.split("=", 1)
     path = [p for p in key.strip().split(".")]
     if len(path) < 2 or not all(path):
         raise ConfigError(
             f"Bad --set {item!r}: the key must be section.field (e.g. data.root), "
-            f"sections: {', '.join(sorted(_SECTIONS))}."
+            f"sections: {', '.join(sorted(SECTIONS.names()))}."
         )
     return path, value.strip()
 
@@ -256,8 +271,6 @@ def _parse_cli_value(raw: str) -> Any:
 
 
 def _unknown_key(where: str, key: str, names: list[str]) -> str:
-    import difflib
-
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], names, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return f"{where}: unknown config key {key!r}.{hint} Allowed fields: {', '.join(names)}."

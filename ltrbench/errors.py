@@ -21,3 +21,7 @@ class DataError(LtrBenchError):
 
 class RegistryError(LtrBenchError):
     """A registry was asked for an unknown name, or a name was registered twice."""
+
+
+class PluginError(LtrBenchError):
+    """A plugin file under methods/ or datasets/ failed to load."""

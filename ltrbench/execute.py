@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import head_fit, stage_kinds  # noqa: F401  (the core stage kinds register themselves)
+from .errors import ConfigError
 from .registry import STAGES
 from .stages import Stage, is_done, read_info, run_stage, topological
 
@@ -29,8 +31,6 @@ def execute(targets: Sequence[Stage], cache: Path, *, executor: str = "inline", 
     elif executor == "ray":
         ran = _ray(order, todo, cache, progress, ray_address)
     else:
-        from .errors import ConfigError
-
         raise ConfigError(f"Unknown executor {executor!r}; use inline or ray.")
     infos = {s.key: {**read_info(cache, s), "ran": s.key in ran} for s in order}
     return infos
@@ -47,7 +47,7 @@ def _inline(todo: list[Stage], cache: Path, progress: bool) -> set[str]:
 
 
 def _ray(order: list[Stage], todo: list[Stage], cache: Path, progress: bool, address: str | None) -> set[str]:
-    import ray
+    import ray  # here, not at the top: importing ray takes about a second, which inline runs never need
 
     if not ray.is_initialized():
         # Embedded local Ray by default (all local CPUs and GPUs); --ray-address joins a cluster,

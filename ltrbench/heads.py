@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .metrics import mean_class_accuracy
+
 NCM_FEAT_TYPES = ("cl2n", "un", "l2n")
 NCM_DIST_TYPES = ("l2", "cos")
 DEFAULT_TAUS = tuple(round(0.1 * i, 1) for i in range(21))  # K's sweep: 0, 0.1, …, 2.0
@@ -98,13 +100,6 @@ def tau_normalize(weight: Tensor, tau: float) -> Tensor:
     return weight / weight.norm(dim=1, keepdim=True).clamp_min(_EPS).pow(tau)
 
 
-def _mean_class_accuracy(preds: Tensor, labels: Tensor) -> float:
-    """Mean of per-class accuracies over the classes present in ``labels`` (K's "overall")."""
-    _, inverse = labels.unique(return_inverse=True)
-    correct = torch.bincount(inverse, weights=(preds == labels).double())
-    return float((correct / torch.bincount(inverse)).mean())
-
-
 @torch.no_grad()
 def select_tau(
     weight: Tensor,
@@ -122,7 +117,10 @@ def select_tau(
     w = _as_float(weight)
     feats = _as_float(val_feats).to(device=w.device, dtype=w.dtype)
     labels = val_labels.to(w.device).long()
-    accs = {tau: _mean_class_accuracy((feats @ tau_normalize(w, tau).T).argmax(1), labels) for tau in taus}
+    y = labels.cpu().numpy()
+    # metrics.mean_class_accuracy is in percent; the sweep reports fractions, as K's script does.
+    accs = {tau: mean_class_accuracy((feats @ tau_normalize(w, tau).T).argmax(1).cpu().numpy(), y) / 100.0
+            for tau in taus}
     best = min(accs, key=lambda tau: (-accs[tau], tau))
     return best, accs
 

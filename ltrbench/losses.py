@@ -9,11 +9,14 @@ as open_clip's losses take it (a tensor keeps its gradient).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .registry import LOSSES
 
 DISTILL_TYPES = ("logits", "feature", "none")
 
@@ -137,3 +140,15 @@ def cvlp_loss(
             + feature_distillation_loss(text_emb, teacher_text_emb)
         )
     return CVLPLoss((1.0 - beta) * ccl + beta * dis, ccl, dis)
+
+
+# --------------------------------------------------------------------------------------------
+# Classification losses by name, for the ``finetune`` stage (its ``loss``). A registered loss is a
+# factory ``make(train_counts, **params) -> loss(logits, targets)``: the training counts per class
+# are there for losses that depend on the label distribution (logit adjustment, balanced softmax).
+
+
+@LOSSES.register("ce")
+def cross_entropy(train_counts: np.ndarray | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+    """Plain cross-entropy (the baseline and the decoupling stage 1)."""
+    return F.cross_entropy

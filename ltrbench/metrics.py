@@ -11,8 +11,6 @@ class, or whose classes have no evaluation image, is reported as ``None`` (empty
 """
 from __future__ import annotations
 
-from typing import Mapping
-
 import numpy as np
 
 CONVENTIONS: dict[str, tuple[int, int, bool]] = {
@@ -21,6 +19,11 @@ CONVENTIONS: dict[str, tuple[int, int, bool]] = {
     "decoupling": (100, 20, False),
 }
 BUCKETS = ("many", "medium", "few")
+#: How each convention is written in tables and reports.
+CONVENTION_NOTE = {
+    "paper": "paper convention: many ≥ 100, few ≤ 20 training images",
+    "decoupling": "decoupling convention: many > 100, few < 20 training images",
+}
 
 
 def shot_buckets(train_counts: np.ndarray, convention: str = "paper") -> np.ndarray:
@@ -60,7 +63,7 @@ def summarize(
     train_counts = np.asarray(train_counts)
     num_classes = len(train_counts)
     pca = per_class_accuracy(preds, labels, num_classes)
-    overall = float(100.0 * np.mean(np.asarray(preds) == np.asarray(labels))) if len(labels) else None
+    overall = top1(preds, labels) if len(labels) else None
     out: dict[str, object] = {}
     for conv in CONVENTIONS:
         buckets = shot_buckets(train_counts, conv)
@@ -75,18 +78,15 @@ def summarize(
     }
 
 
-def accuracy(logits_or_preds: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy (%) from logits (N×C) or predictions (N)."""
-    x = np.asarray(logits_or_preds)
-    preds = x.argmax(1) if x.ndim == 2 else x
-    return float(100.0 * np.mean(preds == np.asarray(labels)))
+def top1(preds: np.ndarray, labels: np.ndarray) -> float:
+    """Micro top-1 accuracy in percent (every evaluation image counts once); K's model selection."""
+    preds, labels = np.asarray(preds), np.asarray(labels)
+    return float(100.0 * np.mean(preds == labels)) if len(labels) else float("nan")
 
 
-def mean_class_accuracy(preds: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    """Mean of per-class accuracies over classes that have evaluation images (K's 'overall')."""
-    pca = per_class_accuracy(preds, labels, num_classes)
-    return float(np.nanmean(pca))
-
-
-def format_metrics(m: Mapping[str, float | None]) -> dict[str, str]:
-    return {k: ("—" if v is None else f"{v:.1f}") for k, v in m.items()}
+def mean_class_accuracy(preds: np.ndarray, labels: np.ndarray, num_classes: int | None = None) -> float:
+    """Mean of per-class accuracies (%) over the classes that have evaluation images (K's τ sweep)."""
+    labels = np.asarray(labels)
+    n = int(labels.max()) + 1 if num_classes is None and len(labels) else (num_classes or 0)
+    pca = per_class_accuracy(preds, labels, n)
+    return float(np.nanmean(pca)) if np.isfinite(pca).any() else float("nan")

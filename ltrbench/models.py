@@ -25,9 +25,6 @@ class Classifier(nn.Module):
         self.visual = visual
         self.head = nn.Linear(embed_dim, num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.visual(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.visual(x))
 
@@ -52,8 +49,3 @@ def load_model(folder: Path, device: torch.device | str = "cpu") -> nn.Module:
         model.load_state_dict(torch.load(folder / man["checkpoint"], map_location="cpu", weights_only=True))
         return model.to(device)
     raise ValueError(f"{folder}/model.json: unknown model type {man['type']!r}")
-
-
-def image_encoder(model: nn.Module) -> nn.Module:
-    """The module mapping images to the raw embedding E^I (no L2 norm)."""
-    return model.visual

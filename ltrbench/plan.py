@@ -3,8 +3,9 @@
 A :class:`RunSpec` is one (method, dataset, backbone, seed, variant) cell. :func:`plan_runs`
 resolves each run's configuration (the variant's ``--set`` overrides on top of the user's) and
 asks its method plugin for the run's final ``evaluate`` stage. The method builds its graph with
-the :class:`RunContext` helpers below, so equal prerequisites (one mini-CLIP, one stage-1 model
-for four decoupled heads, one CVLP for Table 4's rows) get equal keys and run once.
+the :class:`RunContext` helpers below (and its family's own, e.g. ``methods/_cvlp.py``), so equal
+prerequisites (one CLIP, one stage-1 model for four decoupled heads, one CVLP for Table 4's rows)
+get equal keys and run once.
 """
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from .backbones import BUILTIN_PRETRAINED, BACKBONES
+from . import stage_kinds  # noqa: F401  (registers the core stage kinds the helpers below plan)
 from .config import BenchConfig, TrainConfig, load_config
 from .data.base import LTDataset
 from .data.loaders import DatasetRef, ImageSettings, resolve_dataset
-from .registry import METHODS
+from .errors import ConfigError
+from .registry import BACKBONES, LOSSES, METHODS, WEIGHTS
 from .stages import Stage
 
 
@@ -75,8 +77,6 @@ class RunContext:
         """The split results are reported on: the paper's, unless data.eval_split says otherwise."""
         split = self.cfg.data.eval_split or self.ds.eval_split
         if split not in self.ds.splits:
-            from .errors import ConfigError
-
             raise ConfigError(f"data.eval_split={split!r}: {self.ds.name} has splits {', '.join(sorted(self.ds.splits))}.")
         return split
 
@@ -92,24 +92,24 @@ class RunContext:
 
     # -- shared stages -------------------------------------------------------------------
     def clip_weights(self) -> Stage:
+        """The backbone's starting weights: a tag or file, or a registered weights source's."""
         b = self.cfg.backbone
         conf: dict[str, Any] = {"backbone": b.name, "pretrained": b.pretrained}
-        if b.pretrained == BUILTIN_PRETRAINED:
-            conf["builtin"] = {"world": dataclasses.asdict(self.cfg.world),
-                               "recipe": dataclasses.asdict(self.cfg.miniclip)}
+        if b.pretrained in WEIGHTS:
+            conf.update(WEIGHTS.get(b.pretrained).key(self.cfg))
         elif Path(b.pretrained).expanduser().is_file():
             conf["file"] = _file_fingerprint(Path(b.pretrained).expanduser())
         return Stage("clip_weights", conf, (), self.env(), label=f"{b.name}/{Path(b.pretrained).name}")
 
-    def cvlp_weights(self) -> Stage:
-        """VL-LTR's CVLP stage (shared by vlltr, knn and fc); the raw CLIP when cvlp.enabled is false."""
-        from .cvlp import cvlp_stage
-
-        return cvlp_stage(self)
-
-    def finetune(self, src: Stage, train: TrainConfig, label: str, **extra: Any) -> Stage:
+    def finetune(self, src: Stage, train: TrainConfig, label: str, *, loss: str = "ce",
+                 loss_params: dict[str, Any] | None = None, **extra: Any) -> Stage:
+        """Image tower of ``src`` + a linear head, trained with ``train`` and the classification
+        loss registered as ``loss`` (:data:`ltrbench.registry.LOSSES`) with ``loss_params``."""
+        LOSSES.get(loss)  # an unknown name fails at planning, not inside the stage
         conf = {"dataset": self.dataset_key(), "image": self.img.key(), "train": dataclasses.asdict(train),
                 "seed": self.seed, **extra}
+        if loss != "ce" or loss_params:  # plain cross-entropy keeps the keys of earlier runs
+            conf["loss"] = {"name": loss, "params": dict(loss_params or {})}
         return Stage("finetune", conf, (src,), self.env(), label=label)
 
     def features(self, model: Stage, split: str, max_per_class: int | None = None) -> Stage:
@@ -124,6 +124,17 @@ class RunContext:
         suffix = f"≤{max_per_class}" if max_per_class else ""
         return Stage("features", conf, (model,), self.env(), label=f"{model.label}:{split}{suffix}")
 
+    def split_features(self, model: Stage) -> dict[str, Stage]:
+        """``features`` stages of ``model`` by role (train/val/eval; eval is the reported split).
+
+        Val falls back to the evaluation split where a data set has no val split (iNat: model
+        selection on val, which is also its evaluation split), and so does eval under
+        ``data.eval_split=val`` (recipe tuning).
+        """
+        val = "val" if "val" in self.ds.splits else self.eval_split
+        return {"train": self.features(model, "train"), "val": self.features(model, val),
+                "eval": self.features(model, self.eval_split)}
+
     def text_features(self, clip: Stage, source: str = "wiki_prompt") -> Stage:
         conf = {"dataset": self.dataset_key(), "source": source}
         return Stage("text_features", conf, (clip,), self.env(), label=f"{clip.label}:{source}")
@@ -135,12 +146,15 @@ class RunContext:
 
 
 def _default_pretrained(cfg: BenchConfig, overrides: Sequence[str]) -> BenchConfig:
-    """Pair a backbone with its usual weights when only the name was changed (--backbone)."""
+    """Pair a backbone with its usual weights when only the name was changed (--backbone): weights
+    of a registered source fit only its own backbones, and a backbone whose default weights come
+    from a source does not take a tag."""
     b = cfg.backbone
     spec = BACKBONES.get(b.name)
     explicit = any(o.startswith("backbone.pretrained=") for o in overrides)
-    builtin_mismatch = (b.pretrained == BUILTIN_PRETRAINED) != (spec.default_pretrained == BUILTIN_PRETRAINED)
-    if builtin_mismatch and not explicit:
+    generated, wants_generated = b.pretrained in WEIGHTS, spec.default_pretrained in WEIGHTS
+    mismatch = generated != wants_generated or (generated and b.name not in WEIGHTS.get(b.pretrained).backbones)
+    if mismatch and not explicit:
         secs = dict(cfg.sections)
         secs["backbone"] = dataclasses.replace(b, pretrained=spec.default_pretrained)
         return BenchConfig(sections=secs)

@@ -1,24 +1,35 @@
 """One small name → object registry, and the harness's registries.
 
-A duplicate name raises at registration (two plugins claiming one name is always a bug); an
-unknown name raises with the known names and a "did you mean" suggestion (difflib).
+A duplicate name raises at registration (two plugins claiming one name is always a bug; adding
+the very same object again is a no-op); an unknown name raises with the known names and a "did
+you mean" suggestion (difflib).
 """
 from __future__ import annotations
 
 import difflib
 from typing import Callable, Generic, Iterator, TypeVar
 
+from . import plugins
 from .errors import RegistryError
 
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps names to objects (classes, functions). ``kind`` names the registry in errors."""
+    """Maps names to objects (classes, functions). ``kind`` names the registry in errors.
 
-    def __init__(self, kind: str) -> None:
+    ``loader`` is called before any lookup (once it has run, it returns at once): the harness's
+    registries load the plugin folders on first use, so nobody has to remember to.
+    """
+
+    def __init__(self, kind: str, loader: Callable[[], None] | None = None) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._loader = loader
+
+    def _load(self) -> None:
+        if self._loader is not None:
+            self._loader()
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: ``@METHODS.register("crt")`` above a class or function."""
@@ -32,7 +43,7 @@ class Registry(Generic[T]):
     def add(self, name: str, obj: T) -> None:
         if not name or not isinstance(name, str):
             raise RegistryError(f"{self.kind} registry: a name must be a non-empty string, got {name!r}.")
-        if name in self._items:
+        if name in self._items and self._items[name] is not obj:
             raise RegistryError(
                 f"{self.kind} {name!r} is registered twice: first by {_where(self._items[name])}, "
                 f"again by {_where(obj)}. Rename one of them."
@@ -40,6 +51,8 @@ class Registry(Generic[T]):
         self._items[name] = obj
 
     def get(self, name: str) -> T:
+        if name not in self._items:
+            self._load()
         try:
             return self._items[name]
         except KeyError:
@@ -52,15 +65,19 @@ class Registry(Generic[T]):
         return f"Unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(known) or '(none)'}."
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        if name not in self._items:
+            self._load()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
+        self._load()
         return len(self._items)
 
 
@@ -70,7 +87,13 @@ def _where(obj: object) -> str:
     return f"{mod}.{qual}"
 
 
-METHODS: Registry = Registry("method")
-DATASETS: Registry = Registry("dataset")
-BACKBONES: Registry = Registry("backbone")
-STAGES: Registry = Registry("stage kind")
+METHODS: Registry = Registry("method", plugins.load_all)
+DATASETS: Registry = Registry("dataset", plugins.load_all)
+BACKBONES: Registry = Registry("backbone", plugins.load_all)
+STAGES: Registry = Registry("stage kind", plugins.load_all)
+#: Config sections (frozen dataclasses), registered by the code that owns them (ltrbench.config).
+SECTIONS: Registry = Registry("config section", plugins.load_all)
+#: Classification losses by name, ``make(train_counts, **params) -> loss(logits, targets)`` (finetune).
+LOSSES: Registry = Registry("loss", plugins.load_all)
+#: Generated starting weights by ``backbone.pretrained`` tag (e.g. the built-in world's mini-CLIP).
+WEIGHTS: Registry = Registry("weights source", plugins.load_all)

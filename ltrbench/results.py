@@ -1,9 +1,12 @@
-"""Results as files: one immutable JSON per evaluated run, and the tidy table over all of them.
+"""Results as files: the result record of a run, one immutable JSON per evaluated run, and the
+tidy table over all of them.
 
-A result is written once, atomically (temp file + rename), at
+:func:`build_record` owns the schema of a record (:data:`REQUIRED_KEYS` and the rest). A result is
+written once, atomically (temp file + rename), at
 ``<out>/runs/<method>__<dataset>__<backbone>__seed<k>__<evaluate key>.json``; an existing file
-with the same name is the same run and is left alone. :func:`load_results` flattens a folder of
-them into one pandas DataFrame, one row per (run, convention).
+with the same name is the same run and is left alone. :func:`load_results` flattens records (a
+folder of them, or a list) into one pandas DataFrame, one row per run: the paper convention's
+overall/many/medium/few, and the decoupling convention's buckets as ``decoupling_many`` etc.
 """
 from __future__ import annotations
 
@@ -13,12 +16,18 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
+import torch
 
 from .errors import LtrBenchError
+from .metrics import BUCKETS, CONVENTIONS
+from .plan import PlannedRun
+from .stages import artifact_dir, topological
+from .version import __version__
 
 REQUIRED_KEYS = ("method", "dataset", "backbone", "seed", "metrics", "per_class_accuracy", "train_counts",
                  "config", "wall_time_s", "git_revision", "versions", "device")
@@ -47,15 +56,11 @@ def versions() -> dict[str, str]:
             except ImportError:
                 continue
         out[mod] = getattr(m, "__version__", "?")
-    from . import __version__
-
     out["ltrbench"] = __version__
     return out
 
 
 def device_description() -> str:
-    import torch
-
     if torch.cuda.is_available():
         return f"cuda:{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
     return f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
@@ -100,19 +105,89 @@ def read_results(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
 
 
-def load_results(folder: Path | Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """One tidy row per (run, shot convention): method, variant, dataset, backbone, seed, convention,
-    overall, many, medium, few, plus the run key and wall time."""
+def build_record(run: PlannedRun, infos: Mapping[str, Mapping[str, Any]], cache: Path) -> dict[str, Any]:
+    """The result record of one planned run whose stages have finished (``infos``: key → stage.json).
+
+    The evaluate stage's ``result.json`` gives the metrics; the rest is provenance: the resolved
+    config, the effective lr and batch size of every training stage, the stages with their times,
+    versions, git revision and device.
+    """
+    res = json.loads((artifact_dir(cache, run.target) / "result.json").read_text())
+    stages = topological([run.target])
+    effective = {s.label or s.kind: {"effective_lr": infos[s.key]["effective_lr"],
+                                     "effective_batch_size": infos[s.key]["effective_batch_size"]}
+                 for s in stages if infos[s.key].get("effective_lr") is not None}
+    return {
+        "method": run.spec.method,
+        "variant": run.spec.variant,
+        "dataset": run.spec.dataset,
+        "backbone": run.cfg.backbone.name,
+        "pretrained": run.cfg.backbone.pretrained,
+        "seed": run.spec.seed,
+        "metrics": res["metrics"],
+        "rules": res.get("rules", {}),
+        "primary_rule": res.get("primary_rule"),
+        "bucket_rule": res.get("bucket_rule"),
+        "per_class_accuracy": res["per_class_accuracy"],
+        "train_counts": res["train_counts"],
+        "eval_split": res["eval_split"],
+        "num_eval": res["num_eval"],
+        "info": res.get("info", {}),
+        "config": run.cfg.to_dict(),
+        "overrides": list(run.spec.overrides),
+        "effective": effective,
+        "stages": [{"kind": s.kind, "key": s.key, "label": s.label, "elapsed_s": infos[s.key]["elapsed_s"]}
+                   for s in stages],
+        "run_key": run.target.key,
+        "wall_time_s": round(sum(infos[s.key]["elapsed_s"] for s in stages), 2),
+        "git_revision": git_revision(),
+        "versions": versions(),
+        "device": device_description(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+#: The columns of :func:`load_results`, in order.
+RESULT_COLUMNS = ("method", "variant", "dataset", "backbone", "seed", "eval_split", "overall", "many", "medium",
+                  "few", "decoupling_many", "decoupling_medium", "decoupling_few", "run_key", "wall_time_s")
+
+
+def metric_columns(convention: str = "paper") -> dict[str, str]:
+    """Metric name → column of the :func:`load_results` frame under a shot convention."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown shot convention {convention!r}; use one of {sorted(CONVENTIONS)}")
+    prefix = "" if convention == "paper" else f"{convention}_"
+    return {"overall": "overall", **{b: f"{prefix}{b}" for b in BUCKETS}}
+
+
+def _metric_row(metrics: Mapping[str, Mapping[str, float | None]]) -> dict[str, float | None]:
+    row: dict[str, float | None] = {}
+    for conv in CONVENTIONS:
+        for name, col in metric_columns(conv).items():
+            row[col] = metrics.get(conv, {}).get(name)
+    return row
+
+
+def load_results(folder: Path | Iterable[Mapping[str, Any]], *, rules: bool = False) -> pd.DataFrame:
+    """One tidy row per run (:data:`RESULT_COLUMNS`; an empty shot bucket is NaN, never 0).
+
+    ``rules=True`` gives one row per (run, inference rule) instead, with a ``rule`` column:
+    ``primary`` (the run's result) and every rule the method recorded (VL-LTR: each fusion rule
+    and each branch alone).
+    """
     recs = read_results(folder) if isinstance(folder, (str, Path)) else list(folder)
     rows = []
     for r in recs:
-        for conv, m in r["metrics"].items():
-            rows.append({
-                "method": r["method"], "variant": r.get("variant", ""), "dataset": r["dataset"],
-                "backbone": r["backbone"], "seed": r["seed"], "convention": conv,
-                "overall": m.get("overall"), "many": m.get("many"), "medium": m.get("medium"), "few": m.get("few"),
-                "run_key": r.get("run_key"), "wall_time_s": r.get("wall_time_s"),
-            })
-    cols = ["method", "variant", "dataset", "backbone", "seed", "convention", "overall", "many", "medium", "few",
-            "run_key", "wall_time_s"]
-    return pd.DataFrame(rows, columns=cols)
+        base = {"method": r["method"], "variant": r.get("variant", ""), "dataset": r["dataset"],
+                "backbone": r["backbone"], "seed": r["seed"], "eval_split": r.get("eval_split"),
+                "run_key": r.get("run_key"), "wall_time_s": r.get("wall_time_s")}
+        variants = {"primary": r["metrics"]}
+        if rules:
+            variants.update({name: m for name, m in (r.get("rules") or {}).items()})
+        for rule, metrics in variants.items():
+            rows.append({**base, **_metric_row(metrics), **({"rule": rule} if rules else {})})
+    cols = [*RESULT_COLUMNS, *(("rule",) if rules else ())]
+    df = pd.DataFrame(rows, columns=cols)
+    metric_cols = [c for conv in CONVENTIONS for c in metric_columns(conv).values()]
+    df[list(dict.fromkeys(metric_cols))] = df[list(dict.fromkeys(metric_cols))].astype(float)
+    return df

@@ -1,14 +1,16 @@
 """The core stage kinds shared by every method (ARCHITECTURE.md "Stages").
 
-* ``clip_weights``: a backbone's starting weights as one state-dict file (a tag resolved and
-  converted, or mini-CLIP pretrained on the built-in world's captions).
-* ``finetune``: a CLIP image tower + linear head trained with the one training loop.
+* ``clip_weights``: a backbone's starting weights as one state-dict file (a tag or file resolved
+  and converted, or built by a registered weights source, :data:`ltrbench.registry.WEIGHTS`).
+* ``finetune``: a CLIP image tower + linear head trained with the one training loop, with a
+  classification loss chosen by name (:data:`ltrbench.registry.LOSSES`; cross-entropy by default).
 * ``features``: the raw image embeddings (and logits, for a classifier) of one split, under the
   evaluation transform, as memory-mappable ``.npy`` files: the feature cache every head reads.
 * ``text_features``: the raw text embeddings of every corpus sentence of every class.
 * ``evaluate``: a method's scores on the evaluation split → metrics (``result.json``).
 
-Method plugins add their own kinds (``cvlp``, ``anss``, ``head`` …) with the same decorator.
+Method plugins add their own kinds with the same decorator; the ``head`` kind (a head fitted on
+cached features) is :mod:`ltrbench.head_fit`.
 """
 from __future__ import annotations
 
@@ -21,17 +23,15 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from .backbones import BUILTIN_PRETRAINED, BACKBONES, convert_to_state_dict, resolve_pretrained, tokenizer
-from .config import TrainConfig
+from .backbones import BACKBONES, convert_to_state_dict, resolve_pretrained, tokenizer
+from .config import TrainConfig, from_dict
 from .data.loaders import DatasetRef, ImageSettings, eval_loader, open_dataset, train_loader
-from . import cvlp as _cvlp  # noqa: F401  (registers the cvlp stage kind and config section)
-from . import miniclip  # noqa: F401  (registers the miniclip config section)
 from .metrics import summarize
 from .models import Classifier, load_model, read_manifest, write_manifest
-from .registry import METHODS
+from .registry import LOSSES, METHODS, WEIGHTS
 from .stages import StageContext, stage_kind
-from .train import fit
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,8 @@ def load_array(folder: Path, name: str, mmap: bool = True) -> np.ndarray:
 def clip_weights(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.config
     out = ctx.out / "weights.pt"
-    if cfg["pretrained"] == BUILTIN_PRETRAINED:
-        from .miniclip import pretrain_mini_clip
-
-        info = pretrain_mini_clip(cfg["backbone"], cfg["builtin"], out, ctx.cache, progress=ctx.progress)
+    if cfg["pretrained"] in WEIGHTS:
+        info = WEIGHTS.get(cfg["pretrained"]).build(ctx, out)
     else:
         src = resolve_pretrained(cfg["backbone"], cfg["pretrained"])
         convert_to_state_dict(src, out)
@@ -79,15 +77,15 @@ def clip_weights(ctx: StageContext) -> dict[str, Any]:
 
 
 class ClassifierTask:
-    """Cross-entropy fine-tuning of image tower + linear head (baseline, decoupling stage 1, FC)."""
+    """Fine-tuning of image tower + linear head with a classification loss (baseline, stage 1)."""
 
-    def __init__(self, model: Classifier, cfg: TrainConfig) -> None:
+    def __init__(self, model: Classifier, cfg: TrainConfig, loss_fn) -> None:
         self.module = model
         self.cfg = cfg
         if cfg.freeze_encoder:
             for p in model.visual.parameters():
                 p.requires_grad_(False)
-        self.loss_fn = nn.CrossEntropyLoss()
+        self.loss_fn = loss_fn
 
     def param_groups(self) -> list[dict[str, Any]]:
         return [{"params": list(self.module.named_parameters())}]
@@ -107,7 +105,8 @@ class ClassifierTask:
 
 @stage_kind("finetune", version="1", gpus=1.0)
 def finetune(ctx: StageContext) -> dict[str, Any]:
-    cfg = TrainConfig(**ctx.config["train"])
+    cfg = from_dict(TrainConfig, ctx.config["train"])
+    loss = ctx.config.get("loss", {"name": "ce"})
     ds = dataset_of(ctx)
     img = image_settings(ctx)
     dev = device()
@@ -119,21 +118,12 @@ def finetune(ctx: StageContext) -> dict[str, Any]:
     del clip
     loader = train_loader(ds, img, sampler=cfg.sampler, batch_size=cfg.batch_size, seed=ctx.config["seed"],
                           samples_per_class=cfg.samples_per_class)
-    task = ClassifierTask(model, cfg)
-    res = fit(task, loader, cfg, ctx.out / "ckpt", device=dev, seed=ctx.config["seed"], progress=ctx.progress,
-              desc=ctx.stage.label or "finetune")
+    loss_fn = LOSSES.get(loss["name"])(ds.train_counts(), **loss.get("params", {}))
+    res = ctx.train(ClassifierTask(model, cfg, loss_fn), loader, cfg, device=dev, seed=ctx.config["seed"])
     torch.save(model.state_dict(), ctx.out / "model.pt")
     write_manifest(ctx.out, type="classifier", backbone=man["backbone"], checkpoint="model.pt",
                    embed_dim=spec.embed_dim, num_classes=ds.num_classes)
-    _drop_checkpoints(ctx.out / "ckpt")
-    return {"history": res.history, "train_seconds": res.seconds, "effective_lr": cfg.effective_lr,
-            "effective_batch_size": cfg.batch_size}
-
-
-def _drop_checkpoints(folder: Path) -> None:
-    """The resume checkpoint is only needed until the stage completes."""
-    for p in Path(folder).glob("*.pt"):
-        p.unlink()
+    return {**res.info, "loss": loss["name"]}
 
 
 # --------------------------------------------------------------------------- features
@@ -141,8 +131,6 @@ def _drop_checkpoints(folder: Path) -> None:
 
 @torch.no_grad()
 def encode_split(model: nn.Module, loader, dev: torch.device, progress: bool, desc: str):
-    from tqdm.auto import tqdm
-
     model.eval().to(dev)
     feats, logits = [], []
     is_clf = isinstance(model, Classifier)
@@ -197,8 +185,6 @@ def features(ctx: StageContext) -> dict[str, Any]:
 @torch.no_grad()
 def encode_texts(clip: nn.Module, backbone: str, sentences: list[str], dev: torch.device,
                  batch: int = 512, progress: bool = True) -> np.ndarray:
-    from tqdm.auto import tqdm
-
     tok = tokenizer(backbone)
     clip.eval().to(dev)
     out = []
@@ -231,9 +217,10 @@ def text_features(ctx: StageContext) -> dict[str, Any]:
 class Prediction:
     """A method's output on the evaluation split.
 
-    ``scores`` (N×C, arg-max = prediction) give the primary result. Methods with several
-    inference rules put each rule's scores in ``rules``; ``bucket_rule`` names the rule whose
-    predictions give many/medium/few when it differs from the primary one (VL-LTR's official code).
+    ``scores`` (N×C, arg-max = prediction) give the primary result. A method with several
+    inference rules puts each rule's scores in ``rules`` (all are scored and recorded) and names the
+    primary one; ``bucket_rule`` names the rule whose predictions give the many/medium/few numbers
+    of the primary result when the method reports those from another rule than its overall.
     """
 
     scores: np.ndarray
@@ -254,7 +241,6 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
     res = summarize(np.asarray(pred.scores).argmax(1), labels, counts)
     rules = {name: summarize(np.asarray(s).argmax(1), labels, counts) for name, s in pred.rules.items()}
     if pred.bucket_rule:
-        # Official VL-LTR: overall from the primary rule, many/medium/few from another (§3).
         for conv, row in res["metrics"].items():
             bucket = rules[pred.bucket_rule]["metrics"][conv]
             row.update({k: bucket[k] for k in ("many", "medium", "few")})

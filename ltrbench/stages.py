@@ -9,10 +9,16 @@ different runs are one node of the DAG. A file lock per key (``<key>.lock``) kee
 sharing a cache from building the same stage at once.
 
 ``env`` carries what may differ between machines without changing the result (a data root, the
-number of loader workers): it is passed to the stage function but not hashed.
+number of loader workers): it is passed to the stage function but not hashed; neither are ``label``
+and ``roles`` (names for the inputs, so a stage reads ``ctx.role("train")``, never a position).
 
 Stage functions are registered by kind in :data:`ltrbench.registry.STAGES` and receive only a
-:class:`StageContext`, so they run the same inline or in a Ray worker.
+:class:`StageContext`, so they run the same inline or in a Ray worker. A training stage trains with
+:meth:`StageContext.train`: its resume checkpoints live in ``ctx.work``, a scratch folder inside
+the ``.partial`` folder that the engine deletes once the stage function has returned.
+
+The stage key seeds the stage's random generators (:func:`run_stage`): a result depends on the
+stage's content only, never on what ran before it in the process.
 """
 from __future__ import annotations
 
@@ -29,7 +35,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: stages are built without a lock
+    fcntl = None  # type: ignore[assignment]
+
 from .registry import STAGES
+from .train import FitResult, TrainTask, fit, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +82,7 @@ class Stage:
     inputs: tuple["Stage", ...] = ()
     env: Mapping[str, Any] = field(default_factory=dict)
     label: str = ""
+    roles: tuple[str, ...] = ()  # a name per input (same order), for StageContext.role
 
     @cached_property
     def key(self) -> str:
@@ -105,12 +118,33 @@ class StageContext:
     def env(self) -> Mapping[str, Any]:
         return self.stage.env
 
+    @property
+    def work(self) -> Path:
+        """Scratch space (resume checkpoints): deleted by the engine when the stage has finished."""
+        return self.out / "work"
+
     def input(self, kind: str, index: int = 0) -> Path:
         """The artifact folder of the ``index``-th input of ``kind``."""
         found = [p for s, p in zip(self.stage.inputs, self.inputs) if s.kind == kind]
         if len(found) <= index:
             raise KeyError(f"stage {self.stage.describe()} has no input #{index} of kind {kind!r}")
         return found[index]
+
+    def role(self, name: str) -> Path:
+        """The artifact folder of the input the planner named ``name`` (``Stage.roles``)."""
+        if name not in self.stage.roles:
+            raise KeyError(f"stage {self.stage.describe()} has no input named {name!r}; it has {self.stage.roles}")
+        return self.inputs[self.stage.roles.index(name)]
+
+    def has_role(self, name: str) -> bool:
+        return name in self.stage.roles
+
+    def train(self, task: TrainTask, loader, cfg, *, device, seed: int, desc: str | None = None) -> FitResult:
+        """The one way a stage trains: :func:`ltrbench.train.fit` with its per-epoch checkpoint in
+        ``work/ckpt`` (a rerun after a crash resumes from it). ``FitResult.info`` is what every
+        training stage records (history, time, effective lr and batch size, best epoch)."""
+        return fit(task, loader, cfg, self.work / "ckpt", device=device, seed=seed, progress=self.progress,
+                   desc=desc or self.stage.label or self.stage.kind)
 
 
 def artifact_dir(cache: Path, stage: Stage) -> Path:
@@ -147,11 +181,8 @@ def run_stage(stage: Stage, cache: str | os.PathLike, progress: bool = True) -> 
     """Build one stage's artifact unless it exists; return its ``stage.json`` info.
 
     A plain function of picklable arguments: the inline executor calls it directly and the Ray
-    executor calls it inside a task. Plugins are (re)loaded so it works in a fresh worker.
+    executor calls it inside a task (the stage registry loads the plugins, whose kinds it needs).
     """
-    from . import plugins
-
-    plugins.load_all()
     cache = Path(cache)
     final = artifact_dir(cache, stage)
     if (final / "stage.json").is_file():
@@ -169,8 +200,9 @@ def _build_lock(path: Path, stage: Stage):
     machine) would otherwise train into the same ``.partial`` folder. The second waits, then finds
     the artifact done. ``flock`` is advisory and per machine; on network storage it holds where the
     file system supports it (NFSv4, Lustre), and the final rename keeps one result either way."""
-    import fcntl
-
+    if fcntl is None:
+        yield
+        return
     with open(path, "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -198,11 +230,11 @@ def _build(stage: Stage, cache: Path, final: Path, progress: bool) -> dict[str, 
     log.info("stage %s: computing (key %s)", stage.describe(), stage.key)
     # Every stage starts from generators seeded by its own key, so its result never depends on
     # what ran before it in the same process (e.g. a head's initialisation after mini-CLIP).
-    from .train import seed_everything
-
     seed_everything(int(stage.key[:8], 16))
     t0 = time.time()
-    extra = kind.fn(StageContext(stage, partial, cache, inputs, progress)) or {}
+    ctx = StageContext(stage, partial, cache, inputs, progress)
+    extra = kind.fn(ctx) or {}
+    shutil.rmtree(ctx.work, ignore_errors=True)  # resume checkpoints: only needed until done
     info = {
         "kind": stage.kind,
         "key": stage.key,

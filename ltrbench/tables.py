@@ -1,17 +1,32 @@
-"""Markdown tables from result records (never typed by hand).
+"""Markdown tables from results (never typed by hand): the summary table and the paper's tables.
 
-:func:`summary_table` gives one row per method (and variant): overall, many, medium, few under
-one named shot convention, mean ± std over seeds where there are several.
+Both are pandas frames rendered by one function, :func:`markdown`; every cell of ours is
+:func:`mean_std` over seeds. A paper table is a spec (``configs/tables/table<N>.yaml``): each row
+is one run (a method plus ``--set`` overrides, on the paper's data set and backbone) with the
+paper's numbers; :func:`render_table` puts ours, the paper's and the difference side by side.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
 import pandas as pd
+import yaml
+
+from .errors import ConfigError
+from .metrics import CONVENTION_NOTE
+from .plan import RunSpec
+from .results import metric_columns
 
 METRICS = ("overall", "many", "medium", "few")
+TABLE_DIR = Path(__file__).resolve().parent.parent / "configs" / "tables"
+TOLERANCE = 1.0  # points: a difference beyond this is marked in diffs
 
 
-def _fmt(values: pd.Series) -> str:
-    v = values.dropna()
+def mean_std(values: pd.Series | Sequence[float]) -> str:
+    """``m`` for one value, ``m ± s`` (sample std) for several, ``—`` for none (NaN = missing)."""
+    v = pd.Series(values, dtype=float).dropna()
     if v.empty:
         return "—"
     if len(v) == 1:
@@ -19,38 +34,25 @@ def _fmt(values: pd.Series) -> str:
     return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
 
 
+def markdown(frame: pd.DataFrame) -> str:
+    """The one renderer: a frame of display strings as a markdown table."""
+    return frame.to_markdown(index=False, disable_numparse=True)
+
+
 def summary_table(df: pd.DataFrame, convention: str = "paper") -> str:
-    """Markdown: one row per (dataset, backbone, method, variant) under ``convention``."""
-    d = df[df["convention"] == convention]
+    """Markdown: one row per (dataset, backbone, method, variant) of a :func:`load_results` frame,
+    overall/many/medium/few under ``convention``, mean ± std over seeds."""
+    cols = metric_columns(convention)
     rows = []
-    for (dataset, backbone, method, variant), g in d.groupby(["dataset", "backbone", "method", "variant"], sort=False):
+    for (dataset, backbone, method, variant), g in df.groupby(["dataset", "backbone", "method", "variant"], sort=False):
         row = {"method": method + (f" [{variant}]" if variant else ""), "dataset": dataset, "backbone": backbone,
-               "seeds": len(g["seed"].unique())}
-        row.update({m: _fmt(g[m].astype(float)) for m in METRICS})
+               "seeds": str(g["seed"].nunique())}
+        row.update({m: mean_std(g[cols[m]]) for m in METRICS})
         rows.append(row)
-    out = pd.DataFrame(rows, columns=["method", "dataset", "backbone", "seeds", *METRICS])
-    return out.to_markdown(index=False, disable_numparse=True)
-
-
-CONVENTION_NOTE = {
-    "paper": "paper convention: many ≥ 100, few ≤ 20 training images",
-    "decoupling": "decoupling convention: many > 100, few < 20 training images",
-}
+    return markdown(pd.DataFrame(rows, columns=["method", "dataset", "backbone", "seeds", *METRICS]))
 
 
 # --------------------------------------------------------------------------- paper table specs
-
-import math  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Mapping, Sequence  # noqa: E402
-
-import yaml  # noqa: E402
-
-from .errors import ConfigError  # noqa: E402
-
-TABLE_DIR = Path(__file__).resolve().parent.parent / "configs" / "tables"
-TOLERANCE = 1.0  # points: a difference beyond this is marked in diffs
 
 
 @dataclass(frozen=True)
@@ -93,11 +95,10 @@ def load_table(number: int, folder: Path = TABLE_DIR) -> TableSpec:
     return TableSpec(int(doc["table"]), doc["title"], tuple(rows), path)
 
 
-def table_runs(spec: TableSpec, seeds: Sequence[int], dataset: str | None = None, backbone: str | None = None):
+def table_runs(spec: TableSpec, seeds: Sequence[int], dataset: str | None = None,
+               backbone: str | None = None) -> list[RunSpec]:
     """The RunSpecs of a table. ``dataset`` (e.g. synthetic_lt) replaces the paper's data sets, and
     then the backbone is the data set config's unless ``backbone`` is given."""
-    from .plan import RunSpec
-
     out = []
     for seed in seeds:
         for r in spec.rows:
@@ -107,45 +108,34 @@ def table_runs(spec: TableSpec, seeds: Sequence[int], dataset: str | None = None
     return out
 
 
-def render_table(spec: TableSpec, records: Sequence[Mapping[str, Any]], convention: str = "paper") -> str:
-    """Ours (mean ± std over seeds), the paper's number and ours − paper for every row and metric.
+def render_table(spec: TableSpec, df: pd.DataFrame, convention: str = "paper") -> str:
+    """Ours (mean ± std over seeds), the paper's number and ours − paper for every row and metric
+    of a :func:`load_results` frame.
 
     A difference beyond ±TOLERANCE points is marked with ⚠. On another data set than the paper's
     (the built-in world) no difference is computed: only the order of rows is comparable.
     """
-    lines = [f"### {spec.title} — ours vs paper ({CONVENTION_NOTE[convention]})", ""]
+    cols = metric_columns(convention)
     metrics = [m for m in METRICS if any(m in r.paper for r in spec.rows)]
-    head = ["row", "dataset", "seeds"] + [c for m in metrics for c in (f"{m} ours", "paper", "Δ")]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
+    rows = []
     for r in spec.rows:
-        mine = [x for x in records if x.get("variant") == spec.variant(r)]
-        ds = mine[0]["dataset"] if mine else (r.dataset or "—")
-        same = bool(mine) and ds == r.dataset
-        cells = [r.row, ds, str(len({x["seed"] for x in mine}))]
+        mine = df[df["variant"] == spec.variant(r)]
+        ds = mine["dataset"].iloc[0] if len(mine) else (r.dataset or "—")
+        same = len(mine) > 0 and ds == r.dataset
+        row = {"row": r.row, "dataset": ds, "seeds": str(mine["seed"].nunique())}
         for m in metrics:
-            vals = [x["metrics"][convention][m] for x in mine if x["metrics"][convention].get(m) is not None]
-            ours = _mean_std(vals)
+            vals = mine[cols[m]].dropna()
             paper = r.paper.get(m)
-            p = "—" if paper is None else f"{paper:.1f}"
-            if vals and paper is not None and same:
-                d = sum(vals) / len(vals) - paper
-                flag = " ⚠" if abs(d) > TOLERANCE else ""
-                cells.append(f"{ours} | {p} | {d:+.1f}{flag}")
+            row[f"{m} ours"] = mean_std(vals)
+            row[f"{m} paper"] = "—" if paper is None else f"{paper:.1f}"
+            if len(vals) and paper is not None and same:
+                d = vals.mean() - paper
+                row[f"{m} Δ"] = f"{d:+.1f}" + (" ⚠" if abs(d) > TOLERANCE else "")
             else:
-                cells.append(f"{ours} | {p} | —")
-        lines.append("| " + " | ".join(cells) + " |")
-    if records and all(x["dataset"] != r.dataset for x in records for r in spec.rows):
-        lines += ["", f"(run on {records[0]['dataset']}: the paper's numbers are for another data set; "
+                row[f"{m} Δ"] = "—"
+        rows.append(row)
+    lines = [f"### {spec.title} — ours vs paper ({CONVENTION_NOTE[convention]})", "", markdown(pd.DataFrame(rows))]
+    if len(df) and not df["dataset"].isin({r.dataset for r in spec.rows}).any():
+        lines += ["", f"(run on {df['dataset'].iloc[0]}: the paper's numbers are for another data set; "
                       "compare the order of rows, not the values)"]
     return "\n".join(lines) + "\n"
-
-
-def _mean_std(vals: Sequence[float]) -> str:
-    if not vals:
-        return "—"
-    mean = sum(vals) / len(vals)
-    if len(vals) == 1:
-        return f"{mean:.1f}"
-    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
-    return f"{mean:.1f} ± {sd:.1f}"

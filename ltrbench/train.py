@@ -23,6 +23,7 @@ import torch
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .errors import ConfigError
@@ -143,6 +144,20 @@ class FitResult:
     best_score: float | None = None
     resumed_from: int | None = None
     seconds: float = 0.0
+    effective_lr: float | None = None
+    effective_batch_size: int | None = None
+    selected_best: bool = False
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What a training stage records in its ``stage.json``: the per-epoch history, the training
+        time, the effective lr and batch size (after linear scaling), and the best epoch when the
+        recipe selects one on val."""
+        out: dict[str, Any] = {"history": self.history, "train_seconds": round(self.seconds, 3),
+                               "effective_lr": self.effective_lr, "effective_batch_size": self.effective_batch_size}
+        if self.selected_best:
+            out.update(best_epoch=self.best_epoch, best_val_acc=self.best_score)
+        return out
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -168,15 +183,14 @@ def fit(
     At the end the task's module holds the last epoch's weights, or the best epoch's when
     ``cfg.select_best`` (the epoch with the best ``task.validate()``).
     """
-    from tqdm.auto import tqdm
-
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     opt = build_optimizer(task, cfg)
     sched = build_scheduler(opt, cfg)
     use_amp = cfg.amp and device.type == "cuda"
-    result = FitResult()
+    result = FitResult(effective_lr=cfg.effective_lr, effective_batch_size=cfg.batch_size,
+                       selected_best=cfg.select_best)
     start = 0
     last = ckpt_dir / "last.pt"
     if last.is_file():

@@ -15,7 +15,8 @@ from torch import nn
 
 from ltrbench.config import TrainConfig, register_section
 from ltrbench.errors import ConfigError
-from ltrbench.head_fit import ENCODERS, HeadData, TrainedHeadMethod, encoder_stage, split_features
+from ltrbench.head_fit import HeadData, TrainedHeadMethod
+from ltrbench.methods._cvlp import ENCODERS, encoder_stage
 from ltrbench.plan import RunContext
 from ltrbench.registry import METHODS
 
@@ -52,7 +53,7 @@ class FC(TrainedHeadMethod):
     def plan(self, run: RunContext):
         c = run.cfg.fc
         c.check()
-        return self.plan_head(run, split_features(run, encoder_stage(run, c.encoder)))
+        return self.plan_head(run, run.split_features(encoder_stage(run, c.encoder)))
 
     def make_head(self, data: HeadData, cfg: FCConfig) -> nn.Linear:
         data.need("train_x")

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 
 from ltrbench.config import register_section
 from ltrbench.errors import ConfigError
-from ltrbench.head_fit import ENCODERS, HeadData, HeadEnv, HeadFit, HeadMethod, encoder_stage
+from ltrbench.head_fit import HeadData, HeadEnv, HeadFit, HeadMethod
 from ltrbench.heads import knn_predict
+from ltrbench.methods._cvlp import ENCODERS, encoder_stage
 from ltrbench.plan import RunContext
 from ltrbench.registry import METHODS
 
@@ -47,7 +48,7 @@ class KNN(HeadMethod):
         c.check()
         enc = encoder_stage(run, c.encoder)
         feats = {"eval": run.features(enc, run.eval_split)}
-        return self.plan_head(run, feats, extra=[run.text_features(enc, c.source)])
+        return self.plan_head(run, feats, extra={"text": run.text_features(enc, c.source)})
 
     def fit_head(self, data: HeadData, cfg: KNNConfig, env: HeadEnv) -> HeadFit:
         data.need("text_x", "text_y")

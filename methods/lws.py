@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ltrbench.config import TrainConfig, register_section
-from ltrbench.head_fit import HeadData, TrainedHeadMethod, decoupling_recipe, stage1_features
+from ltrbench.head_fit import HeadData, TrainedHeadMethod
 from ltrbench.heads import LWSHead
+from ltrbench.methods._decoupling import decoupling_recipe, stage1_features
 from ltrbench.plan import RunContext
 from ltrbench.registry import METHODS
 

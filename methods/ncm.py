@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from ltrbench.config import register_section
 from ltrbench.errors import ConfigError
-from ltrbench.head_fit import HeadData, HeadEnv, HeadFit, HeadMethod, stage1_features
+from ltrbench.head_fit import HeadData, HeadEnv, HeadFit, HeadMethod
 from ltrbench.heads import NCM_DIST_TYPES, NCM_FEAT_TYPES, ncm_logits
+from ltrbench.methods._decoupling import stage1_features
 from ltrbench.plan import RunContext
 from ltrbench.registry import METHODS
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ltrbench.config import register_section
-from ltrbench.head_fit import HeadData, HeadEnv, HeadFit, HeadMethod, stage1_features
+from ltrbench.head_fit import HeadData, HeadEnv, HeadFit, HeadMethod
 from ltrbench.heads import DEFAULT_TAUS, select_tau, tau_normalize
+from ltrbench.methods._decoupling import stage1_features
 from ltrbench.plan import RunContext
 from ltrbench.registry import METHODS
 

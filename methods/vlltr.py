@@ -1,6 +1,6 @@
 """``vlltr``: VL-LTR (Tian et al.): CVLP → anchor sentence selection → language-guided recognition.
 
-Stages (ARCHITECTURE.md "Stages"): ``clip_weights`` → ``cvlp`` (ltrbench/cvlp.py) →
+Stages (ARCHITECTURE.md "Stages"): ``clip_weights`` → ``cvlp`` (methods/_cvlp.py) →
 ``text_features`` + ``features`` of the scoring images → ``anss`` (this file) → ``lgr`` (this
 file) → ``evaluate``. Every row of Tables 4, 9 and 10 is this method with ``--set`` overrides
 (configs/tables/): ``cvlp.enabled=false`` (row 2), ``cvlp.init=random`` + ``cvlp.beta=0`` (row 3),
@@ -17,26 +17,26 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from timm.data import Mixup
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from ltrbench.backbones import BACKBONES
-from ltrbench.config import TrainConfig, register_section
+from ltrbench.config import TrainConfig, from_dict, register_section
 from ltrbench.data.loaders import eval_loader, train_loader
-from ltrbench.data.samplers import build_sampler
 from ltrbench.errors import ConfigError
+from ltrbench.head_fit import HeadEnv, HeadFit, head_logits, load_head_data, train_head
 from ltrbench.heads import ANCHOR_MODES, LGRHead, anss_scores, fuse_logits, select_anchors
 from ltrbench.losses import soft_cross_entropy
-from ltrbench.models import load_model, read_manifest
+from ltrbench.methods._cvlp import cvlp_stage
+from ltrbench.models import load_model
 from ltrbench.plan import Method, RunContext
 from ltrbench.registry import METHODS
 from ltrbench.stage_kinds import Prediction, dataset_of, device, image_settings, load_array, save_array
 from ltrbench.stages import Stage, StageContext, stage_kind
-from ltrbench.train import fit
 
 
 @register_section("anss")
@@ -64,7 +64,7 @@ class LGRConfig:
     cutmix: float = 1.0
     alpha: float = 0.2  # official fusion weight of the visual branch (0.7 on iNat)
     v_detach: bool = False  # official iNat models
-    hidden: int | None = None  # visual MLP width (None: the backbone's, 4096 R50 / 2048 ViT)
+    hidden: int | None = None  # visual MLP width (None: 4D, the official 4096 for R50 / 2048 for ViT)
 
     @property
     def through_encoder(self) -> bool:
@@ -121,7 +121,7 @@ def anss(ctx: StageContext) -> dict[str, Any]:
 
 
 class LGRModel(nn.Module):
-    """Image tower + LGR head, for the path that fine-tunes the encoder (official iNat recipe)."""
+    """Image tower + LGR head, for the paths that train on images (encoder fine-tuned or frozen)."""
 
     def __init__(self, visual: nn.Module, head: LGRHead) -> None:
         super().__init__()
@@ -171,85 +171,70 @@ class LGRTask:
         return None
 
 
-def _head(anchor_dir, c: LGRConfig, backbone: str) -> LGRHead:
+def lgr_head(anchor_dir: Path, c: LGRConfig) -> LGRHead:
+    """A fresh LGR head on the anchors of an ``anss`` artifact (hidden width 4D unless ``lgr.hidden``)."""
     info = json.loads((anchor_dir / "stage.json").read_text())
-    hidden = c.hidden or BACKBONES.get(backbone).lgr_hidden
     return LGRHead(torch.from_numpy(np.array(load_array(anchor_dir, "anchors"))),
                    torch.from_numpy(np.array(load_array(anchor_dir, "mask"))), info["logit_scale"],
-                   hidden=hidden, v_detach=c.v_detach)
+                   hidden=c.hidden, v_detach=c.v_detach)
 
 
-@torch.no_grad()
-def _branch_logits(fn, batches, dev) -> tuple[np.ndarray, np.ndarray]:
-    zi, zt = [], []
-    for x in batches:
-        a, b = fn(x.to(dev))
-        zi.append(a.float().cpu())
-        zt.append(b.float().cpu())
-    return torch.cat(zi).numpy(), torch.cat(zt).numpy()
+def _fit_on_features(ctx: StageContext, c: LGRConfig, seed: int, num_classes: int) -> tuple[HeadFit, nn.Module]:
+    """The official ImageNet-LT/Places-LT shape: a frozen encoder, the head fitted by the one head path
+    on the cached features of the train split (ỹ is label smoothing only: mixup/CutMix act on
+    images, lgr.image_augment), scored on the cached eval split."""
+    data = load_head_data(ctx, num_classes, ("train", "eval"))
+    head = lgr_head(ctx.role("anchors"), c)
+    env = HeadEnv(ctx.work, device(), seed, ctx.progress)
+    # LGR's MLP (D → 4D → C) is large enough on real data to use every CPU thread.
+    res = train_head(head, data, c.train, env, task=LGRTask(head, c, num_classes), one_thread=False,
+                     desc=ctx.stage.label)
+    z_img, z_txt = head_logits(head, data.eval_x, env.device, batch=1024)
+    info = {**res.info, "trained_on": "feature cache (no image augmentation, no mixup/CutMix)", "image_mixing": "none"}
+    return HeadFit(z_img, info, {"z_img": z_img, "z_txt": z_txt, "labels": data.eval_y}), head
+
+
+def _fit_on_images(ctx: StageContext, c: LGRConfig, seed: int) -> tuple[HeadFit, nn.Module]:
+    """The official iNat shape (encoder fine-tuned) or lgr.image_augment (encoder frozen): the head
+    and the encoder trained on augmented images with the official mixup/CutMix, scored on the
+    images of the evaluation split."""
+    ds = dataset_of(ctx)
+    img = image_settings(ctx)
+    dev = device()
+    head = lgr_head(ctx.role("anchors"), c)
+    visual = load_model(ctx.role("model"), "cpu").visual
+    if not c.finetune_encoder:
+        visual.requires_grad_(False)  # image_augment: frozen encoder, augmented images
+    module = LGRModel(visual, head).to(dev)
+    loader = train_loader(ds, img, sampler=c.train.sampler, batch_size=c.train.batch_size, seed=seed)
+    mixup, mixing = None, "none"
+    if c.mixup > 0 or c.cutmix > 0:
+        mixup = Mixup(mixup_alpha=c.mixup, cutmix_alpha=c.cutmix, prob=1.0, switch_prob=0.5, mode="batch",
+                      label_smoothing=c.label_smoothing, num_classes=ds.num_classes)
+        mixing = f"mixup {c.mixup}, cutmix {c.cutmix}"
+    res = ctx.train(LGRTask(module, c, ds.num_classes, mixup), loader, c.train, device=dev, seed=seed)
+    split = ctx.config["eval_split"]
+    z_img, z_txt = head_logits(module, (x for x, _ in eval_loader(ds, split, img)), dev)
+    info = {**res.info, "trained_on": "images", "image_mixing": mixing}
+    labels = torch.from_numpy(ds.labels(split))
+    return HeadFit(z_img, info, {"z_img": z_img, "z_txt": z_txt, "labels": labels}), module
 
 
 @stage_kind("lgr", version="1", gpus=1.0)
 def lgr(ctx: StageContext) -> dict[str, Any]:
-    c = LGRConfig(**{**ctx.config["lgr"], "train": TrainConfig(**ctx.config["lgr"]["train"])})
+    """VL-LTR's stage 2 (§3): the LGR head on its anchors, trained from the feature cache or on
+    images. Writes both branches' eval-split logits (``z_img``, ``z_txt``, with ``labels``) for the
+    evaluate stage, and the trained weights without the anchors (``lgr.pt``)."""
+    c = from_dict(LGRConfig, ctx.config["lgr"])
     seed = int(ctx.config["seed"])
-    ds = dataset_of(ctx)
-    dev = device()
-    model_dir = ctx.inputs[1]
-    backbone = read_manifest(model_dir)["backbone"]
-    head = _head(ctx.inputs[0], c, backbone)
-    through = c.through_encoder
-    mixing = "none"
-    if through:
-        img = image_settings(ctx)
-        visual = load_model(model_dir, "cpu").visual
-        if not c.finetune_encoder:
-            visual.requires_grad_(False)  # image_augment: frozen encoder, augmented images
-        module: nn.Module = LGRModel(visual, head).to(dev)
-        loader = train_loader(ds, img, sampler=c.train.sampler, batch_size=c.train.batch_size, seed=seed)
-        mixup = None
-        if c.mixup > 0 or c.cutmix > 0:
-            from timm.data import Mixup
-
-            mixup = Mixup(mixup_alpha=c.mixup, cutmix_alpha=c.cutmix, prob=1.0, switch_prob=0.5, mode="batch",
-                          label_smoothing=c.label_smoothing, num_classes=ds.num_classes)
-            mixing = f"mixup {c.mixup}, cutmix {c.cutmix}"
-        task = LGRTask(module, c, ds.num_classes, mixup)
+    if c.through_encoder:
+        fit, module = _fit_on_images(ctx, c, seed)
     else:
-        # Frozen encoder (official ImageNet-LT/Places-LT): train from the feature cache. Image-level
-        # mixup/CutMix needs images through the encoder (lgr.image_augment), so here ỹ is label
-        # smoothing only; the stage records that.
-        train_dir = ctx.inputs[2]
-        feats = torch.from_numpy(np.array(load_array(train_dir, "feats")))
-        labels = torch.from_numpy(np.array(load_array(train_dir, "labels")))
-        sampler = build_sampler(c.train.sampler, labels.numpy(), seed)
-        loader = DataLoader(TensorDataset(feats, labels), batch_size=c.train.batch_size, sampler=sampler,
-                            drop_last=len(labels) > c.train.batch_size)
-        module = head.to(dev)
-        task = LGRTask(module, c, ds.num_classes)
-    res = fit(task, loader, c.train, ctx.out / "ckpt", device=dev, seed=seed, progress=ctx.progress,
-              desc=ctx.stage.label or "lgr")
-    module.eval()
-    if through:
-        split = ctx.config["eval_split"]
-        batches = (x for x, _ in eval_loader(ds, split, image_settings(ctx)))
-        zi, zt = _branch_logits(module, batches, dev)
-        labels_eval = ds.labels(split)
-    else:
-        eval_dir = ctx.inputs[3]
-        f = torch.from_numpy(np.array(load_array(eval_dir, "feats")))
-        zi, zt = _branch_logits(module, torch.split(f, 1024), dev)
-        labels_eval = np.array(load_array(eval_dir, "labels"))
-    save_array(ctx.out, "z_img", zi)
-    save_array(ctx.out, "z_txt", zt)
-    save_array(ctx.out, "labels", labels_eval)
+        fit, module = _fit_on_features(ctx, c, seed, dataset_of(ctx).num_classes)
+    for name, arr in fit.arrays.items():
+        save_array(ctx.out, name, arr.numpy())
     torch.save({k: v.cpu() for k, v in module.state_dict().items() if not k.endswith("anchors")}, ctx.out / "lgr.pt")
-    for p in (ctx.out / "ckpt").glob("*.pt"):
-        p.unlink()
-    return {"history": res.history, "train_seconds": res.seconds, "effective_lr": c.train.effective_lr,
-            "effective_batch_size": c.train.batch_size,
-            "trained_on": "images" if through else "feature cache (no image augmentation, no mixup/CutMix)",
-            "image_mixing": mixing}
+    return fit.info
 
 
 # --------------------------------------------------------------------------- the method
@@ -268,7 +253,7 @@ class VLLTR(Method):
             raise ConfigError(f"anss.mode must be one of {', '.join(ANCHOR_MODES)}, got {a.mode!r}.")
         if a.scoring not in ("faithful", "clean"):
             raise ConfigError(f"anss.scoring must be faithful or clean, got {a.scoring!r}.")
-        model = run.cvlp_weights()
+        model = cvlp_stage(run)
         text = run.text_features(model, run.cfg.cvlp.source)
         anss_inputs = [text]
         if a.mode == "anss":
@@ -281,12 +266,13 @@ class VLLTR(Method):
                                  "seed": run.seed if a.mode == "random" else 0,
                                  "num_classes": run.ds.num_classes}, tuple(anss_inputs), run.env(),
                         label=f"{model.label}:{a.mode}{a.num_anchors}")
-        inputs = [anchors, model]  # lgr reads its inputs by position: anchors, model, [train, eval features]
+        inputs = {"anchors": anchors, "model": model}
         if not c.through_encoder:
-            inputs += [run.features(model, "train"), run.features(model, run.eval_split)]
+            inputs.update(train=run.features(model, "train"), eval=run.features(model, run.eval_split))
         conf = {"dataset": run.dataset_key(), "image": run.img.key(), "seed": run.seed, "lgr": c.stage_config(),
                 "eval_split": run.eval_split}
-        head = Stage("lgr", conf, tuple(inputs), run.env(), label=f"lgr:{model.label}")
+        head = Stage("lgr", conf, tuple(inputs.values()), run.env(), label=f"lgr:{model.label}",
+                     roles=tuple(inputs))
         return run.evaluate([head], alpha=c.alpha)
 
     def predict(self, ctx, ds) -> Prediction:

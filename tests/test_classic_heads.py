@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+import ltrbench
 from conftest import TINY, run_cli, tiny_set
-from ltrbench import plugins
-from ltrbench.head_fit import HeadData, HeadEnv, config_from_dict, head_methods
-
-plugins.load_all()
+from ltrbench.config import from_dict
+from ltrbench.head_fit import HeadData, HeadEnv, head_methods
 
 HEADS = sorted(head_methods())
 DECOUPLED = ["crt", "ncm", "tau_norm", "lws"]
@@ -62,7 +61,7 @@ def test_head_fits_synthetic_long_tailed_features(name, tmp_path):
     method = head_methods()[name]()
     data = long_tailed_features()
     cfg = small_config(method.config_cls)
-    assert config_from_dict(method.config_cls, dataclasses.asdict(cfg)) == cfg  # the head stage's round trip
+    assert from_dict(method.config_cls, dataclasses.asdict(cfg)) == cfg  # the head stage's round trip
     fit = method.fit_head(data, cfg, HeadEnv(tmp_path, seed=0))
     assert tuple(fit.logits.shape) == (len(data.eval_y), data.num_classes)
     assert torch.isfinite(fit.logits).all()
@@ -82,17 +81,12 @@ def test_tau_norm_records_tau_and_sweep(tmp_path):
 
 
 def test_decoupled_heads_share_one_stage1_finetune_and_features():
-    from ltrbench.plan import RunSpec, plan_runs
-    from ltrbench.stages import topological
-
-    planned = plan_runs([RunSpec(m, "synthetic_lt") for m in DECOUPLED], overrides=TINY)
     finetunes, features = set(), {}
-    for p in planned:
-        for s in topological([p.target]):
-            if s.kind == "finetune":
-                finetunes.add(s.key)
-            elif s.kind == "features":
-                features.setdefault(s.config["split"], set()).add(s.key)
+    for s in ltrbench.plan(DECOUPLED, "synthetic_lt", overrides=TINY).stages:
+        if s.kind == "finetune":
+            finetunes.add(s.key)
+        elif s.kind == "features":
+            features.setdefault(s.config["split"], set()).add(s.key)
     assert len(finetunes) == 1
     assert set(features) == {"train", "val", "test"}
     assert all(len(keys) == 1 for keys in features.values()), features
@@ -102,15 +96,13 @@ def test_decoupled_heads_share_one_stage1_finetune_and_features():
 
 
 def test_knn_and_fc_read_the_chosen_encoder():
-    from ltrbench.plan import RunContext, RunSpec, plan_runs
     from ltrbench.stages import topological
 
     for encoder in ("cvlp", "clip"):
         sets = [*TINY, f"knn.encoder={encoder}", f"fc.encoder={encoder}"]
-        for p in plan_runs([RunSpec("knn", "synthetic_lt"), RunSpec("fc", "synthetic_lt")], overrides=sets):
+        for p in ltrbench.plan(["knn", "fc"], "synthetic_lt", overrides=sets).runs:
             model = next(s for s in topological([p.target]) if s.kind == "features").inputs[0]
-            cvlp_wired = hasattr(RunContext, "cvlp_weights") and p.cfg.cvlp.enabled
-            assert model.kind == ("cvlp" if encoder == "cvlp" and cvlp_wired else "clip_weights")
+            assert model.kind == ("cvlp" if encoder == "cvlp" else "clip_weights")
 
 
 def _fast_heads() -> list[str]:

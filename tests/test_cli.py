@@ -1,10 +1,13 @@
-"""End-to-end runs of the CLI on the tiny built-in world, and its errors for bad input."""
+"""End-to-end runs of the CLI (subprocesses, as a user runs it: marked slow) on the tiny built-in
+world, and its errors for bad input. tests/test_api.py covers the same ground in-process."""
 import json
 import sys
 
 import pytest
 
 from conftest import REPO, run_cli, tiny_set
+
+slow = pytest.mark.slow
 
 REQUIRED = ["method", "dataset", "backbone", "seed", "metrics", "per_class_accuracy", "train_counts", "config",
             "wall_time_s", "git_revision", "versions", "device"]
@@ -19,6 +22,7 @@ def first_run(tmp_path_factory):
     return out, r
 
 
+@slow
 def test_end_to_end_writes_results_and_table(first_run):
     out, r = first_run
     files = sorted((out / "runs").glob("*.json"))
@@ -38,6 +42,7 @@ def test_end_to_end_writes_results_and_table(first_run):
     assert tables and "| baseline" in tables[0].read_text()
 
 
+@slow
 def test_second_run_executes_no_stage_and_gives_identical_metrics(first_run, tmp_path):
     out, _ = first_run
     r = run_cli("--methods", "baseline,zeroshot", "--out", str(tmp_path), "--quiet", *tiny_set())
@@ -48,6 +53,7 @@ def test_second_run_executes_no_stage_and_gives_identical_metrics(first_run, tmp
     assert a == b
 
 
+@slow
 def test_same_seed_in_a_fresh_cache_gives_identical_metrics(first_run, tmp_path):
     out, _ = first_run
     r = run_cli("--methods", "baseline", "--out", str(tmp_path / "o"), "--quiet", *tiny_set(),
@@ -58,6 +64,7 @@ def test_same_seed_in_a_fresh_cache_gives_identical_metrics(first_run, tmp_path)
     assert json.loads(mine.read_text())["metrics"] == json.loads(theirs.read_text())["metrics"]
 
 
+@slow
 def test_list_command():
     r = run_cli("list")
     assert r.returncode == 0
@@ -65,6 +72,7 @@ def test_list_command():
         assert name in r.stdout
 
 
+@slow
 @pytest.mark.parametrize(
     "args, needle",
     [
@@ -84,6 +92,7 @@ def test_bad_input_is_one_paragraph_and_exit_2_with_nothing_written(tmp_path, ar
     assert not list(out.glob("runs/*.json"))
 
 
+@slow
 def test_output_folder_that_is_a_file(tmp_path):
     f = tmp_path / "afile"
     f.write_text("x")

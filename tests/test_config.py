@@ -2,11 +2,8 @@ from dataclasses import FrozenInstanceError
 
 import pytest
 
-from ltrbench import plugins
 from ltrbench.config import load_config
 from ltrbench.errors import ConfigError
-
-plugins.load_all()
 
 
 def test_defaults_yaml_and_overrides_in_order(tmp_path):

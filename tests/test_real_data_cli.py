@@ -6,6 +6,8 @@ import pytest
 from conftest import run_cli, tiny_set
 from test_real_data import make_imagenet_lt, make_inat2018, make_places_lt
 
+pytestmark = pytest.mark.slow  # CLI subprocesses
+
 MAKERS = {"imagenet_lt": make_imagenet_lt, "places_lt": make_places_lt, "inat2018": make_inat2018}
 
 

@@ -2,11 +2,9 @@ import json
 
 import pytest
 
-from ltrbench import plugins
 from ltrbench.execute import execute
 from ltrbench.stages import Stage, artifact_dir, is_done, stage_kind, topological
 
-plugins.load_all()
 CALLS: list[str] = []
 
 

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+import ltrbench
 from conftest import TINY, run_cli, tiny_set
 
 FAST = ["cvlp.train.epochs=1", "lgr.train.epochs=1", "fc.train.epochs=1", "cvlp.train.batch_size=64",
@@ -20,6 +21,7 @@ def table4(tmp_path_factory):
     return r, recs
 
 
+@pytest.mark.slow
 def test_every_table4_row_runs_and_renders(table4):
     r, recs = table4
     assert sorted(recs) == [f"t4r{i}" for i in range(1, 8)]
@@ -32,6 +34,7 @@ def _stage_keys(rec, kind):
     return {s["key"] for s in rec["stages"] if s["kind"] == kind}
 
 
+@pytest.mark.slow
 def test_table4_rows_share_and_differ_as_designed(table4):
     _, recs = table4
     cvlp = {v: _stage_keys(rec, "cvlp") for v, rec in recs.items()}
@@ -46,6 +49,7 @@ def test_table4_rows_share_and_differ_as_designed(table4):
     assert anss["t4r1"] != anss["t4r7"]  # AnSS vs cut-off
 
 
+@pytest.mark.slow
 def test_vlltr_records_all_fusion_rules_with_faithful_primary(table4):
     _, recs = table4
     rec = recs["t4r1"]
@@ -58,6 +62,7 @@ def test_vlltr_records_all_fusion_rules_with_faithful_primary(table4):
             assert m[b] == rec["rules"]["logit_sum"][conv][b]
 
 
+@pytest.mark.slow
 def test_prompt_only_source_runs(tmp_path):
     r = run_cli("--methods", "vlltr", "--out", str(tmp_path), "--quiet",
                 *tiny_set([*FAST, "cvlp.source=prompt_only"]))
@@ -68,6 +73,7 @@ def test_prompt_only_source_runs(tmp_path):
     assert any(s["label"].endswith("prompt_only") for s in rec["stages"] if s["kind"] == "cvlp")
 
 
+@pytest.mark.slow
 def test_lgr_through_the_encoder_with_mixup_runs(tmp_path):
     """The official iNat shape: LGR fine-tunes the image encoder on images, with mixup/CutMix."""
     r = run_cli("--methods", "vlltr", "--out", str(tmp_path), "--quiet",
@@ -82,12 +88,14 @@ def test_lgr_through_the_encoder_with_mixup_runs(tmp_path):
     assert feats and not any(label.endswith(":train") for label in feats), feats
 
 
+@pytest.mark.slow
 def test_frozen_lgr_trains_from_the_feature_cache(table4):
     _, recs = table4
     feats = [s["label"] for s in recs["t4r4"]["stages"] if s["kind"] == "features"]
     assert any(label.endswith(":train") for label in feats), feats
 
 
+@pytest.mark.slow
 def test_frozen_lgr_on_augmented_images_keeps_the_encoder(tmp_path):
     """lgr.image_augment: the encoder stays frozen, but the head trains on images through it."""
     r = run_cli("--methods", "vlltr", "--out", str(tmp_path), "--quiet",
@@ -109,14 +117,9 @@ def test_frozen_lgr_on_augmented_images_keeps_the_encoder(tmp_path):
 
 
 def _lgr_and_eval_keys(*sets):
-    from ltrbench import plugins
-    from ltrbench.plan import RunSpec, plan_runs
-    from ltrbench.stages import topological
-
-    plugins.load_all()
-    (p,) = plan_runs([RunSpec("vlltr", "synthetic_lt")], overrides=[*TINY, *FAST, *sets])
-    (lgr,) = [s for s in topological([p.target]) if s.kind == "lgr"]
-    return lgr.key, p.target.key
+    plan = ltrbench.plan(["vlltr"], "synthetic_lt", overrides=[*TINY, *FAST, *sets])
+    (lgr,) = [s for s in plan.stages if s.kind == "lgr"]
+    return lgr.key, plan.targets[0].key
 
 
 def test_lgr_key_holds_only_what_trains_the_head():

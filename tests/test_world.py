@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ltrbench.data import world
-from ltrbench.data.world import WorldSpec, generate_world, train_counts
+from ltrbench.datasets import _world as world
+from ltrbench.datasets._world import WorldSpec, generate_world, train_counts
 
 SMALL = WorldSpec(seed=3, num_classes=12, max_count=30, min_count=2, val_per_class=3, test_per_class=4,
                   num_captions=50)

@@ -15,7 +15,8 @@ from typing import ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
+from .corpus import build_corpus
 
 Split = tuple[tuple[str, int], ...]
 
@@ -60,8 +61,6 @@ class LTDataset:
 
         ``source`` is ``wiki_prompt`` (default) or ``prompt_only`` (Table 10).
         """
-        from .corpus import build_corpus
-
         wiki = self.wiki_dir if source != "prompt_only" else None
         return build_corpus(list(self.classnames), wiki, source=source)
 
@@ -122,8 +121,6 @@ class DatasetPlugin:
     def no_options(self, options: Mapping[str, object]) -> None:
         """Real data sets take no load options; anything passed is a config mistake."""
         if options:
-            from ..errors import ConfigError
-
             raise ConfigError(f"Dataset {self.name!r} takes no options; got {', '.join(sorted(options))}.")
 
     def record(self, root: Path, names: Sequence[str], splits: Mapping[str, Split], *, eval_split: str = "test",

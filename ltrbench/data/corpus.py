@@ -24,28 +24,22 @@ import statistics
 from pathlib import Path
 from typing import Callable, Sequence
 
+from open_clip.tokenizer import SimpleTokenizer
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
 from ..errors import DataError
 
 log = logging.getLogger(__name__)
 
 
-@functools.lru_cache(maxsize=1)
+#: The 80 templates: open_clip's ``OPENAI_IMAGENET_TEMPLATES``, same order (= C's list). Each is a
+#: callable ``t(text) -> str``; :func:`fill_prompts` passes ``name + " "`` as C does.
+PROMPT_TEMPLATES: tuple[Callable[[str], str], ...] = tuple(OPENAI_IMAGENET_TEMPLATES)
+
+
 def prompt_templates() -> tuple[Callable[[str], str], ...]:
-    """The 80 templates: open_clip's ``OPENAI_IMAGENET_TEMPLATES``, same order (= C's list).
-
-    Each is a callable ``t(text) -> str``; :func:`fill_prompts` passes ``name + " "`` as C does.
-    Also importable as ``PROMPT_TEMPLATES``. Loaded lazily: importing open_clip imports torch
-    (seconds), which reading split lists or running check-data without a wiki does not need.
-    """
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-
-    return tuple(OPENAI_IMAGENET_TEMPLATES)
-
-
-def __getattr__(name: str) -> object:  # PEP 562: ``PROMPT_TEMPLATES`` without importing open_clip early
-    if name == "PROMPT_TEMPLATES":
-        return prompt_templates()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    """The 80 prompt templates (:data:`PROMPT_TEMPLATES`)."""
+    return PROMPT_TEMPLATES
 
 SOURCES = ("wiki_prompt", "prompt_only")
 
@@ -198,9 +192,7 @@ def _check_source(source: str) -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def _tokenizer():
-    from open_clip.tokenizer import SimpleTokenizer
-
+def _tokenizer() -> SimpleTokenizer:
     return SimpleTokenizer()
 
 

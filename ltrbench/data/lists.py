@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
+from PIL import Image
 from tqdm import tqdm
 
 from ..errors import DataError
@@ -219,8 +220,6 @@ def corrupt_images(
     Absent files are skipped (:func:`missing_images` reports them). ``Image.verify`` checks the
     file structure without decoding all pixels, so a truncated JPEG body may still pass.
     """
-    from PIL import Image
-
     root = Path(root)
     bad: list[tuple[str, str]] = []
     for rel, _ in tqdm(_chosen(pairs, sample, seed), desc=desc, unit="img", disable=not progress, leave=False):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -45,18 +46,20 @@ def resolve_dataset(name: str, cfg: BenchConfig) -> tuple[DatasetRef, LTDataset]
     plugin = DATASETS.get(name)()
     # A plugin may derive load options from the config (the built-in world: which world).
     options = plugin.options(cfg) if hasattr(plugin, "options") else {}
-    ds = _open(name, cfg.data.root, json.dumps(options, sort_keys=True))
+    ds = _open(name, str(plugin.resolve_root(cfg.data.root)), json.dumps(options, sort_keys=True))
     return DatasetRef(name, options, ds.fingerprint(), cfg.data.root), ds
 
 
 def open_dataset(ref: DatasetRef) -> LTDataset:
-    return _open(ref.name, ref.root, json.dumps(dict(ref.options), sort_keys=True))
+    """The dataset of a stage, read in whatever process runs it (its root resolved there)."""
+    plugin = DATASETS.get(ref.name)()
+    return _open(ref.name, str(plugin.resolve_root(ref.root)), json.dumps(dict(ref.options), sort_keys=True))
 
 
 @lru_cache(maxsize=8)
-def _open(name: str, root: str | None, options_json: str) -> LTDataset:
-    plugin = DATASETS.get(name)()
-    return plugin.load(plugin.resolve_root(root), **json.loads(options_json))
+def _open(name: str, root: str, options_json: str) -> LTDataset:
+    """Read a dataset once per process and resolved root."""
+    return DATASETS.get(name)().load(Path(root), **json.loads(options_json))
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,3 @@ def eval_loader(ds: LTDataset, split: str, img: ImageSettings, indices: np.ndarr
         data = Subset(data, indices.tolist())
     return DataLoader(data, batch_size=img.eval_batch_size, shuffle=False, num_workers=img.num_workers,
                       pin_memory=torch.cuda.is_available())
-
-
-def split_labels(ds: LTDataset, split: str) -> np.ndarray:
-    return ds.labels(split)

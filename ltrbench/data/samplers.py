@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from ..errors import ConfigError
+
 SAMPLERS = ("instance", "sqrt", "class_aware")
 
 
@@ -89,6 +91,4 @@ def build_sampler(kind: str, labels: np.ndarray, seed: int, samples_per_class: i
         return SqrtSampler(labels, seed)
     if kind == "class_aware":
         return ClassAwareSampler(labels, seed, samples_per_class)
-    from ..errors import ConfigError
-
     raise ConfigError(f"Unknown sampler {kind!r}; use one of {', '.join(SAMPLERS)}.")

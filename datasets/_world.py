@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import ConfigError
+from ltrbench.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

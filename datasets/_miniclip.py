@@ -1,14 +1,17 @@
-"""Mini-CLIP: the built-in world's stand-in for OpenAI's CLIP weights.
+"""Mini-CLIP: the built-in world's stand-in for OpenAI's CLIP weights (the ``builtin`` weights).
 
-The tiny ``mini-clip`` open_clip model is pretrained once by ordinary image–caption contrastive
-learning (open_clip's ``ClipLoss``) on the world's separate caption corpus (``clip_pretrain.tsv``:
-images over every attribute combination, captions naming one to three attributes, never a class
-name), with the one training loop. The result is a state-dict file that is then loaded exactly as
-real CLIP weights are (``open_clip.create_model(name, pretrained=<file>)``), which makes
+The tiny ``mini-clip`` open_clip model (``model_configs/mini-clip.json``, registered here with
+``open_clip.add_model_config``, and as a backbone) is pretrained once by ordinary image–caption
+contrastive learning (open_clip's ``ClipLoss``) on the world's separate caption corpus
+(``clip_pretrain.tsv``: images over every attribute combination, captions naming one to three
+attributes, never a class name), with the one training loop. The ``clip_weights`` stage asks the
+``builtin`` weights source registered here for that file, which is then loaded exactly as real
+CLIP weights are (``open_clip.create_model(name, pretrained=<file>)``). That makes
 "CLIP-initialised", zero-shot and distillation meaningful on a laptop.
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,14 +19,22 @@ import numpy as np
 import open_clip
 import torch
 
-from dataclasses import asdict, dataclass
+from ltrbench.backbones import BackboneSpec, create_clip, tokenizer
+from ltrbench.config import BenchConfig, TrainConfig, register_section
+from ltrbench.data.batched import BatchLoader
+from ltrbench.data.images import open_rgb
+from ltrbench.data.samplers import InstanceSampler
+from ltrbench.datasets._world import WorldSpec, generate_world
+from ltrbench.paths import cache_root
+from ltrbench.registry import BACKBONES, WEIGHTS
+from ltrbench.stages import StageContext
+from ltrbench.train import seed_everything
 
-from .backbones import create_clip, tokenizer
-from .config import TrainConfig, register_section
-from .data.batched import BatchLoader
-from .data.images import open_rgb
-from .data.samplers import InstanceSampler
-from .train import fit, seed_everything
+BUILTIN_PRETRAINED = "builtin"  # the backbone.pretrained tag of mini-CLIP's generated weights
+
+open_clip.add_model_config(Path(__file__).resolve().parent / "model_configs")
+BACKBONES.add("mini-clip", BackboneSpec("mini-clip", image_size=32, eval_resize=32, embed_dim=64,
+                                        default_pretrained=BUILTIN_PRETRAINED))
 
 
 @register_section("miniclip")
@@ -52,6 +63,8 @@ def read_captions(folder: Path) -> tuple[np.ndarray, list[str]]:
 
 
 class ClipTask:
+    """Plain CLIP pretraining: open_clip's symmetric InfoNCE over image–caption pairs."""
+
     def __init__(self, model: torch.nn.Module) -> None:
         self.module = model
         self.loss_fn = open_clip.ClipLoss()
@@ -72,21 +85,14 @@ class ClipTask:
         return None
 
 
-def pretrain_mini_clip(
-    backbone: str, builtin: Mapping[str, Any], out: Path, cache: Path, progress: bool = True
-) -> dict[str, Any]:
+def pretrain_mini_clip(ctx: StageContext, backbone: str, builtin: Mapping[str, Any], out: Path) -> dict[str, Any]:
     """Pretrain mini-CLIP on the caption corpus of the world ``builtin['world']``; save to ``out``."""
-    from .data.world import WorldSpec, generate_world
-    from .paths import cache_root
-
     spec = WorldSpec(**builtin["world"])
-    folder = generate_world(cache_root() / "worlds", spec, progress=progress)
+    folder = generate_world(cache_root() / "worlds", spec, progress=ctx.progress)
     recipe = {**DEFAULT_RECIPE, **builtin.get("recipe", {})}
     seed = int(builtin.get("seed", spec.seed))
     seed_everything(seed)
     model = create_clip(backbone, None)
-    from .backbones import BACKBONES
-
     bspec = BACKBONES.get(backbone)
     images, captions = read_captions(folder)
     tokens = tokenizer(backbone)(captions)
@@ -98,9 +104,22 @@ def pretrain_mini_clip(
                          mean=bspec.mean, std=bspec.std, drop_last=True)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(dev)
-    res = fit(ClipTask(model), loader, cfg, out.parent / "ckpt", device=dev, seed=seed, progress=progress,
-              desc="mini-CLIP pretraining")
+    res = ctx.train(ClipTask(model), loader, cfg, device=dev, seed=seed, desc="mini-CLIP pretraining")
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out)
-    for p in (out.parent / "ckpt").glob("*.pt"):
-        p.unlink()
-    return {"history": res.history, "train_seconds": res.seconds, "captions": len(captions), "recipe": recipe}
+    return {**res.info, "captions": len(captions), "recipe": recipe}
+
+
+class MiniClipWeights:
+    """The ``builtin`` weights source: mini-CLIP pretrained on the configured world's captions."""
+
+    backbones = ("mini-clip",)
+
+    def key(self, cfg: BenchConfig) -> dict[str, Any]:
+        """What the weights depend on (part of the clip_weights stage key): the world and the recipe."""
+        return {"builtin": {"world": asdict(cfg.world), "recipe": asdict(cfg.miniclip)}}
+
+    def build(self, ctx: StageContext, out: Path) -> dict[str, Any]:
+        return pretrain_mini_clip(ctx, ctx.config["backbone"], ctx.config["builtin"], out)
+
+
+WEIGHTS.add(BUILTIN_PRETRAINED, MiniClipWeights())

@@ -1,7 +1,7 @@
 """CVLP: class-wise visual-linguistic pre-training (ALGORITHMS.md §1), the ``cvlp`` stage.
 
-Shared by ``vlltr`` (its stage 1), ``knn`` and ``fc`` (Table 4 rows 5–6), so one CVLP run serves
-all of them. The student starts from the CLIP weights (or random weights, Table 4 row 3); every
+Code of the VL-LTR family of plugins: ``vlltr`` (its stage 1), ``knn`` and ``fc`` (Table 4 rows
+5–6) plan their encoder with :func:`encoder_stage`, so one CVLP run serves all of them. The student starts from the CLIP weights (or random weights, Table 4 row 3); every
 image is paired with a fresh random sentence of its class at every step (prompts + wiki, no
 AnSS filtering); the loss is :func:`ltrbench.losses.cvlp_loss` (class-wise contrastive loss with
 soft same-class targets and 0.1 smoothing, both directions averaged, plus β × distillation from a
@@ -19,13 +19,17 @@ from typing import Any
 
 import torch
 
-from .backbones import create_clip, tokenizer
-from .config import TrainConfig, register_section
-from .errors import ConfigError
-from .losses import DISTILL_TYPES, cvlp_loss
-from .models import load_model, read_manifest, write_manifest
-from .stages import StageContext, stage_kind
-from .train import fit
+from ltrbench.backbones import create_clip, tokenizer
+from ltrbench.config import TrainConfig, from_dict, register_section
+from ltrbench.data.loaders import train_loader
+from ltrbench.errors import ConfigError
+from ltrbench.losses import DISTILL_TYPES, cvlp_loss
+from ltrbench.models import load_model, read_manifest, write_manifest
+from ltrbench.plan import RunContext
+from ltrbench.stage_kinds import dataset_of, device, image_settings
+from ltrbench.stages import Stage, StageContext, stage_kind
+
+ENCODERS = ("cvlp", "clip")  # the frozen encoders KNN and FC can use
 
 
 @register_section("cvlp")
@@ -54,10 +58,8 @@ class CVLPConfig:
             raise ConfigError(f"cvlp.source must be wiki_prompt or prompt_only, got {self.source!r}.")
 
 
-def cvlp_stage(run) -> Any:
+def cvlp_stage(run: RunContext) -> Stage:
     """The CVLP stage of a run (or the raw CLIP weights when ``cvlp.enabled`` is false)."""
-    from .stages import Stage
-
     c: CVLPConfig = run.cfg.cvlp
     c.check()
     clip = run.clip_weights()
@@ -68,6 +70,15 @@ def cvlp_stage(run) -> Any:
             "cvlp": {**asdict(c), "distill": distill}}
     label = f"cvlp{'' if c.init == 'clip' else '-random'}-{distill}{c.beta:g}-{c.source}"
     return Stage("cvlp", conf, (clip,), run.env(), label=label)
+
+
+def encoder_stage(run: RunContext, encoder: str) -> Stage:
+    """The frozen encoder of KNN and FC: ``cvlp`` (Table 4 rows 5–6) or the raw ``clip`` weights."""
+    if encoder == "clip":
+        return run.clip_weights()
+    if encoder == "cvlp":
+        return cvlp_stage(run)
+    raise ConfigError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}.")
 
 
 class CVLPTask:
@@ -111,10 +122,7 @@ class CVLPTask:
 
 @stage_kind("cvlp", version="1", gpus=1.0)
 def cvlp(ctx: StageContext) -> dict[str, Any]:
-    from .data.loaders import train_loader
-    from .stage_kinds import dataset_of, device, image_settings
-
-    c = CVLPConfig(**{**ctx.config["cvlp"], "train": TrainConfig(**ctx.config["cvlp"]["train"])})
+    c = from_dict(CVLPConfig, ctx.config["cvlp"])
     distill = ctx.config["cvlp"]["distill"]
     ds = dataset_of(ctx)
     img = image_settings(ctx)
@@ -132,12 +140,8 @@ def cvlp(ctx: StageContext) -> dict[str, Any]:
     tokens = tokenizer(backbone)([s for cls in corpus for s in cls])
     student.to(dev)
     loader = train_loader(ds, img, sampler=c.train.sampler, batch_size=c.train.batch_size, seed=ctx.config["seed"])
-    res = fit(CVLPTask(student, teacher, tokens, offsets, counts, c, distill), loader, c.train, ctx.out / "ckpt",
-              device=dev, seed=ctx.config["seed"], progress=ctx.progress, desc=ctx.stage.label or "cvlp")
+    res = ctx.train(CVLPTask(student, teacher, tokens, offsets, counts, c, distill), loader, c.train, device=dev,
+                    seed=ctx.config["seed"])
     torch.save({k: v.cpu() for k, v in student.state_dict().items()}, ctx.out / "weights.pt")
     write_manifest(ctx.out, type="clip", backbone=backbone, checkpoint="weights.pt")
-    for p in (ctx.out / "ckpt").glob("*.pt"):
-        p.unlink()
-    return {"history": res.history, "train_seconds": res.seconds, "effective_lr": c.train.effective_lr,
-            "effective_batch_size": c.train.batch_size, "sentences": int(counts.sum()),
-            "logit_scale": float(student.logit_scale.detach().exp())}
+    return {**res.info, "sentences": int(counts.sum()), "logit_scale": float(student.logit_scale.detach().exp())}

@@ -1,0 +1,142 @@
+"""The shape of the house: the core (ltrbench/) has no import cycle, names no method or data set,
+imports inside functions only with a reason, and only the execution layer imports ray."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import REPO
+from ltrbench.registry import DATASETS, METHODS
+
+CORE = REPO / "ltrbench"
+#: The execution layer: the only modules that may import ray.
+RAY_IMPORTERS = {"ltrbench.execute"}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def core_modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(CORE.rglob("*.py"))}
+
+
+
+def _imports(path: Path) -> list[tuple[ast.stmt, list[str], bool]]:
+    """Every import statement of a file (in functions too): (node, modules it names, inside a function).
+
+    ``from pkg import name`` names the module ``pkg.name`` when that is a module of the core, else
+    ``pkg`` (whose body then defines ``name``).
+    """
+    core = set(core_modules()) if path.is_relative_to(CORE) else set()
+    tree = ast.parse(path.read_text())
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    in_function: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            in_function |= {id(n) for n in ast.walk(node) if n is not node}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.append((node, [a.name for a in node.names], id(node) in in_function))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            names = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in core else mod for a in node.names]
+            out.append((node, sorted(set(names)), id(node) in in_function))
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = core_modules()
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, path in mods.items():
+        for _node, names, _ in _imports(path):
+            graph[m] |= {n for n in names if n in mods and n != m}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                return stack[stack.index(n):] + [n]
+            if n not in state and (c := visit(n)):
+                return c
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (c := visit(m)):
+            return c
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle_in_the_core_counting_imports_inside_functions():
+    graph = import_graph()
+    assert len(graph) > 20 and graph["ltrbench.api"]  # the graph was really read
+    assert find_cycle(graph) is None, " → ".join(find_cycle(graph))
+
+
+def test_imports_inside_functions_say_why():
+    """An import inside a function only where it saves start-up time, with a comment saying so."""
+    unexplained = []
+    for m, path in core_modules().items():
+        lines = path.read_text().splitlines()
+        for node, _names, inside in _imports(path):
+            if inside and "#" not in lines[node.lineno - 1]:
+                unexplained.append(f"{path.relative_to(REPO)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    assert not unexplained, unexplained
+
+
+def test_only_the_execution_layer_imports_ray():
+    files = [*CORE.rglob("*.py"), *(REPO / "methods").glob("*.py"), *(REPO / "datasets").glob("*.py")]
+    importers = set()
+    for path in files:
+        for _node, names, _ in _imports(path):
+            if any(n == "ray" or n.startswith("ray.") for n in names):
+                importers.add(_module_name(path))
+    assert importers and importers <= RAY_IMPORTERS, importers
+
+
+def test_the_core_names_no_method_and_no_dataset():
+    """No string literal of ltrbench/ (the CLI aside: it defaults to the built-in world) is the name
+    of a registered method or data set."""
+    names = set(METHODS.names()) | set(DATASETS.names())
+    assert {"vlltr", "baseline", "synthetic_lt", "places_lt"} <= names
+    found = []
+    for m, path in core_modules().items():
+        if m == "ltrbench.cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}")
+    assert not found, found
+
+
+def test_plugin_family_code_is_not_loaded_as_a_plugin():
+    """Files starting with _ in methods/ and datasets/ hold shared code and register no method or
+    data set of their own name."""
+    shared = [p.stem for folder in ("methods", "datasets") for p in (REPO / folder).glob("_*.py")]
+    assert {"_cvlp", "_decoupling", "_world", "_miniclip"} <= set(shared)
+    assert not set(shared) & (set(METHODS.names()) | set(DATASETS.names()))

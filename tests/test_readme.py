@@ -1,0 +1,57 @@
+"""The README's "Add a method" example, exactly as printed: saved under the name its first line
+gives, with no other file changed, it runs with the command the README gives."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, tiny_set
+
+
+def readme_example() -> tuple[str, str, list[str]]:
+    """(file name, Python block, command) of the README's "## Add a method" section."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n## Add a method\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    (command,) = re.findall(r"```bash\n(.*?)\n```", section, flags=re.S)
+    first = block.splitlines()[0]
+    match = re.fullmatch(r"# (methods/\w+\.py)", first)
+    assert match, f"the block's first line must name its file, got {first!r}"
+    return match.group(1), block, shlex.split(command)
+
+
+def test_the_example_names_its_file_and_a_new_method():
+    path, block, command = readme_example()
+    assert not (REPO / path).exists(), f"{path} already exists: the example must add a method"
+    assert command[:2] == ["python", "run_bench.py"] and "--methods" in command
+    assert command[command.index("--methods") + 1] == REPO.joinpath(path).stem
+
+
+@pytest.mark.slow
+def test_add_a_method_example_runs_as_written(tmp_path):
+    path, block, command = readme_example()
+    for item in ("ltrbench", "methods", "datasets", "configs"):
+        shutil.copytree(REPO / item, tmp_path / item, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "run_bench.py", tmp_path / "run_bench.py")
+    (tmp_path / path).write_text(block)
+    out = tmp_path / "out"
+    args = [*command[2:], *tiny_set(), "--out", str(out), "--quiet"]
+    r = subprocess.run([sys.executable, "run_bench.py", *args], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    name = REPO.joinpath(path).stem
+    (rec,) = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
+    assert rec["method"] == name and rec["metrics"]["paper"]["overall"] is not None
+    assert f"| {name} " in r.stdout  # in the printed table
+    # the method's own loss trained its model: the finetune stage (in the session's cache) recorded it
+    (ft,) = [s for s in rec["stages"] if s["kind"] == "finetune"]
+    stage = json.loads((Path(os.environ["LTRBENCH_CACHE"]) / "finetune" / ft["key"] / "stage.json").read_text())
+    assert stage["loss"] == name and stage["config"]["loss"]["params"] == {"tau": 1.0}
