@@ -24,7 +24,17 @@ import yaml
 from .errors import ConfigError
 from .registry import SECTIONS
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+def _config_dir() -> Path:
+    """``configs/``: inside the package in a wheel install (pyproject maps it to ltrbench/configs),
+    beside it in a source checkout or an editable install."""
+    pkg = Path(__file__).resolve().parent
+    for cand in (pkg / "configs", pkg.parent / "configs"):
+        if cand.is_dir():
+            return cand
+    raise RuntimeError(f"ltrbench: the configs/ folder was not found beside {pkg}; reinstall ltrbench.")
+
+
+CONFIG_DIR = _config_dir()
 
 
 def register_section(name: str, cls: type | None = None):

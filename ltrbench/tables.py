@@ -14,13 +14,14 @@ from typing import Mapping, Sequence
 import pandas as pd
 import yaml
 
+from .config import CONFIG_DIR
 from .errors import ConfigError
 from .metrics import CONVENTION_NOTE
 from .plan import RunSpec
 from .results import metric_columns
 
 METRICS = ("overall", "many", "medium", "few")
-TABLE_DIR = Path(__file__).resolve().parent.parent / "configs" / "tables"
+TABLE_DIR = CONFIG_DIR / "tables"
 TOLERANCE = 1.0  # points: a difference beyond this is marked in diffs
 
 
