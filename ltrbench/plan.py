@@ -19,6 +19,7 @@ from . import stage_kinds  # noqa: F401  (registers the core stage kinds the hel
 from .config import BenchConfig, TrainConfig, load_config
 from .data.base import LTDataset
 from .data.loaders import DatasetRef, ImageSettings, resolve_dataset
+from .data.samplers import sampler_key
 from .errors import ConfigError
 from .registry import BACKBONES, LOSSES, METHODS, WEIGHTS
 from .stages import Stage
@@ -110,6 +111,7 @@ class RunContext:
                 "seed": self.seed, **extra}
         if loss != "ce" or loss_params:  # plain cross-entropy keeps the keys of earlier runs
             conf["loss"] = {"name": loss, "params": dict(loss_params or {})}
+        conf.update(sampler_key(train.sampler))
         return Stage("finetune", conf, (src,), self.env(), label=label)
 
     def features(self, model: Stage, split: str, max_per_class: int | None = None) -> Stage:

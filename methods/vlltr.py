@@ -27,6 +27,7 @@ from torch import nn
 
 from ltrbench.config import TrainConfig, from_dict, register_section
 from ltrbench.data.loaders import eval_loader, train_loader
+from ltrbench.data.samplers import sampler_key
 from ltrbench.errors import ConfigError
 from ltrbench.head_fit import HeadEnv, HeadFit, head_logits, load_head_data, train_head
 from ltrbench.heads import ANCHOR_MODES, LGRHead, anss_scores, fuse_logits, select_anchors
@@ -270,7 +271,7 @@ class VLLTR(Method):
         if not c.through_encoder:
             inputs.update(train=run.features(model, "train"), eval=run.features(model, run.eval_split))
         conf = {"dataset": run.dataset_key(), "image": run.img.key(), "seed": run.seed, "lgr": c.stage_config(),
-                "eval_split": run.eval_split}
+                "eval_split": run.eval_split, **sampler_key(c.train.sampler)}
         head = Stage("lgr", conf, tuple(inputs.values()), run.env(), label=f"lgr:{model.label}",
                      roles=tuple(inputs))
         return run.evaluate([head], alpha=c.alpha)
