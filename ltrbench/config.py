@@ -72,7 +72,9 @@ class DataConfig:
     image_size: int | None = None  # input side after cropping (None: the backbone's, 224 or 32)
     eval_resize: int | None = None  # short side before the evaluation centre crop (None: the backbone's)
     augment: str = "official"  # official (timm RandAugment recipe) | light | none
-    num_workers: int = 0  # DataLoader workers (0 = in the main process)
+    # DataLoader workers per loader (0 = in the main process); None: from the machine where the
+    # stage runs (its CPUs over its GPUs, less one, at most 16: ltrbench.data.loaders.worker_count).
+    num_workers: int | None = None
     eval_batch_size: int = 256
     preload: bool = False  # decode every image into memory once (small data sets only)
     allow_corrupt: bool = False  # skip unreadable images (and count them) instead of failing

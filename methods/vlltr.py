@@ -45,7 +45,14 @@ from ltrbench.stages import Stage, StageContext, stage_kind
 class AnssConfig:
     mode: str = "anss"  # anss (lowest L_lin) | cutoff (first M in corpus order: prompts) | random
     num_anchors: int = 64  # M
-    scoring: str = "faithful"  # faithful (val images; iNat: first 50 train/class) | clean (≤50 train/class)
+    # The images L_lin is scored against (ALGORITHMS §2). faithful: the val split (ImageNet-LT,
+    # Places-LT: the eval transform), or where val is the evaluation split (iNat) the official
+    # --select loader: the first 50 training images per class drawn as one epoch of CVLP's
+    # training loader (training transform, its sampler with replacement, last batch dropped), so
+    # some are scored twice and some not at all. clean: the first ≤ 50 training images per
+    # class, each once, under the evaluation transform.
+    scoring: str = "faithful"
+    scoring_batch_size: int = 256  # faithful iNat: the select run's batch (one GPU; ViT-B/16: 128)
 
 
 @register_section("lgr")
@@ -241,6 +248,16 @@ def lgr(ctx: StageContext) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the method
 
 
+def _scoring_features(run: RunContext, model: Stage, a: AnssConfig) -> Stage:
+    """The ``features`` stage of AnSS's scoring images (``anss.scoring``, ALGORITHMS §2)."""
+    if a.scoring == "clean":
+        return run.features(model, "train", max_per_class=50)
+    if run.ds.eval_split != "val" and "val" in run.ds.splits:
+        return run.features(model, "val")
+    # iNat: the official --select run feeds the first 50 per class through CVLP's training loader.
+    return run.features(model, "train", max_per_class=50, draw=(run.cfg.cvlp.train.sampler, a.scoring_batch_size))
+
+
 @METHODS.register("vlltr")
 class VLLTR(Method):
     name = "vlltr"
@@ -258,11 +275,7 @@ class VLLTR(Method):
         text = run.text_features(model, run.cfg.cvlp.source)
         anss_inputs = [text]
         if a.mode == "anss":
-            if a.scoring == "faithful" and run.ds.eval_split != "val" and "val" in run.ds.splits:
-                scoring = run.features(model, "val")
-            else:
-                scoring = run.features(model, "train", max_per_class=50)
-            anss_inputs.append(scoring)
+            anss_inputs.append(_scoring_features(run, model, a))
         anchors = Stage("anss", {"mode": a.mode, "num_anchors": a.num_anchors, "scoring": a.scoring,
                                  "seed": run.seed if a.mode == "random" else 0,
                                  "num_classes": run.ds.num_classes}, tuple(anss_inputs), run.env(),
