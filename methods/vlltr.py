@@ -8,10 +8,13 @@ file) → ``evaluate``. Every row of Tables 4, 9 and 10 is this method with ``--
 ``cvlp.source=prompt_only`` (Table 10).
 
 Faithful defaults (ALGORITHMS.md §2–3): AnSS scores every sentence by L_lin against the val images
-(ImageNet-LT, Places-LT, the built-in world) or the first 50 training images per class (iNat,
-where val is the evaluation split) and keeps the M = 64 lowest; LGR on a frozen encoder trains
-from the feature cache; inference reports the official α-fusion (overall) with the logit sum for
-many/medium/few as the primary ("faithful") result, and the paper's equal probability sum beside it.
+(ImageNet-LT, Places-LT, the built-in world) or, on iNat (where val is the evaluation split), one
+epoch of CVLP's training loader over the first 50 training images per class, and keeps the M = 64
+lowest; LGR trains on augmented images with mixup/CutMix through the encoder (frozen on ImageNet-LT
+and Places-LT, ``lgr.image_augment``; fine-tuned on iNat) as the official code does, or from the
+feature cache (the LGRConfig default, which the built-in world keeps: far cheaper); inference
+reports the official α-fusion (overall) with the logit sum for many/medium/few as the primary
+("faithful") result, and the paper's equal probability sum beside it.
 """
 from __future__ import annotations
 
