@@ -138,6 +138,13 @@ def _to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def _batch_len(batch: Any) -> int:
+    """The number of samples in a batch (its first tensor's length)."""
+    while isinstance(batch, (list, tuple)) and batch:
+        batch = batch[0]
+    return len(batch) if torch.is_tensor(batch) else 0
+
+
 @dataclass
 class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
@@ -220,7 +227,7 @@ def fit(
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         task.set_mode()
-        total, n = 0.0, 0
+        total, n, seen = 0.0, 0, 0
         bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for batch in bar:
             batch = _to(batch, device)
@@ -234,9 +241,11 @@ def fit(
             scaler.update()
             total += float(loss.detach())
             n += 1
+            seen += _batch_len(batch)
             if progress and n % 10 == 0:
                 bar.set_postfix(loss=f"{total / n:.3f}")
-        row = {"epoch": epoch + 1, "loss": total / max(n, 1), "lr": max(g["lr"] for g in opt.param_groups)}
+        row = {"epoch": epoch + 1, "loss": total / max(n, 1), "lr": max(g["lr"] for g in opt.param_groups),
+               "samples": seen}
         if cfg.select_best:
             score = task.validate()
             row["val_acc"] = score

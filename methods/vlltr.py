@@ -226,7 +226,7 @@ def _fit_on_images(ctx: StageContext, c: LGRConfig, seed: int) -> tuple[HeadFit,
     res = ctx.train(LGRTask(module, c, ds.num_classes, mixup), loader, c.train, device=dev, seed=seed)
     split = ctx.config["eval_split"]
     z_img, z_txt = head_logits(module, (x for x, _ in eval_loader(ds, split, img)), dev)
-    info = {**res.info, "trained_on": "images", "image_mixing": mixing}
+    info = {**res.info, "trained_on": "images", "image_mixing": mixing, "eval_images": len(ds.split(split))}
     labels = torch.from_numpy(ds.labels(split))
     return HeadFit(z_img, info, {"z_img": z_img, "z_txt": z_txt, "labels": labels}), module
 
