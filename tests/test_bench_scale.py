@@ -73,3 +73,19 @@ def test_drawn_training_counts_follow_the_published_facts(dataset):
     assert (len(n), n.sum(), n.min()) == (f.classes, f.train, f.train_min)
     assert abs(int(n.max()) - f.train_max) <= 1
     assert ((n > 100).sum(), (n < 20).sum()) == (f.many, f.few)
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_on_the_cpu_at_tiny_sizes():
+    """bench/gpu_check.sh with its flags shrunk (tiny ResNet and ViT configs, 64 px): one table."""
+    r = subprocess.run(["bash", "bench/gpu_check.sh", "--device", "cpu", "--archs", "scale-rn,scale-vit", "--size", "64",
+                        "--batch", "4", "--steps", "2", "--warmup", "1", "--images", "16", "--jobs", "1",
+                        "--inference-batch", "2", "--inference-repeats", "1"],
+                       cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = [ln.split("|")[1:-1] for ln in r.stdout.splitlines() if ln.startswith("| scale-")]
+    assert [row[0].strip() for row in rows] == ["scale-rn", "scale-vit"]
+    for row in rows:
+        resident, only, fed, ratio, lgr = (float(v) for v in row[1:])
+        assert resident > 0 and only > 0 and fed > 0 and lgr > 0
+        assert ratio == pytest.approx(fed / resident, rel=0.05, abs=0.01)
