@@ -5,9 +5,9 @@
                              [--workers 1] [--target-rate 1000,3000,10000]
 
 One loader worker is one process decoding JPEGs and running the transform on one CPU thread, so
-its rate is measured here in this process on one thread, over the same images for every variant,
-the variants interleaved (A B C D A B C D …) and the medians compared, so machine noise hits them
-alike:
+its rate is measured here in this process on one thread, in images per second of CPU time (what a
+worker with a core to itself does), over the same images for every variant, the variants
+interleaved (A B C D A B C D …) and the medians compared, so machine noise hits them alike:
 
 * ``decode``: PIL open + RGB conversion only;
 * ``train (float32)``: decode + the official training transform as the loaders run it
@@ -19,7 +19,7 @@ alike:
 
 Then the real loader (ltrbench.data.loaders: ImageListDataset, the machine's DataLoader settings)
 with ``--workers`` workers over the same images, batch 64: the rate a stage sees, collation and
-inter-process copies included. Finally the workers each ``--target-rate`` (images/s a GPU step
+inter-process copies included (wall time: on a shared machine this one is noisy). Finally the workers each ``--target-rate`` (images/s a GPU step
 consumes) needs at the measured per-worker rates.
 
 Images: a generated root's training images (``--root``, ``bench/genroot.py``), or ``--images``
@@ -77,10 +77,12 @@ def new_images(folder: Path, n: int, short_side: int) -> list[tuple[str, int]]:
 
 
 def _rate(fn: Callable[[Path], object], paths: list[Path]) -> float:
-    t = time.perf_counter()
+    """Images per second of this process's CPU time: what a worker with a core of its own achieves
+    (wall time would count the time other processes of a shared machine hold the core)."""
+    t = time.process_time()
     for p in paths:
         fn(p)
-    return len(paths) / (time.perf_counter() - t)
+    return len(paths) / (time.process_time() - t)
 
 
 def loader_rate(root: Path, items: list[tuple[str, int]], workers: int, batch: int = 64, rounds: int = 3) -> float:
@@ -141,7 +143,7 @@ def print_rates(res: dict[str, object], targets: list[float]) -> None:
     rates: dict[str, float] = res["rates"]  # type: ignore[assignment]
     spread = res["spread"]
     print(f"{res['images']} JPEGs (median {res['kb_median']:.0f} KB), median of {res['repeats']} interleaved "
-          f"repeats, one thread")
+          f"repeats, one thread, per second of CPU time")
     print("\n| per worker | images/s | ms/image | range (images/s) |")
     print("|---|---|---|---|")
     for name, r in rates.items():

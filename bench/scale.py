@@ -251,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     register_arch()
     t_all = time.time()
 
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, "
+          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
     print(f"## 1. Generated root: {args.dataset} × {args.fraction} at {args.root}", flush=True)
     info = generate_root(args.dataset, args.root, args.fraction, seed=args.seed, jobs=args.jobs, classes=args.classes)
     full = sum(info.full_sizes.values())
@@ -290,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         res = measure_rates(args.root, args.dataset, images=args.pipeline_images)
         print_rates(res, rates)
     print(f"\ntotal {time.time() - t_all:.0f} s; cache {os.environ['LTRBENCH_CACHE']}, "
-          f"{folder_bytes(Path(os.environ['LTRBENCH_CACHE'])) / 1e6:.0f} MB")
+          f"{folder_bytes(Path(os.environ['LTRBENCH_CACHE'])) / 1e6:.0f} MB; load average now "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other processes slow every rate above)")
     return 0
 
 
