@@ -122,7 +122,7 @@ def fit_from_images(method: HeadMethod, cfg: Any, stage: Stage, run: PlannedRun,
         return images_logits(model.visual, head, eval_loader(ds, splits["eval"], img), dev)[0]
     parts: dict[str, Any] = {"num_classes": ds.num_classes}
     for role, split in splits.items():
-        f, lg = encode_split(model, eval_loader(ds, split, img), dev, False, split)
+        f, lg, _ = encode_split(model, eval_loader(ds, split, img), dev, False, split)
         parts[f"{role}_x"], parts[f"{role}_y"] = torch.from_numpy(f), torch.from_numpy(ds.labels(split))
         if lg is not None:
             parts["weight"], parts["bias"] = model.head.weight.detach().cpu(), model.head.bias.detach().cpu()

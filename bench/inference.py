@@ -8,6 +8,9 @@ weights. The two models are timed alternately (A B A B …) and the medians comp
 noise hits both alike. The LGR keys are computed once before timing, as at deployment.
 
     python bench/inference.py [--batch 32] [--repeats 7] [--threads 2] [--classes 1000] [--anchors 64]
+                              [--backbone RN50|ViT-B-16] [--size 224] [--device cpu|cuda]
+
+:func:`measure` is also the inference row of ``bench/gpu_check.py``.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import argparse
 import statistics
 import time
 
+import open_clip
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -55,6 +59,43 @@ def time_once(m: nn.Module, x: torch.Tensor) -> float:
     return (time.perf_counter() - t) / len(x) * 1e3
 
 
+def measure(backbone: str = "RN50", *, batch: int = 32, repeats: int = 7, classes: int = 1000, anchors: int = 64,
+            size: int = 224, device: str = "cpu") -> list[tuple[str, float, float, float, float]]:
+    """Rows (model, params M, GMACs/img, ms/img total, ms/img head only) of encoder + linear head
+    and encoder + LGR head, random weights, timed alternately; medians of ``repeats``."""
+    torch.manual_seed(0)
+    # force_image_size: other sizes than the architecture's (a ResNet's attention pool is sized for it)
+    clip = open_clip.create_model(backbone, pretrained=None, force_image_size=size) if size != 224 else \
+        create_clip(backbone, None)
+    visual = clip.visual.eval()
+    with torch.no_grad():
+        d = visual(torch.zeros(1, 3, size, size)).shape[1]
+    linear = WithHead(visual, nn.Linear(d, classes)).eval()
+    anchor_t = torch.randn(classes, anchors, d)
+    lgr = WithHead(visual, LGRHead(anchor_t, torch.ones(classes, anchors, dtype=torch.bool), 100.0)).eval()
+    dev = torch.device(device)
+    linear, lgr = linear.to(dev), lgr.to(dev)
+    x = torch.randn(batch, 3, size, size, device=dev)
+    with torch.no_grad():  # warm-up; fills LGR's key cache as a deployment would once
+        linear(x[:2])
+        lgr(x[:2])
+    t_lin, t_lgr = [], []
+    for _ in range(repeats):
+        t_lin.append(time_once(linear, x))
+        t_lgr.append(time_once(lgr, x))
+    head_x = torch.randn(batch, d, device=dev)
+    t_head_lin, t_head_lgr = [], []
+    for _ in range(repeats):
+        t_head_lin.append(time_once(linear.head, head_x))
+        t_head_lgr.append(time_once(lgr.head, head_x))
+    return [
+        ("encoder + linear head", params_m(linear), gmacs_per_image(linear, x[:2]), statistics.median(t_lin),
+         statistics.median(t_head_lin)),
+        ("encoder + LGR head", params_m(lgr), gmacs_per_image(lgr, x[:2]), statistics.median(t_lgr),
+         statistics.median(t_head_lgr)),
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backbone", default="RN50")
@@ -67,35 +108,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu (the issue's setting) or cuda")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    clip = create_clip(args.backbone, None)
-    visual = clip.visual.eval()
-    with torch.no_grad():
-        d = visual(torch.zeros(1, 3, args.size, args.size)).shape[1]
-    linear = WithHead(visual, nn.Linear(d, args.classes)).eval()
-    anchors = torch.randn(args.classes, args.anchors, d)
-    lgr = WithHead(visual, LGRHead(anchors, torch.ones(args.classes, args.anchors, dtype=torch.bool), 100.0)).eval()
-    dev = torch.device(args.device)
-    linear, lgr = linear.to(dev), lgr.to(dev)
-    x = torch.randn(args.batch, 3, args.size, args.size, device=dev)
-    with torch.no_grad():  # warm-up; fills LGR's key cache as a deployment would once
-        linear(x[:2])
-        lgr(x[:2])
-    t_lin, t_lgr = [], []
-    for _ in range(args.repeats):
-        t_lin.append(time_once(linear, x))
-        t_lgr.append(time_once(lgr, x))
-    head_x = torch.randn(args.batch, d, device=dev)
-    t_head_lin, t_head_lgr = [], []
-    for _ in range(args.repeats):
-        t_head_lin.append(time_once(linear.head, head_x))
-        t_head_lgr.append(time_once(lgr.head, head_x))
-    rows = [
-        ("encoder + linear head", params_m(linear), gmacs_per_image(linear, x[:2]), statistics.median(t_lin),
-         statistics.median(t_head_lin)),
-        ("encoder + LGR head", params_m(lgr), gmacs_per_image(lgr, x[:2]), statistics.median(t_lgr),
-         statistics.median(t_head_lgr)),
-    ]
+    rows = measure(args.backbone, batch=args.batch, repeats=args.repeats, classes=args.classes, anchors=args.anchors,
+                   size=args.size, device=args.device)
     print(f"{args.device}: {args.backbone} {args.size}px, {args.classes} classes, M={args.anchors}, batch {args.batch}, "
           f"{args.threads} threads, median of {args.repeats}")
     print("| model | params (M) | GMACs/img | ms/img (total) | ms/img (head only) |")

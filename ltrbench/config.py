@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
@@ -82,7 +82,9 @@ class DataConfig:
     image_size: int | None = None  # input side after cropping (None: the backbone's, 224 or 32)
     eval_resize: int | None = None  # short side before the evaluation centre crop (None: the backbone's)
     augment: str = "official"  # official (timm RandAugment recipe) | light | none
-    num_workers: int = 0  # DataLoader workers (0 = in the main process)
+    # DataLoader workers per loader (0 = in the main process); None: from the machine where the
+    # stage runs (its CPUs over its GPUs, less one, at most 16: ltrbench.data.loaders.worker_count).
+    num_workers: int | None = None
     eval_batch_size: int = 256
     preload: bool = False  # decode every image into memory once (small data sets only)
     allow_corrupt: bool = False  # skip unreadable images (and count them) instead of failing
@@ -124,7 +126,22 @@ class TrainConfig:
     train_mode: bool = True  # False: BatchNorm keeps frozen statistics (IN-LT/Places CVLP)
     freeze_encoder: bool = False
     select_best: bool = False  # keep the epoch with the best val accuracy (cRT), else the last
-    amp: bool = True  # autocast (CUDA only; ignored on CPU)
+    # Mixed precision on CUDA (ignored on a CPU): bf16 | fp16 | off. bf16 autocast needs no loss
+    # scaling; fp16 (the official codes' choice) runs with torch.amp.GradScaler. ``true`` and
+    # ``false`` are the first spellings of bf16 and off, and the stored form (so the stage keys
+    # of every earlier run stay as they were): "bf16" is stored as true, "off" as false.
+    amp: bool | Literal["bf16", "fp16", "off"] = True
+
+    def __post_init__(self) -> None:
+        if self.amp not in (True, False, "bf16", "fp16", "off"):  # from_dict bypasses _coerce
+            raise ConfigError(f"train.amp must be bf16, fp16 or off (true = bf16, false = off), got {self.amp!r}.")
+        canonical = {"bf16": True, "off": False}.get(self.amp, self.amp) if isinstance(self.amp, str) else self.amp
+        object.__setattr__(self, "amp", canonical)
+
+    @property
+    def amp_mode(self) -> str:
+        """The mixed-precision mode by its name: ``bf16``, ``fp16`` or ``off``."""
+        return "fp16" if self.amp == "fp16" else ("bf16" if self.amp is True else "off")
 
     @property
     def effective_lr(self) -> float:
@@ -311,6 +328,11 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: {key} must be a list of {_type_name(inner)}, got {value!r}.")
         return tuple(_coerce(v, inner, key, where) for v in value)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if isinstance(value, str) and value in allowed:
+            return value
+        raise ConfigError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}.")
     if tp is Any:
         return value
     if tp is bool:
@@ -343,4 +365,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if tp is type(None):
         return "null"
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+    if tp is bool:
+        return "true or false"
     return getattr(tp, "__name__", str(tp))

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from .config import TrainConfig, from_dict
-from .data.samplers import EpochSampler, build_sampler
+from .data.samplers import EpochSampler, build_sampler, sampler_key
 from .metrics import top1
 from .plan import Method, RunContext
 from .registry import METHODS
@@ -275,6 +275,9 @@ class HeadMethod(Method):
         roles = self.roles_of(cfg)
         conf = {"method": run.spec.method, "config": dataclasses.asdict(cfg), "features": list(roles),
                 "num_classes": run.ds.num_classes, "seed": run.seed}
+        train = getattr(cfg, "train", None)
+        if isinstance(train, TrainConfig):
+            conf.update(sampler_key(train.sampler))
         inputs = (*(feats[r] for r in roles), *extra.values())
         head = Stage("head", conf, inputs, run.env(), label=f"{run.spec.name}/seed{run.seed}",
                      roles=(*roles, *extra))

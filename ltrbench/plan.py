@@ -19,6 +19,7 @@ from . import stage_kinds  # noqa: F401  (registers the core stage kinds the hel
 from .config import BenchConfig, TrainConfig, load_config
 from .data.base import LTDataset
 from .data.loaders import DatasetRef, ImageSettings, resolve_dataset
+from .data.samplers import sampler_key
 from .errors import ConfigError
 from .registry import BACKBONES, LOSSES, METHODS, WEIGHTS
 from .stages import Stage
@@ -110,18 +111,27 @@ class RunContext:
                 "seed": self.seed, **extra}
         if loss != "ce" or loss_params:  # plain cross-entropy keeps the keys of earlier runs
             conf["loss"] = {"name": loss, "params": dict(loss_params or {})}
+        conf.update(sampler_key(train.sampler))
         return Stage("finetune", conf, (src,), self.env(), label=label)
 
-    def features(self, model: Stage, split: str, max_per_class: int | None = None) -> Stage:
+    def features(self, model: Stage, split: str, max_per_class: int | None = None, *,
+                 draw: tuple[str, int] | None = None) -> Stage:
         """Raw image embeddings of ``split`` under the evaluation transform (the feature cache).
 
         ``max_per_class`` keeps the first N images of each class in list order (AnSS's scoring set).
+        ``draw = (sampler, batch_size)`` feeds those images as one epoch of a training loader
+        instead: N draws by the sampler, the training transform (``data.augment``), the last
+        incomplete batch dropped (the official iNat AnSS scoring set, ALGORITHMS §2).
         """
-        img = dataclasses.replace(self.img, augment="none")
+        img = self.img if draw else dataclasses.replace(self.img, augment="none")
         conf = {"dataset": self.dataset_key(), "image": img.key(), "split": split}
         if max_per_class:
             conf["max_per_class"] = int(max_per_class)
         suffix = f"≤{max_per_class}" if max_per_class else ""
+        if draw:  # only then: every earlier features stage keeps its key
+            conf["draw"] = {"sampler": draw[0], "batch_size": int(draw[1]), "seed": self.seed,
+                            **sampler_key(draw[0])}
+            suffix += f"~{draw[0]}"
         return Stage("features", conf, (model,), self.env(), label=f"{model.label}:{split}{suffix}")
 
     def split_features(self, model: Stage) -> dict[str, Stage]:

@@ -131,10 +131,13 @@ def finetune(ctx: StageContext) -> dict[str, Any]:
 
 @torch.no_grad()
 def encode_split(model: nn.Module, loader, dev: torch.device, progress: bool, desc: str):
+    """Raw image embeddings (and a classifier's logits, else None) of every batch of ``loader``,
+    and the batches' labels, in loader order."""
     model.eval().to(dev)
-    feats, logits = [], []
+    feats, logits, labels = [], [], []
     is_clf = isinstance(model, Classifier)
-    for x, _ in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        labels.append(torch.as_tensor(y))
         x = x.to(dev, non_blocking=True)
         with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             f = model.visual(x)
@@ -143,7 +146,8 @@ def encode_split(model: nn.Module, loader, dev: torch.device, progress: bool, de
         feats.append(f.float().cpu())
     f = torch.cat(feats).numpy() if feats else np.zeros((0, 0), np.float32)
     lg = torch.cat(logits).numpy() if logits else None
-    return f, lg
+    y = torch.cat(labels).numpy().astype(np.int64) if labels else np.zeros(0, np.int64)
+    return f, lg, y
 
 
 def first_per_class(labels: np.ndarray, n: int | None) -> np.ndarray | None:
@@ -161,16 +165,25 @@ def first_per_class(labels: np.ndarray, n: int | None) -> np.ndarray | None:
 
 @stage_kind("features", version="1", gpus=0.5)
 def features(ctx: StageContext) -> dict[str, Any]:
+    """The split's images once through the evaluation loader (the feature cache), or, with a
+    ``draw`` in the config, one pass of a training loader over them: N draws by ``draw.sampler``
+    (with replacement for sqrt), the training transform, the last incomplete batch of
+    ``draw.batch_size`` dropped, as the official iNat AnSS scores its images (ALGORITHMS §2)."""
     ds = dataset_of(ctx)
     img = image_settings(ctx)
     split = ctx.config["split"]
     dev = device()
     model = load_model(ctx.inputs[0], "cpu")
     keep = first_per_class(ds.labels(split), ctx.config.get("max_per_class"))
-    loader = eval_loader(ds, split, img, indices=keep)
-    f, lg = encode_split(model, loader, dev, ctx.progress, f"features {split}")
+    draw = ctx.config.get("draw")
+    if draw:
+        loader = train_loader(ds, img, sampler=draw["sampler"], batch_size=int(draw["batch_size"]),
+                              seed=int(draw["seed"]), split=split, indices=keep, drop_last=True)
+    else:
+        loader = eval_loader(ds, split, img, indices=keep)
+    f, lg, labels = encode_split(model, loader, dev, ctx.progress, f"features {split}")
     save_array(ctx.out, "feats", f.astype(np.float32))
-    save_array(ctx.out, "labels", ds.labels(split)[keep] if keep is not None else ds.labels(split))
+    save_array(ctx.out, "labels", labels)
     if lg is not None:
         save_array(ctx.out, "logits", lg.astype(np.float32))
         clf = model.head

@@ -3,7 +3,8 @@ brings a :class:`TrainTask` (its module, its loss, its parameter groups) and cal
 
 What the loop owns: the optimiser (AdamW or SGD), timm's cosine schedule stepped once per epoch
 (ALGORITHMS.md §1: warm-up from 1e-6, the cosine on the raw epoch, the official off-by-one via
-``schedule_shift``), autocast (bf16, CUDA only), the per-epoch sampler reseed, a checkpoint
+``schedule_shift``), mixed precision on CUDA (``train.amp``: bf16 autocast, or fp16 autocast with
+``torch.amp.GradScaler`` as the official codes run), the per-epoch sampler reseed, a checkpoint
 every epoch (``last.pt``, written atomically) and resume from it, optional best-epoch selection
 on val, and a progress bar. Weight decay is 0 for 1-D tensors and biases, as timm's
 ``param_groups_weight_decay`` does in the official code (a 0-D ``logit_scale`` is decayed).
@@ -137,6 +138,13 @@ def _to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def _batch_len(batch: Any) -> int:
+    """The number of samples in a batch (its first tensor's length)."""
+    while isinstance(batch, (list, tuple)) and batch:
+        batch = batch[0]
+    return len(batch) if torch.is_tensor(batch) else 0
+
+
 @dataclass
 class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
@@ -147,6 +155,7 @@ class FitResult:
     effective_lr: float | None = None
     effective_batch_size: int | None = None
     selected_best: bool = False
+    amp: str = "off"  # the mixed precision the loop ran with: bf16, fp16 or off (always off on a CPU)
 
     @property
     def info(self) -> dict[str, Any]:
@@ -154,7 +163,8 @@ class FitResult:
         time, the effective lr and batch size (after linear scaling), and the best epoch when the
         recipe selects one on val."""
         out: dict[str, Any] = {"history": self.history, "train_seconds": round(self.seconds, 3),
-                               "effective_lr": self.effective_lr, "effective_batch_size": self.effective_batch_size}
+                               "effective_lr": self.effective_lr, "effective_batch_size": self.effective_batch_size,
+                               "amp": self.amp}
         if self.selected_best:
             out.update(best_epoch=self.best_epoch, best_val_acc=self.best_score)
         return out
@@ -188,15 +198,22 @@ def fit(
     seed_everything(seed)
     opt = build_optimizer(task, cfg)
     sched = build_scheduler(opt, cfg)
-    use_amp = cfg.amp and device.type == "cuda"
+    # Autocast is CUDA-only here: CPU bf16 autocast is slow and changes results on a laptop.
+    amp = cfg.amp_mode if device.type == "cuda" else "off"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    # fp16 needs loss scaling against gradient underflow (the official NativeScaler); bf16 has
+    # fp32's exponent range and needs none. A disabled scaler is a pass-through.
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
     result = FitResult(effective_lr=cfg.effective_lr, effective_batch_size=cfg.batch_size,
-                       selected_best=cfg.select_best)
+                       selected_best=cfg.select_best, amp=amp)
     start = 0
     last = ckpt_dir / "last.pt"
     if last.is_file():
         state = torch.load(last, map_location="cpu", weights_only=False)
         task.module.load_state_dict(state["module"])
         opt.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])
         random.setstate(state["py_rng"])
         result.history = state["history"]
@@ -210,22 +227,25 @@ def fit(
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         task.set_mode()
-        total, n = 0.0, 0
+        total, n, seen = 0.0, 0, 0
         bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for batch in bar:
             batch = _to(batch, device)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            with torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 loss = task.loss(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: loss became {loss.item()} in epoch {epoch + 1}; lower the lr.")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)  # skips the step when fp16 gradients overflowed
+            scaler.update()
             total += float(loss.detach())
             n += 1
+            seen += _batch_len(batch)
             if progress and n % 10 == 0:
                 bar.set_postfix(loss=f"{total / n:.3f}")
-        row = {"epoch": epoch + 1, "loss": total / max(n, 1), "lr": max(g["lr"] for g in opt.param_groups)}
+        row = {"epoch": epoch + 1, "loss": total / max(n, 1), "lr": max(g["lr"] for g in opt.param_groups),
+               "samples": seen}
         if cfg.select_best:
             score = task.validate()
             row["val_acc"] = score
@@ -238,6 +258,7 @@ def fit(
             {
                 "module": task.module.state_dict(),
                 "optimizer": opt.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "rng": torch.get_rng_state(),
                 "py_rng": random.getstate(),  # timm/torchvision augmentations draw from `random`
                 "epoch": epoch,

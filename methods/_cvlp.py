@@ -22,6 +22,7 @@ import torch
 from ltrbench.backbones import create_clip, tokenizer
 from ltrbench.config import TrainConfig, from_dict, register_section
 from ltrbench.data.loaders import train_loader
+from ltrbench.data.samplers import sampler_key
 from ltrbench.errors import ConfigError
 from ltrbench.losses import DISTILL_TYPES, cvlp_loss
 from ltrbench.models import load_model, read_manifest, write_manifest
@@ -67,7 +68,7 @@ def cvlp_stage(run: RunContext) -> Stage:
         return clip
     distill = "none" if c.beta == 0 else c.distill
     conf = {"dataset": run.dataset_key(), "image": run.img.key(), "seed": run.seed,
-            "cvlp": {**asdict(c), "distill": distill}}
+            "cvlp": {**asdict(c), "distill": distill}, **sampler_key(c.train.sampler)}
     label = f"cvlp{'' if c.init == 'clip' else '-random'}-{distill}{c.beta:g}-{c.source}"
     return Stage("cvlp", conf, (clip,), run.env(), label=label)
 

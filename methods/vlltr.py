@@ -8,10 +8,13 @@ file) → ``evaluate``. Every row of Tables 4, 9 and 10 is this method with ``--
 ``cvlp.source=prompt_only`` (Table 10).
 
 Faithful defaults (ALGORITHMS.md §2–3): AnSS scores every sentence by L_lin against the val images
-(ImageNet-LT, Places-LT, the built-in world) or the first 50 training images per class (iNat,
-where val is the evaluation split) and keeps the M = 64 lowest; LGR on a frozen encoder trains
-from the feature cache; inference reports the official α-fusion (overall) with the logit sum for
-many/medium/few as the primary ("faithful") result, and the paper's equal probability sum beside it.
+(ImageNet-LT, Places-LT, the built-in world) or, on iNat (where val is the evaluation split), one
+epoch of CVLP's training loader over the first 50 training images per class, and keeps the M = 64
+lowest; LGR trains on augmented images with mixup/CutMix through the encoder (frozen on ImageNet-LT
+and Places-LT, ``lgr.image_augment``; fine-tuned on iNat) as the official code does, or from the
+feature cache (the LGRConfig default, which the built-in world keeps: far cheaper); inference
+reports the official α-fusion (overall) with the logit sum for many/medium/few as the primary
+("faithful") result, and the paper's equal probability sum beside it.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from torch import nn
 
 from ltrbench.config import TrainConfig, from_dict, register_section
 from ltrbench.data.loaders import eval_loader, train_loader
+from ltrbench.data.samplers import sampler_key
 from ltrbench.errors import ConfigError
 from ltrbench.head_fit import HeadEnv, HeadFit, head_logits, load_head_data, train_head
 from ltrbench.heads import ANCHOR_MODES, LGRHead, anss_scores, fuse_logits, select_anchors
@@ -44,7 +48,14 @@ from ltrbench.stages import Stage, StageContext, stage_kind
 class AnssConfig:
     mode: str = "anss"  # anss (lowest L_lin) | cutoff (first M in corpus order: prompts) | random
     num_anchors: int = 64  # M
-    scoring: str = "faithful"  # faithful (val images; iNat: first 50 train/class) | clean (≤50 train/class)
+    # The images L_lin is scored against (ALGORITHMS §2). faithful: the val split (ImageNet-LT,
+    # Places-LT: the eval transform), or where val is the evaluation split (iNat) the official
+    # --select loader: the first 50 training images per class drawn as one epoch of CVLP's
+    # training loader (training transform, its sampler with replacement, last batch dropped), so
+    # some are scored twice and some not at all. clean: the first ≤ 50 training images per
+    # class, each once, under the evaluation transform.
+    scoring: str = "faithful"
+    scoring_batch_size: int = 256  # faithful iNat: the select run's batch (one GPU; ViT-B/16: 128)
 
 
 @register_section("lgr")
@@ -215,7 +226,7 @@ def _fit_on_images(ctx: StageContext, c: LGRConfig, seed: int) -> tuple[HeadFit,
     res = ctx.train(LGRTask(module, c, ds.num_classes, mixup), loader, c.train, device=dev, seed=seed)
     split = ctx.config["eval_split"]
     z_img, z_txt = head_logits(module, (x for x, _ in eval_loader(ds, split, img)), dev)
-    info = {**res.info, "trained_on": "images", "image_mixing": mixing}
+    info = {**res.info, "trained_on": "images", "image_mixing": mixing, "eval_images": len(ds.split(split))}
     labels = torch.from_numpy(ds.labels(split))
     return HeadFit(z_img, info, {"z_img": z_img, "z_txt": z_txt, "labels": labels}), module
 
@@ -240,6 +251,16 @@ def lgr(ctx: StageContext) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the method
 
 
+def _scoring_features(run: RunContext, model: Stage, a: AnssConfig) -> Stage:
+    """The ``features`` stage of AnSS's scoring images (``anss.scoring``, ALGORITHMS §2)."""
+    if a.scoring == "clean":
+        return run.features(model, "train", max_per_class=50)
+    if run.ds.eval_split != "val" and "val" in run.ds.splits:
+        return run.features(model, "val")
+    # iNat: the official --select run feeds the first 50 per class through CVLP's training loader.
+    return run.features(model, "train", max_per_class=50, draw=(run.cfg.cvlp.train.sampler, a.scoring_batch_size))
+
+
 @METHODS.register("vlltr")
 class VLLTR(Method):
     name = "vlltr"
@@ -257,11 +278,7 @@ class VLLTR(Method):
         text = run.text_features(model, run.cfg.cvlp.source)
         anss_inputs = [text]
         if a.mode == "anss":
-            if a.scoring == "faithful" and run.ds.eval_split != "val" and "val" in run.ds.splits:
-                scoring = run.features(model, "val")
-            else:
-                scoring = run.features(model, "train", max_per_class=50)
-            anss_inputs.append(scoring)
+            anss_inputs.append(_scoring_features(run, model, a))
         anchors = Stage("anss", {"mode": a.mode, "num_anchors": a.num_anchors, "scoring": a.scoring,
                                  "seed": run.seed if a.mode == "random" else 0,
                                  "num_classes": run.ds.num_classes}, tuple(anss_inputs), run.env(),
@@ -270,7 +287,7 @@ class VLLTR(Method):
         if not c.through_encoder:
             inputs.update(train=run.features(model, "train"), eval=run.features(model, run.eval_split))
         conf = {"dataset": run.dataset_key(), "image": run.img.key(), "seed": run.seed, "lgr": c.stage_config(),
-                "eval_split": run.eval_split}
+                "eval_split": run.eval_split, **sampler_key(c.train.sampler)}
         head = Stage("lgr", conf, tuple(inputs.values()), run.env(), label=f"lgr:{model.label}",
                      roles=tuple(inputs))
         return run.evaluate([head], alpha=c.alpha)

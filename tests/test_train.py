@@ -126,3 +126,102 @@ def test_class_aware_sampler_yields_blocks_of_four_per_class():
     assert (blocks == blocks[:, :1]).all()
     first_pass = blocks[:4, 0]
     assert sorted(first_pass.tolist()) == [0, 1, 2, 3]  # every class once per pass
+
+
+def _visits(labels, idx, per_class=4):
+    """The class of every visit (block of ``per_class`` draws; a cut last block is a visit too)."""
+    return [int(labels[idx[i]]) for i in range(0, len(idx), per_class)]
+
+
+def test_class_aware_sampler_carries_its_cycles_over_epochs():
+    # 5 classes, 85 draws an epoch: 21.25 visits, so an epoch ends in the middle of a pass over
+    # the classes. K's cycle iterators outlive the epoch: the next epoch finishes that pass.
+    labels = np.repeat(np.arange(5), [50, 20, 10, 3, 2])
+    s = ClassAwareSampler(labels, seed=0)
+    visits = []
+    for e in range(8):
+        s.set_epoch(e)
+        visits += _visits(labels, s.indices())
+    passes = [visits[i:i + 5] for i in range(0, len(visits) - 4, 5)]
+    assert all(sorted(p) == [0, 1, 2, 3, 4] for p in passes)
+    counts = np.bincount(visits, minlength=5)
+    assert counts.max() - counts.min() <= 1  # every class visited equally often over training
+
+
+def test_class_aware_sampler_cycles_each_class_over_epochs():
+    # Class 0's 50 images are drawn 4 per visit; over epochs every image comes once per its pass.
+    labels = np.repeat(np.arange(3), [50, 8, 4])
+    s = ClassAwareSampler(labels, seed=1)
+    drawn = []
+    for e in range(6):
+        s.set_epoch(e)
+        idx = s.indices()
+        drawn += [int(i) for i in idx[: (len(idx) // 4) * 4] if labels[i] == 0]
+    first = drawn[:50]
+    assert sorted(first) == list(range(50))  # the first pass over class 0 spans epochs
+
+
+def test_class_aware_sampler_replays_any_epoch_alone():
+    """Resumable: a fresh sampler (a resumed run) gives epoch k's draws without epochs 0..k-1 drawn."""
+    labels = np.repeat(np.arange(6), [40, 17, 9, 5, 3, 1])
+    seq = ClassAwareSampler(labels, seed=7)
+    want = []
+    for e in range(5):
+        seq.set_epoch(e)
+        want.append(seq.indices())
+    for k in (4, 1, 3):
+        fresh = ClassAwareSampler(labels, seed=7)
+        fresh.set_epoch(k)
+        assert np.array_equal(fresh.indices(), want[k])
+    seq.set_epoch(2)  # going back replays from epoch 0
+    assert np.array_equal(seq.indices(), want[2])
+
+
+def test_only_a_revised_sampler_enters_a_stage_key():
+    from ltrbench.data.samplers import sampler_key
+
+    assert sampler_key("class_aware") == {"sampler_revision": 2}
+    assert sampler_key("sqrt") == {} and sampler_key("instance") == {}
+
+
+@pytest.mark.parametrize("spelling, stored, mode", [("bf16", True, "bf16"), ("true", True, "bf16"), ("on", True, "bf16"),
+                                                    ("off", False, "off"), ("false", False, "off"),
+                                                    ("fp16", "fp16", "fp16")])
+def test_amp_spellings_keep_the_first_stored_form(spelling, stored, mode):
+    """bf16 is stored as true and off as false, so the stage keys of earlier runs stay."""
+    from ltrbench.config import load_config
+
+    t = load_config("synthetic_lt", overrides=[f"baseline.train.amp={spelling}"]).baseline.train
+    assert t.amp == stored and t.amp_mode == mode
+    assert TrainConfig().amp is True  # the default is serialised as before
+
+
+def test_bad_amp_is_a_clear_error():
+    from ltrbench.config import load_config
+    from ltrbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="baseline.train.amp must be true or false or one of bf16, fp16, off, got 'fp32'"):
+        load_config("synthetic_lt", overrides=["baseline.train.amp=fp32"])
+    with pytest.raises(ConfigError, match="train.amp must be bf16, fp16 or off"):
+        TrainConfig(amp="half")
+
+
+def test_amp_is_off_on_a_cpu_and_recorded(tmp_path):
+    torch.manual_seed(0)
+    res = fit(_Task(nn.Linear(5, 3)), _loader(), TrainConfig(epochs=1, lr=0.05, amp="fp16"), tmp_path,
+              device=torch.device("cpu"), seed=0, progress=False)
+    assert res.info["amp"] == "off"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_on_cuda_and_resumes_with_its_scaler(tmp_path, amp):
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3).to(dev)
+    res = fit(_Task(model), _loader(), TrainConfig(epochs=2, lr=0.05, amp=amp), tmp_path, device=dev, seed=0,
+              progress=False)
+    assert res.info["amp"] == amp and res.history[-1]["loss"] < res.history[0]["loss"] + 1.0
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert (state["scaler"] is not None) == (amp == "fp16")

@@ -8,6 +8,7 @@ process runs the stage, once per process.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -71,7 +72,7 @@ class ImageSettings:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: str
-    num_workers: int
+    num_workers: int | None  # None: from the machine the stage runs on (worker_count)
     eval_batch_size: int
     preload: bool
     allow_corrupt: bool
@@ -158,21 +159,30 @@ def _batched(ds: LTDataset, split: str, img: ImageSettings, augment: str) -> np.
 
 def train_loader(
     ds: LTDataset, img: ImageSettings, *, sampler: str, batch_size: int, seed: int, samples_per_class: int = 4,
-    split: str = "train",
+    split: str = "train", indices: np.ndarray | None = None, drop_last: bool | None = None,
 ):
+    """Batches of ``split`` (or of its items ``indices``) under the training transform, drawn by
+    ``sampler``. ``drop_last`` (default: when there is more than one batch) drops the last
+    incomplete batch."""
     labels = ds.labels(split)
+    if indices is not None:
+        labels = labels[indices]
     smp = build_sampler(sampler, labels, seed, samples_per_class)
+    if drop_last is None:
+        drop_last = len(labels) > batch_size
     images = _batched(ds, split, img, img.augment)
     if images is not None:
+        if indices is not None:
+            images = images[indices]
         return BatchLoader(images, torch.from_numpy(labels), batch_size=batch_size, sampler=smp, augment=img.augment,
                            image_size=img.image_size, eval_resize=img.eval_resize, mean=img.mean, std=img.std,
-                           drop_last=len(labels) > batch_size)
+                           drop_last=drop_last)
     data = image_dataset(ds, split, img, train=True)
-    return DataLoader(
-        data, batch_size=batch_size, sampler=smp, drop_last=len(data) > batch_size,
-        num_workers=img.num_workers, pin_memory=torch.cuda.is_available(),
-        persistent_workers=img.num_workers > 0,
-    )
+    if indices is not None:
+        data = Subset(data, indices.tolist())
+    # Workers outlive the epoch (no restart, and no re-fork of the decoded-image cache, per epoch).
+    return DataLoader(data, batch_size=batch_size, sampler=smp, drop_last=drop_last,
+                      **loader_settings(img.num_workers, persistent=True))
 
 
 def eval_loader(ds: LTDataset, split: str, img: ImageSettings, indices: np.ndarray | None = None):
@@ -186,5 +196,43 @@ def eval_loader(ds: LTDataset, split: str, img: ImageSettings, indices: np.ndarr
     data = image_dataset(ds, split, img, train=False)
     if indices is not None:
         data = Subset(data, indices.tolist())
-    return DataLoader(data, batch_size=img.eval_batch_size, shuffle=False, num_workers=img.num_workers,
-                      pin_memory=torch.cuda.is_available())
+    return DataLoader(data, batch_size=img.eval_batch_size, shuffle=False,
+                      **loader_settings(img.num_workers, persistent=False))
+
+
+#: The most loader workers :func:`worker_count` gives one stage.
+MAX_WORKERS = 16
+
+
+def machine_gpus() -> int:
+    """GPUs on this machine, also those hidden from this process by CUDA_VISIBLE_DEVICES (a Ray
+    task sees only its own, but shares the machine's CPUs with the other GPUs' stages)."""
+    nvidia = Path("/proc/driver/nvidia/gpus")
+    if nvidia.is_dir():
+        return sum(1 for _ in nvidia.iterdir())
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def worker_count(requested: int | None = None) -> int:
+    """``data.num_workers`` when set; else from the machine: the CPUs this process may run on,
+    shared by one stage per GPU, less one for the stage's own process, at most :data:`MAX_WORKERS`.
+
+    The official training transform runs at 200–300 images/s per worker (bench/pipeline.py), so a
+    GPU training at thousands of images per second wants as many as the machine can give it."""
+    if requested is not None:
+        return int(requested)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_stage = cpus // max(1, machine_gpus())
+    return max(0, min(MAX_WORKERS, per_stage - 1))
+
+
+def loader_settings(num_workers: int | None, *, persistent: bool) -> dict[str, Any]:
+    """DataLoader keyword arguments for this machine: workers (:func:`worker_count`), pinned host
+    memory when a GPU takes the batches (asynchronous copies), and with workers two batches in
+    flight per worker (PyTorch's default prefetch: with 16 workers that is already 32 batches of
+    host memory) kept alive across epochs when ``persistent``."""
+    workers = worker_count(num_workers)
+    kw: dict[str, Any] = {"num_workers": workers, "pin_memory": torch.cuda.is_available()}
+    if workers:
+        kw.update(persistent_workers=persistent, prefetch_factor=2)
+    return kw

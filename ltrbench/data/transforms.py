@@ -8,12 +8,19 @@
 
 Evaluation: bicubic resize of the short side to ``eval_resize``, centre crop ``image_size``.
 Normalisation: the backbone's mean/std (CLIP's for every CLIP model).
+
+RandAugment's ``PosterizeIncreasing`` keeps 4 - int(4 m / 10) bits, none at magnitude 10 (which
+``mstd0.5`` draws for about 2 % of its ops); Pillow 13 refuses 0 bits with a ValueError, older
+Pillow (the official code's) returned a black image. :func:`train_transform` puts that behaviour
+back (:func:`posterize`), so the official recipe neither crashes nor changes.
 """
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from PIL import Image, ImageOps
 from timm.data import create_transform
+from timm.data import auto_augment
 
 from ..errors import ConfigError
 
@@ -37,7 +44,7 @@ def train_transform(
     if kind == "none":
         return eval_transform(image_size, eval_resize, mean, std)
     if kind == "official":
-        return create_transform(
+        return _zero_bit_posterize(create_transform(
             input_size=image_size,
             is_training=True,
             scale=(0.08, 1.0),
@@ -50,7 +57,7 @@ def train_transform(
             re_count=1,
             mean=tuple(mean),
             std=tuple(std),
-        )
+        ))
     if kind == "light":
         return create_transform(
             input_size=image_size,
@@ -63,3 +70,22 @@ def train_transform(
             std=tuple(std),
         )
     raise ConfigError(f"Unknown data.augment {kind!r}; use one of {', '.join(AUGMENTS)}.")
+
+
+def posterize(img: Image.Image, bits_to_keep: int, **_: object) -> Image.Image:
+    """timm's posterize op, with 0 bits kept as the official code's Pillow did: a black image."""
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)  # every bit masked off
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _zero_bit_posterize(tf: Callable) -> Callable:
+    """``tf`` with every RandAugment posterize op running :func:`posterize` (module docstring)."""
+    for t in getattr(tf, "transforms", ()):
+        if isinstance(t, auto_augment.RandAugment):
+            for op in t.ops:
+                if op.aug_fn is auto_augment.posterize:
+                    op.aug_fn = posterize
+    return tf
