@@ -202,7 +202,7 @@ def _fit_on_images(ctx: StageContext, c: LGRConfig, seed: int) -> tuple[HeadFit,
     img = image_settings(ctx)
     dev = device()
     head = lgr_head(ctx.role("anchors"), c)
-    visual = load_model(ctx.role("model"), "cpu").visual
+    visual = load_model(ctx.role("model"), "cpu", image_size=img.image_size).visual
     if not c.finetune_encoder:
         visual.requires_grad_(False)  # image_augment: frozen encoder, augmented images
     module = LGRModel(visual, head).to(dev)
