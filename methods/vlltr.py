@@ -185,7 +185,7 @@ def _fit_on_features(ctx: StageContext, c: LGRConfig, seed: int, num_classes: in
     images, lgr.image_augment), scored on the cached eval split."""
     data = load_head_data(ctx, num_classes, ("train", "eval"))
     head = lgr_head(ctx.role("anchors"), c)
-    env = HeadEnv(ctx.work, device(), seed, ctx.progress)
+    env = HeadEnv.of(ctx, seed)
     # LGR's MLP (D → 4D → C) is large enough on real data to use every CPU thread.
     res = train_head(head, data, c.train, env, task=LGRTask(head, c, num_classes), one_thread=False,
                      desc=ctx.stage.label)
