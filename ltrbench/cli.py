@@ -19,10 +19,12 @@ from .checkdata import check_data
 from .errors import LtrBenchError
 from .metrics import CONVENTION_NOTE, CONVENTIONS
 from .registry import BACKBONES, DATASETS, METHODS
+from .report import build_report, summary_of
 from .results import load_results
 from .tables import TOLERANCE, available_tables, load_table, render_diff, render_table, summary_table
 
 DEFAULT_DATASET = "synthetic_lt"
+DEFAULT_BASELINE = "baseline"  # what `report` measures per-class gains against (the paper's Figure 4)
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -73,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"points ours may differ from the paper's (default: {TOLERANCE:g})")
     df.add_argument("--strict", action="store_true",
                     help="exit 1 when a runnable row has no result or differs by more than the tolerance")
+    rp = sub.add_parser("report", help="write <out>/report/: report.md, a self-contained report.html, PNG figures, CSV")
+    rp.add_argument("--out", default="results", help="the results folder (default: results/); the report goes "
+                    "to <out>/report/")
+    rp.add_argument("--dataset", default=None, help="only this data set (default: every data set in the results)")
+    rp.add_argument("--baseline", default=DEFAULT_BASELINE,
+                    help=f"the method per-class gains are measured against (default: {DEFAULT_BASELINE})")
     return p
 
 
@@ -93,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_tables(args)
         if args.command == "diff":
             return cmd_diff(args)
+        if args.command == "report":
+            return cmd_report(args)
         return cmd_run(args)
     except LtrBenchError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -197,3 +207,9 @@ def cmd_diff(args) -> int:
     else:
         print(f"every runnable row has a result within ±{args.tolerance:g} points (or in the paper's order) in {where}")
     return 1 if args.strict and failures else 0
+
+
+def cmd_report(args) -> int:
+    rep = build_report(Path(args.out), dataset=args.dataset, baseline=args.baseline)
+    print(summary_of(rep))
+    return 0
