@@ -25,7 +25,7 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 from torch import nn
 
-from .errors import LtrBenchError
+from .errors import ConfigError, LtrBenchError
 from .registry import BACKBONES, WEIGHTS
 
 log = logging.getLogger(__name__)
@@ -51,16 +51,43 @@ for _spec in (BackboneSpec("RN50", 224, 256, 1024), BackboneSpec("ViT-B-16", 224
     BACKBONES.add(_spec.name, _spec)
 
 
-def create_clip(name: str, checkpoint: str | os.PathLike | None, device: str | torch.device = "cpu") -> nn.Module:
-    """An fp32 open_clip CLIP model, weights from a state-dict file (or random when None)."""
-    BACKBONES.get(name)
+def create_clip(name: str, checkpoint: str | os.PathLike | None, device: str | torch.device = "cpu",
+                image_size: int | None = None) -> nn.Module:
+    """An fp32 open_clip CLIP model, weights from a state-dict file (or random when None).
+
+    ``image_size`` other than the backbone's own (e.g. 384 for ViT-B/16, Table 3's VL-LTR-384)
+    builds the image tower for that size; open_clip then resizes the checkpoint's positional
+    embedding (bicubic, as the official code's ``interpolate_pos_embed``) while loading it.
+    :func:`check_input_size` says which backbones can.
+    """
+    spec = BACKBONES.get(name)
+    force = image_size if image_size and image_size != spec.image_size else None
     root = logging.getLogger()
     quiet = _DropRandomInitWarning()
     root.addFilter(quiet)  # random init is intended when a state dict is loaded right after
     try:
-        return open_clip.create_model(name, pretrained=str(checkpoint) if checkpoint else None, device=device)
+        return open_clip.create_model(name, pretrained=str(checkpoint) if checkpoint else None, device=device,
+                                      force_image_size=force)
     finally:
         root.removeFilter(quiet)
+
+
+def check_input_size(name: str, image_size: int) -> None:
+    """Fail at planning when ``name`` cannot take ``image_size`` px images: a ViT can (its
+    positional embedding is resized to the new patch grid, which needs a multiple of the patch
+    size); CLIP's ResNets cannot (their attention pool's positional embedding is fixed)."""
+    spec = BACKBONES.get(name)
+    if image_size == spec.image_size:
+        return
+    vision = (open_clip.get_model_config(name) or {}).get("vision_cfg", {})
+    if isinstance(vision.get("layers"), (list, tuple)):
+        raise ConfigError(f"data.image_size={image_size}: {name} runs only at {spec.image_size} px (a ResNet's "
+                          "attention pool has a fixed positional embedding); use a ViT backbone, e.g. ViT-B-16, "
+                          "for another input size.")
+    patch = vision.get("patch_size")
+    if patch and image_size % patch:
+        raise ConfigError(f"data.image_size={image_size}: {name} needs a multiple of its patch size {patch} "
+                          f"(e.g. {image_size - image_size % patch or patch}).")
 
 
 class _DropRandomInitWarning(logging.Filter):

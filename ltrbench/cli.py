@@ -1,4 +1,4 @@
-"""The command line: ``run_bench.py [run] …``, ``list``, ``check-data``, ``tables``.
+"""The command line: ``run_bench.py [run] …``, ``list``, ``check-data``, ``tables``, ``diff``, ``report``.
 
 Each command is argparse → the library (:func:`ltrbench.run`, :func:`ltrbench.results.load_results`,
 :func:`ltrbench.checkdata.check_data`) → rendering. Bad input (an unknown method or data set, a bad
@@ -19,10 +19,12 @@ from .checkdata import check_data
 from .errors import LtrBenchError
 from .metrics import CONVENTION_NOTE, CONVENTIONS
 from .registry import BACKBONES, DATASETS, METHODS
+from .report import build_report, summary_of
 from .results import load_results
-from .tables import load_table, render_table, summary_table
+from .tables import TOLERANCE, available_tables, load_table, render_diff, render_table, summary_table
 
 DEFAULT_DATASET = "synthetic_lt"
+DEFAULT_BASELINE = "baseline"  # what `report` measures per-class gains against (the paper's Figure 4)
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -63,6 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
     tb = sub.add_parser("tables", help="print the summary tables of a results folder, or a paper table with diffs")
     tb.add_argument("--out", default="results")
     tb.add_argument("--table", type=int, default=None, help="render paper table N: ours, the paper's, the difference")
+    tb.add_argument("--dataset", default=None, help="with --table: compare the results on this data set")
+    df = sub.add_parser("diff", help="ours against the paper's numbers, row by row; --strict exits 1 on a gap")
+    df.add_argument("--table", type=int, default=None, help="paper table N (default: every table, 1-4 and 8-10)")
+    df.add_argument("--dataset", default=None,
+                    help="compare the results on this data set (default: where the table's rows ran, else the paper's)")
+    df.add_argument("--out", default="results", help="the results folder (default: results/)")
+    df.add_argument("--tolerance", type=float, default=TOLERANCE,
+                    help=f"points ours may differ from the paper's (default: {TOLERANCE:g})")
+    df.add_argument("--strict", action="store_true",
+                    help="exit 1 when a runnable row has no result or differs by more than the tolerance")
+    rp = sub.add_parser("report", help="write <out>/report/: report.md, a self-contained report.html, PNG figures, CSV")
+    rp.add_argument("--out", default="results", help="the results folder (default: results/); the report goes "
+                    "to <out>/report/")
+    rp.add_argument("--dataset", default=None, help="only this data set (default: every data set in the results)")
+    rp.add_argument("--baseline", default=DEFAULT_BASELINE,
+                    help=f"the method per-class gains are measured against (default: {DEFAULT_BASELINE})")
     return p
 
 
@@ -81,6 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_check_data(args)
         if args.command == "tables":
             return cmd_tables(args)
+        if args.command == "diff":
+            return cmd_diff(args)
+        if args.command == "report":
+            return cmd_report(args)
         return cmd_run(args)
     except LtrBenchError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -154,11 +176,41 @@ def cmd_tables(args) -> int:
     if args.table is not None:
         spec = load_table(args.table)
         for conv in CONVENTIONS:
-            print(render_table(spec, df, conv))
+            print(render_table(spec, df, conv, dataset=args.dataset))
         return 0
     if df.empty:
         raise LtrBenchError(f"No result JSONs under {Path(args.out) / 'runs'}; run `python run_bench.py` first.")
     for conv in CONVENTIONS:
         print(f"### top-1 accuracy (%), {CONVENTION_NOTE[conv]}\n")
         print(summary_table(df, conv) + "\n")
+    return 0
+
+
+def cmd_diff(args) -> int:
+    """Ours against the paper's numbers (or, on the built-in world, the paper's order of rows).
+
+    Exit status: 0, or with ``--strict`` 1 when any runnable row is missing or outside the tolerance.
+    """
+    if args.tolerance < 0:
+        raise LtrBenchError(f"--tolerance must be 0 or more points, got {args.tolerance:g}.")
+    df = load_results(Path(args.out))
+    numbers = [args.table] if args.table is not None else available_tables()
+    failures = 0
+    for n in numbers:
+        rep = render_diff(load_table(n), df, dataset=args.dataset, tolerance=args.tolerance)
+        print(rep.markdown)
+        failures += rep.failures
+    where = Path(args.out) / "runs"
+    if failures:
+        print(f"{failures} failing (missing, or outside ±{args.tolerance:g} points) in {where}"
+              + ("" if args.strict else "; --strict would exit 1"))
+    else:
+        print(f"no runnable row is missing or outside ±{args.tolerance:g} points in {where} (an order of rows on a "
+              "data set without paper numbers is reported above, not judged)")
+    return 1 if args.strict and failures else 0
+
+
+def cmd_report(args) -> int:
+    rep = build_report(Path(args.out), dataset=args.dataset, baseline=args.baseline)
+    print(summary_of(rep))
     return 0

@@ -8,7 +8,8 @@ This module owns (ARCHITECTURE.md "Stages", ``head`` row):
 * :func:`load_head_data`: reading those from a stage's ``features``/``text_features`` inputs, by
   the roles the planner gave them (``Stage.roles``).
 * :func:`train_head`: training a head module on feature tensors with THE training loop
-  (:meth:`ltrbench.stages.StageContext.train` → :func:`ltrbench.train.fit`), the sampler of the
+  (:func:`ltrbench.stages.train_in`, as :meth:`ltrbench.stages.StageContext.train` does: resume
+  checkpoints and TensorBoard events in the stage's folder), the sampler of the
   recipe and optional best-epoch selection on val; cross-entropy unless the method brings a task.
 * :func:`head_logits`: a fitted head's scores over a feature tensor or a stream of input batches
   (one output or several, e.g. LGR's two branches).
@@ -45,8 +46,8 @@ from .metrics import top1
 from .plan import Method, RunContext
 from .registry import METHODS
 from .stage_kinds import Prediction, device, load_array, save_array
-from .stages import Stage, StageContext, stage_kind
-from .train import FitResult, TrainTask, fit, seed_everything
+from .stages import Stage, StageContext, stage_kind, train_in
+from .train import FitResult, TrainTask, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +82,21 @@ class HeadData:
 
 @dataclass
 class HeadEnv:
-    """Where and how a head is fitted: scratch folder (``work/ckpt``: resume checkpoints; a stage
-    passes its ``ctx.work``, which the engine deletes when done), device, seed, progress bars."""
+    """Where and how a head is fitted: the folder training writes into (resume checkpoints in
+    ``out/work/ckpt``, TensorBoard events in ``out/tb/``: a stage passes its ``ctx.out``, whose
+    ``work/`` the engine deletes when done), device, seed, progress bars, and the name of the
+    training run in TensorBoard (the stage's label)."""
 
-    work: Path
+    out: Path
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     progress: bool = False
+    label: str = ""
+
+    @classmethod
+    def of(cls, ctx: StageContext, seed: int) -> "HeadEnv":
+        """The environment of a head fitted inside stage ``ctx``."""
+        return cls(ctx.out, device(), seed, ctx.progress, ctx.stage.label or ctx.stage.kind)
 
 
 @dataclass
@@ -216,8 +225,8 @@ def train_head(head: nn.Module, data: HeadData, cfg: TrainConfig, env: HeadEnv, 
         task = FeatureHeadTask(head, val, decay_all)
     loader = feature_loader(data.train_x, data.train_y, cfg, env.seed)
     with one_cpu_thread(dev) if one_thread else contextlib.nullcontext():
-        res = fit(task, loader, cfg, Path(env.work) / "ckpt", device=dev, seed=env.seed, progress=env.progress,
-                  desc=desc)
+        res = train_in(task, loader, cfg, Path(env.out), device=dev, seed=env.seed, progress=env.progress, desc=desc,
+                       run_name=env.label or desc)
     head.eval()
     return res
 
@@ -331,7 +340,7 @@ def head(ctx: StageContext) -> dict[str, Any]:
     cfg = from_dict(method.config_cls, ctx.config["config"])
     data = load_head_data(ctx, ctx.config["num_classes"], ctx.config["features"])
     method.load_extra(ctx, data)
-    res = method.fit_head(data, cfg, HeadEnv(ctx.work, device(), int(ctx.config["seed"]), ctx.progress))
+    res = method.fit_head(data, cfg, HeadEnv.of(ctx, int(ctx.config["seed"])))
     if tuple(res.logits.shape) != (len(data.eval_y), data.num_classes):
         raise RuntimeError(f"head {ctx.config['method']}: logits of shape {tuple(res.logits.shape)}, expected "
                            f"{(len(data.eval_y), data.num_classes)}")

@@ -37,14 +37,15 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return json.loads((Path(folder) / "model.json").read_text())
 
 
-def load_model(folder: Path, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild the model an artifact folder describes (a CLIP model or a Classifier)."""
+def load_model(folder: Path, device: torch.device | str = "cpu", image_size: int | None = None) -> nn.Module:
+    """Rebuild the model an artifact folder describes (a CLIP model or a Classifier), its image
+    tower built for ``image_size`` px inputs (None: the backbone's own size)."""
     folder = Path(folder)
     man = read_manifest(folder)
     if man["type"] == "clip":
-        return create_clip(man["backbone"], folder / man["checkpoint"], device=device)
+        return create_clip(man["backbone"], folder / man["checkpoint"], device=device, image_size=image_size)
     if man["type"] == "classifier":
-        clip = create_clip(man["backbone"], None, device="cpu")
+        clip = create_clip(man["backbone"], None, device="cpu", image_size=image_size)
         model = Classifier(clip.visual, man["embed_dim"], man["num_classes"])
         model.load_state_dict(torch.load(folder / man["checkpoint"], map_location="cpu", weights_only=True))
         return model.to(device)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from . import stage_kinds  # noqa: F401  (registers the core stage kinds the helpers below plan)
+from .backbones import check_input_size
 from .config import BenchConfig, TrainConfig, load_config
 from .data.base import LTDataset
 from .data.loaders import DatasetRef, ImageSettings, resolve_dataset
@@ -205,6 +206,7 @@ def plan_runs(
         cfg = _default_pretrained(cfg, overrides)
         ref, ds = resolve_dataset(spec.dataset, cfg)
         img = ImageSettings.resolve(cfg, cfg.backbone.name)
+        check_input_size(cfg.backbone.name, img.image_size)
         ctx = RunContext(spec, cfg, ref, ds, img)
         out.append(PlannedRun(spec, cfg, method.plan(ctx), ctx))
     return out

@@ -111,7 +111,7 @@ def finetune(ctx: StageContext) -> dict[str, Any]:
     img = image_settings(ctx)
     dev = device()
     src = ctx.inputs[0]
-    clip = load_model(src, "cpu")
+    clip = load_model(src, "cpu", image_size=img.image_size)
     man = read_manifest(src)
     spec = BACKBONES.get(man["backbone"])
     model = Classifier(clip.visual, spec.embed_dim, ds.num_classes).to(dev)
@@ -173,7 +173,7 @@ def features(ctx: StageContext) -> dict[str, Any]:
     img = image_settings(ctx)
     split = ctx.config["split"]
     dev = device()
-    model = load_model(ctx.inputs[0], "cpu")
+    model = load_model(ctx.inputs[0], "cpu", image_size=img.image_size)
     keep = first_per_class(ds.labels(split), ctx.config.get("max_per_class"))
     draw = ctx.config.get("draw")
     if draw:

@@ -14,8 +14,13 @@ and ``roles`` (names for the inputs, so a stage reads ``ctx.role("train")``, nev
 
 Stage functions are registered by kind in :data:`ltrbench.registry.STAGES` and receive only a
 :class:`StageContext`, so they run the same inline or in a Ray worker. A training stage trains with
-:meth:`StageContext.train`: its resume checkpoints live in ``ctx.work``, a scratch folder inside
-the ``.partial`` folder that the engine deletes once the stage function has returned.
+:meth:`StageContext.train` (heads on cached features with :func:`ltrbench.head_fit.train_head`;
+both go through :func:`train_in`): its resume checkpoints live in ``ctx.work``, a scratch folder
+inside the ``.partial`` folder that the engine deletes once the stage function has returned, and
+its TensorBoard events (loss, learning rate and, where the recipe validates, val accuracy per
+epoch) in ``tb/<label>/`` of the artifact, so ``tensorboard --logdir <cache>`` shows every
+training stage. Every stage also leaves ``log.txt``: the library's log lines while it was built
+(INFO and above, per-epoch rows included), whatever the console shows.
 
 The stage key seeds the stage's random generators (:func:`run_stage`): a result depends on the
 stage's content only, never on what ran before it in the process.
@@ -140,11 +145,55 @@ class StageContext:
         return name in self.stage.roles
 
     def train(self, task: TrainTask, loader, cfg, *, device, seed: int, desc: str | None = None) -> FitResult:
-        """The one way a stage trains: :func:`ltrbench.train.fit` with its per-epoch checkpoint in
-        ``work/ckpt`` (a rerun after a crash resumes from it). ``FitResult.info`` is what every
-        training stage records (history, time, effective lr and batch size, best epoch)."""
-        return fit(task, loader, cfg, self.work / "ckpt", device=device, seed=seed, progress=self.progress,
-                   desc=desc or self.stage.label or self.stage.kind)
+        """The one way a stage trains: :func:`train_in` its artifact folder (the per-epoch
+        checkpoint in ``work/ckpt``, from which a rerun after a crash resumes; TensorBoard events in
+        ``tb/``). ``FitResult.info`` is what every training stage records (history, time, effective
+        lr and batch size, best epoch)."""
+        name = desc or self.stage.label or self.stage.kind
+        return train_in(task, loader, cfg, self.out, device=device, seed=seed, progress=self.progress, desc=name)
+
+
+def train_in(task: TrainTask, loader, cfg, folder: Path, *, device, seed: int, progress: bool = True,
+             desc: str = "train", run_name: str | None = None) -> FitResult:
+    """:func:`ltrbench.train.fit` into ``folder`` (a stage's artifact under construction): resume
+    checkpoints in ``folder/work/ckpt`` and one TensorBoard scalar per history value and epoch
+    (``train/loss``, ``train/lr``, ``val/acc``) in ``folder/tb/<run_name or desc>/``.
+
+    The events only record: writing them draws no random number and changes no stage key.
+    """
+    with EpochEvents(folder / "tb" / _safe_name(run_name or desc)) as events:
+        return fit(task, loader, cfg, Path(folder) / "work" / "ckpt", device=device, seed=seed, progress=progress,
+                   desc=desc, on_epoch=events.epoch)
+
+
+def _safe_name(name: str) -> str:
+    """A label as one folder name (TensorBoard shows it as the run's name)."""
+    return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in name) or "train"
+
+
+class EpochEvents:
+    """TensorBoard scalars of a training run's history rows, one step per epoch (1-based)."""
+
+    TAGS = {"loss": "train/loss", "lr": "train/lr", "val_acc": "val/acc"}
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = Path(logdir)
+        self._writer = None
+
+    def __enter__(self) -> "EpochEvents":
+        from tensorboardX import SummaryWriter  # ~0.4 s to import: only stages that train need it
+
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self._writer = SummaryWriter(str(self.logdir), flush_secs=30)
+        return self
+
+    def epoch(self, epoch: int, row: Mapping[str, Any]) -> None:
+        for key, tag in self.TAGS.items():
+            if row.get(key) is not None:
+                self._writer.add_scalar(tag, float(row[key]), int(row.get("epoch", epoch + 1)))
+
+    def __exit__(self, *exc: object) -> None:
+        self._writer.close()
 
 
 def artifact_dir(cache: Path, stage: Stage) -> Path:
@@ -219,6 +268,60 @@ def _build_lock(path: Path, stage: Stage):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+LIBRARY_LOGGER = "ltrbench"  # the library's loggers (plugins' too: ltrbench.methods.*) live under it
+
+
+class _Propagate(logging.Handler):
+    """Pass a record on to the ancestors' handlers as :meth:`logging.Logger.callHandlers` would,
+    but only at or above ``threshold``: what the console showed before :func:`stage_log`."""
+
+    def __init__(self, start: logging.Logger | None, threshold: int) -> None:
+        super().__init__()
+        self.start, self.threshold = start, threshold
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < self.threshold:
+            return
+        found, c = 0, self.start
+        while c is not None:
+            for h in c.handlers:
+                found += 1
+                if record.levelno >= h.level:
+                    h.handle(record)
+            c = c.parent if c.propagate else None
+        if not found and logging.lastResort is not None and record.levelno >= logging.lastResort.level:
+            logging.lastResort.handle(record)
+
+
+@contextlib.contextmanager
+def stage_log(path: Path):
+    """Write the library's log lines (INFO and above) into ``path`` while the block runs.
+
+    The library logs at INFO (stage starts, per-epoch rows, what a head chose), which the CLI's
+    console does not show. The library logger is opened to INFO for the block and stops
+    propagating; records reach the file, and those the console would have shown before (at the
+    old threshold) reach the old handlers through :class:`_Propagate`.
+    """
+    lib = logging.getLogger(LIBRARY_LOGGER)
+    level, propagate, threshold = lib.level, lib.propagate, lib.getEffectiveLevel()
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file.setLevel(logging.INFO)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    onward = _Propagate(lib.parent if propagate else None, threshold)
+    lib.addHandler(to_file)
+    lib.addHandler(onward)
+    lib.setLevel(min(threshold, logging.INFO))
+    lib.propagate = False
+    try:
+        yield
+    finally:
+        lib.removeHandler(to_file)
+        lib.removeHandler(onward)
+        lib.setLevel(level)
+        lib.propagate = propagate
+        to_file.close()
+
+
 def _build(stage: Stage, cache: Path, final: Path, progress: bool) -> dict[str, Any]:
     partial = final.with_name(final.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
@@ -227,13 +330,15 @@ def _build(stage: Stage, cache: Path, final: Path, progress: bool) -> dict[str, 
         if not (p / "stage.json").is_file():
             raise RuntimeError(f"stage {stage.describe()} started before its input {s.describe()} finished")
     kind = STAGES.get(stage.kind)
-    log.info("stage %s: computing (key %s)", stage.describe(), stage.key)
-    # Every stage starts from generators seeded by its own key, so its result never depends on
-    # what ran before it in the same process (e.g. a head's initialisation after mini-CLIP).
-    seed_everything(int(stage.key[:8], 16))
-    t0 = time.time()
-    ctx = StageContext(stage, partial, cache, inputs, progress)
-    extra = kind.fn(ctx) or {}
+    with stage_log(partial / "log.txt"):
+        log.info("stage %s: computing (key %s)", stage.describe(), stage.key)
+        # Every stage starts from generators seeded by its own key, so its result never depends on
+        # what ran before it in the same process (e.g. a head's initialisation after mini-CLIP).
+        seed_everything(int(stage.key[:8], 16))
+        t0 = time.time()
+        ctx = StageContext(stage, partial, cache, inputs, progress)
+        extra = kind.fn(ctx) or {}
+        log.info("stage %s: done in %.1f s", stage.describe(), time.time() - t0)
     shutil.rmtree(ctx.work, ignore_errors=True)  # resume checkpoints: only needed until done
     info = {
         "kind": stage.kind,

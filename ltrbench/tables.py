@@ -1,35 +1,83 @@
-"""Markdown tables from results (never typed by hand): the summary table and the paper's tables.
+"""Markdown tables from results (never typed by hand): the summary table, the paper's whole tables
+and the diff against the paper's numbers.
 
-Both are pandas frames rendered by one function, :func:`markdown`; every cell of ours is
-:func:`mean_std` over seeds. A paper table is a spec (``configs/tables/table<N>.yaml``): each row
-is one run (a method plus ``--set`` overrides, on the paper's data set and backbone) with the
-paper's numbers; :func:`render_table` puts ours, the paper's and the difference side by side.
+The paper's numbers live once, with their provenance, in ``results/paper_numbers.csv`` (one line
+per printed number: :data:`PAPER_COLUMNS`). A table spec (``configs/tables/table<N>.yaml``) says
+only how ltrbench runs the paper's own rows (``runs``: the printed row number, a method, a backbone,
+``--set`` overrides); :func:`load_table` joins the two into a :class:`TableSpec` holding every
+printed row, the ones the paper cites from other papers included.
+
+Three renderings, all through the one renderer :func:`markdown`, every cell of ours
+:func:`mean_std` over seeds:
+
+* :func:`summary_table`: one row per method of a results folder.
+* :func:`render_table`: a paper table as printed, ours beside it, and ours − paper (Δ) only where
+  both were measured the same way: on the paper's data set, and for many/medium/few under the same
+  shot convention (overall accuracy has none). A number under the other convention is shown with
+  ``†`` and not compared.
+* :func:`diff_frame` / :func:`render_diff`: every number of the paper's own rows against ours, with
+  a status (within or outside the tolerance, missing); on a data set without paper numbers (the
+  built-in world) :func:`order_comparison` compares only the order of the rows (Kendall's τ and the
+  pairs that flip).
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import yaml
 
 from .config import CONFIG_DIR
 from .errors import ConfigError
-from .metrics import CONVENTION_NOTE
+from .metrics import CONVENTION_NOTE, CONVENTIONS
 from .plan import RunSpec
 from .results import metric_columns
 
 METRICS = ("overall", "many", "medium", "few")
 TABLE_DIR = CONFIG_DIR / "tables"
-TOLERANCE = 1.0  # points: a difference beyond this is marked in diffs
+
+
+def _paper_numbers() -> Path:
+    """``results/paper_numbers.csv``: beside the package in a checkout or an editable install, inside it
+    (ltrbench/paper/, mapped by pyproject) in a wheel."""
+    pkg = Path(__file__).resolve().parent
+    for cand in (pkg / "paper" / "paper_numbers.csv", pkg.parent / "results" / "paper_numbers.csv"):
+        if cand.is_file():
+            return cand
+    raise RuntimeError(f"ltrbench: results/paper_numbers.csv was not found beside {pkg}; reinstall ltrbench.")
+
+
+PAPER_NUMBERS = _paper_numbers()
+TOLERANCE = 1.0  # points: a difference beyond this is marked in tables and fails `diff --strict`
+#: The columns of results/paper_numbers.csv: one line per number the paper prints.
+PAPER_COLUMNS = (
+    "table",  # the paper's table number
+    "row",  # the row's number as printed (top to bottom; Table 4's "#")
+    "label",  # the method (or setting) as printed
+    "backbone",  # as printed: R-50* / ViT-B* are CLIP-initialised, "-" where the paper gives none
+    "dataset",  # ltrbench's name of the data set
+    "input_size",  # image side in pixels
+    "split",  # test (ImageNet-LT, Places-LT) or val (iNaturalist 2018)
+    "metric",  # overall | many | medium | few
+    "value",  # top-1 accuracy, %
+    "convention",  # shot convention of many/medium/few (metrics.CONVENTIONS); empty for overall
+    "provenance",  # run (the paper's own run) | cited (quoted from another paper)
+    "ref",  # the citation as printed, e.g. [21]
+    "source",  # the cited paper (cited rows)
+    "note",  # assumptions and caveats
+)
+MISSING = "—"
+OTHER_CONVENTION = "†"
 
 
 def mean_std(values: pd.Series | Sequence[float]) -> str:
     """``m`` for one value, ``m ± s`` (sample std) for several, ``—`` for none (NaN = missing)."""
     v = pd.Series(values, dtype=float).dropna()
     if v.empty:
-        return "—"
+        return MISSING
     if len(v) == 1:
         return f"{v.iloc[0]:.1f}"
     return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
@@ -38,6 +86,24 @@ def mean_std(values: pd.Series | Sequence[float]) -> str:
 def markdown(frame: pd.DataFrame) -> str:
     """The one renderer: a frame of display strings as a markdown table."""
     return frame.to_markdown(index=False, disable_numparse=True)
+
+
+def summary_frame(df: pd.DataFrame, convention: str = "paper") -> pd.DataFrame:
+    """Numbers of :func:`summary_table`: one row per (dataset, backbone, method, variant) with the
+    mean, sample std and count over seeds of overall/many/medium/few under ``convention``."""
+    cols = metric_columns(convention)
+    rows = []
+    for (dataset, backbone, method, variant), g in df.groupby(["dataset", "backbone", "method", "variant"],
+                                                              sort=False):
+        row: dict[str, Any] = {"dataset": dataset, "backbone": backbone, "method": method, "variant": variant,
+                               "seeds": int(g["seed"].nunique())}
+        for m in METRICS:
+            v = g[cols[m]].dropna()
+            row[f"{m}_mean"] = v.mean() if len(v) else float("nan")
+            row[f"{m}_std"] = v.std(ddof=1) if len(v) > 1 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["dataset", "backbone", "method", "variant", "seeds",
+                                       *(f"{m}_{s}" for m in METRICS for s in ("mean", "std"))])
 
 
 def summary_table(df: pd.DataFrame, convention: str = "paper") -> str:
@@ -53,23 +119,47 @@ def summary_table(df: pd.DataFrame, convention: str = "paper") -> str:
     return markdown(pd.DataFrame(rows, columns=["method", "dataset", "backbone", "seeds", *METRICS]))
 
 
-# --------------------------------------------------------------------------- paper table specs
+# --------------------------------------------------------------------------- paper numbers and table specs
+
+
+@dataclass(frozen=True)
+class PaperNumber:
+    value: float
+    convention: str | None  # the shot convention of a many/medium/few number; None for overall
 
 
 @dataclass(frozen=True)
 class TableRow:
-    index: int
-    row: str
-    method: str
-    dataset: str | None
-    backbone: str | None
-    overrides: tuple[str, ...]
-    paper: Mapping[str, float]
+    """One printed row of a paper table; ``method`` is set for the paper's own (runnable) rows."""
+
+    index: int  # the row's number as printed
+    label: str
+    printed_backbone: str
+    dataset: str
+    input_size: int
+    split: str
+    provenance: str  # run | cited
+    paper: Mapping[str, PaperNumber]
+    ref: str = ""
+    source: str = ""
+    note: str = ""
+    method: str | None = None
+    backbone: str | None = None  # the backbone ltrbench runs (a registered name)
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def runnable(self) -> bool:
+        return self.method is not None
+
+    @property
+    def origin(self) -> str:
+        """``run`` or ``cited [N]``, as the tables show it."""
+        return "run" if self.provenance == "run" else f"cited {self.ref}".strip()
 
 
 @dataclass(frozen=True)
 class TableSpec:
-    """A paper table as runs: each row is one (method, dataset, backbone, overrides) with its paper numbers."""
+    """A paper table: every printed row with its numbers; the paper's own rows as runs."""
 
     number: int
     title: str
@@ -77,66 +167,356 @@ class TableSpec:
     source: Path = field(default=Path())
 
     def variant(self, row: TableRow) -> str:
+        """The name a row's runs carry in their results (``t<table>r<printed row>``)."""
         return f"t{self.number}r{row.index}"
+
+    @property
+    def runs(self) -> tuple[TableRow, ...]:
+        return tuple(r for r in self.rows if r.runnable)
+
+    @property
+    def metrics(self) -> list[str]:
+        return [m for m in METRICS if any(m in r.paper for r in self.rows)]
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(dict.fromkeys(r.dataset for r in self.rows))
 
 
 def available_tables() -> list[int]:
     return sorted(int(p.stem[5:]) for p in TABLE_DIR.glob("table*.yaml"))
 
 
-def load_table(number: int, folder: Path = TABLE_DIR) -> TableSpec:
+def load_paper_numbers(path: Path = PAPER_NUMBERS) -> pd.DataFrame:
+    """results/paper_numbers.csv as a frame (:data:`PAPER_COLUMNS`), checked for its columns."""
+    if not path.is_file():
+        raise ConfigError(f"The paper's numbers are missing: {path} does not exist (it is part of the repository).")
+    frame = pd.read_csv(path, dtype={"ref": str, "source": str, "note": str, "convention": str}, keep_default_na=False)
+    missing = [c for c in PAPER_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ConfigError(f"{path} lacks the columns {', '.join(missing)}.")
+    bad = sorted(set(frame["convention"]) - {"", *CONVENTIONS})
+    if bad:
+        raise ConfigError(f"{path}: unknown shot convention(s) {bad}; use one of {sorted(CONVENTIONS)} or leave empty.")
+    return frame
+
+
+def load_table(number: int, folder: Path = TABLE_DIR, numbers: Path = PAPER_NUMBERS) -> TableSpec:
+    """Table ``number``: its printed rows (from ``numbers``) joined with its run specs (``folder``)."""
     path = folder / f"table{number}.yaml"
     if not path.is_file():
         raise ConfigError(f"No table spec for table {number}; available: {', '.join(map(str, available_tables()))}.")
     doc = yaml.safe_load(path.read_text())
+    printed = load_paper_numbers(numbers)
+    printed = printed[printed["table"] == int(doc["table"])]
+    if printed.empty:
+        raise ConfigError(f"{numbers} has no numbers of table {doc['table']}.")
+    runs = {int(r["row"]): r for r in doc.get("runs", ())}
     rows = []
-    for i, r in enumerate(doc["rows"], 1):
-        rows.append(TableRow(i, r["row"], r["method"], r.get("dataset", doc.get("dataset")),
-                             r.get("backbone", doc.get("backbone")), tuple(r.get("set", ())), r.get("paper", {})))
+    for index, g in printed.groupby("row", sort=True):
+        first = g.iloc[0]
+        paper = {m: PaperNumber(float(v), c or None) for m, v, c in zip(g["metric"], g["value"], g["convention"])}
+        run = runs.pop(int(index), None)
+        if first["provenance"] == "run" and run is None:
+            raise ConfigError(f"{path}: table {number} row {index} ({first['label']}) is the paper's own run but has "
+                              "no entry under `runs:`; add one (row, method, backbone, set).")
+        if first["provenance"] == "cited" and run is not None:
+            raise ConfigError(f"{path}: table {number} row {index} ({first['label']}) is cited from {first['ref']}, "
+                              "not the paper's run; ltrbench runs only the paper's own rows.")
+        rows.append(TableRow(
+            index=int(index), label=str(first["label"]), printed_backbone=str(first["backbone"]),
+            dataset=str(first["dataset"]), input_size=int(first["input_size"]), split=str(first["split"]),
+            provenance=str(first["provenance"]), paper=paper, ref=str(first["ref"]), source=str(first["source"]),
+            note=str(first["note"]),
+            method=run["method"] if run else None,
+            backbone=(run.get("backbone", doc.get("backbone")) if run else None),
+            overrides=tuple(run.get("set", ())) if run else ()))
+    if runs:
+        raise ConfigError(f"{path}: `runs:` names row(s) {sorted(runs)} that table {number} does not print "
+                          f"(rows 1–{len(rows)} in {numbers.name}).")
     return TableSpec(int(doc["table"]), doc["title"], tuple(rows), path)
 
 
 def table_runs(spec: TableSpec, seeds: Sequence[int], dataset: str | None = None,
                backbone: str | None = None) -> list[RunSpec]:
-    """The RunSpecs of a table. ``dataset`` (e.g. synthetic_lt) replaces the paper's data sets, and
-    then the backbone is the data set config's unless ``backbone`` is given."""
+    """The RunSpecs of a table's runnable rows. ``dataset`` (e.g. the built-in world) replaces the
+    paper's data sets, and then the backbone is the data set config's unless ``backbone`` is given."""
     out = []
     for seed in seeds:
-        for r in spec.rows:
+        for r in spec.runs:
             ds = dataset or r.dataset
             bb = backbone or (None if dataset else r.backbone)
             out.append(RunSpec(r.method, ds, bb, seed, spec.variant(r), r.overrides))
     return out
 
 
-def render_table(spec: TableSpec, df: pd.DataFrame, convention: str = "paper") -> str:
-    """Ours (mean ± std over seeds), the paper's number and ours − paper for every row and metric
-    of a :func:`load_results` frame.
+# --------------------------------------------------------------------------- ours against a table
 
-    A difference beyond ±TOLERANCE points is marked with ⚠. On another data set than the paper's
-    (the built-in world) no difference is computed: only the order of rows is comparable.
+
+def row_results(spec: TableSpec, df: pd.DataFrame, dataset: str | None = None) -> dict[int, pd.DataFrame]:
+    """The results of each runnable row (by printed row number): runs of the row's variant and
+    method, on ``dataset`` when given, else on the row's own data set when there are any, else on
+    the one other data set the table was run on (the built-in world)."""
+    out: dict[int, pd.DataFrame] = {}
+    for r in spec.runs:
+        mine = df[(df["variant"] == spec.variant(r)) & (df["method"] == r.method)] if len(df) else df
+        if dataset is not None:
+            mine = mine[mine["dataset"] == dataset]
+        elif (mine["dataset"] == r.dataset).any():
+            mine = mine[mine["dataset"] == r.dataset]
+        elif mine["dataset"].nunique() > 1:
+            raise ConfigError(f"Table {spec.number} row {r.index} has results on several data sets "
+                              f"({', '.join(sorted(mine['dataset'].unique()))}); name one with --dataset.")
+        out[r.index] = mine
+    return out
+
+
+def _paper_cell(number: PaperNumber | None, convention: str) -> str:
+    if number is None:
+        return MISSING
+    other = number.convention is not None and number.convention != convention
+    return f"{number.value:.1f}" + (OTHER_CONVENTION if other else "")
+
+
+def comparable(number: PaperNumber, convention: str) -> bool:
+    """Ours under ``convention`` and this paper number measure the same thing (overall: always)."""
+    return number.convention is None or number.convention == convention
+
+
+def render_table(spec: TableSpec, df: pd.DataFrame, convention: str = "paper", dataset: str | None = None,
+                 tolerance: float = TOLERANCE) -> str:
+    """A paper table as printed (every row, cited ones included), ours (mean ± std over seeds) under
+    ``convention`` beside the paper's numbers, and ours − paper where both were measured alike.
+
+    A difference beyond ±``tolerance`` points is marked with ⚠. On another data set than the
+    paper's (the built-in world) no difference is computed: only the order of rows is comparable.
     """
     cols = metric_columns(convention)
-    metrics = [m for m in METRICS if any(m in r.paper for r in spec.rows)]
-    rows = []
+    results = row_results(spec, df, dataset)
+    metrics = spec.metrics
+    rows, others, elsewhere = [], False, set()
     for r in spec.rows:
-        mine = df[df["variant"] == spec.variant(r)]
-        ds = mine["dataset"].iloc[0] if len(mine) else (r.dataset or "—")
-        same = len(mine) > 0 and ds == r.dataset
-        row = {"row": r.row, "dataset": ds, "seeds": str(mine["seed"].nunique())}
+        mine = results.get(r.index, df.iloc[0:0])
+        row = {"#": str(r.index), "row": r.label, "backbone": r.printed_backbone, "from": r.origin}
+        if len(spec.datasets) > 1:
+            row["dataset"] = r.dataset
+        row["seeds"] = str(mine["seed"].nunique()) if r.runnable else MISSING
+        same = len(mine) > 0 and (mine["dataset"] == r.dataset).all()
+        if len(mine) and not same:
+            elsewhere |= set(mine["dataset"])
         for m in metrics:
-            vals = mine[cols[m]].dropna()
-            paper = r.paper.get(m)
-            row[f"{m} ours"] = mean_std(vals)
-            row[f"{m} paper"] = "—" if paper is None else f"{paper:.1f}"
-            if len(vals) and paper is not None and same:
-                d = vals.mean() - paper
-                row[f"{m} Δ"] = f"{d:+.1f}" + (" ⚠" if abs(d) > TOLERANCE else "")
-            else:
-                row[f"{m} Δ"] = "—"
+            number = r.paper.get(m)
+            others |= number is not None and not comparable(number, convention)
+            vals = mine[cols[m]].dropna() if len(mine) else pd.Series(dtype=float)
+            row[f"{m} ours"] = mean_std(vals) if r.runnable else MISSING
+            row[f"{m} paper"] = _paper_cell(number, convention)
+            row[f"{m} Δ"] = MISSING
+            if same and len(vals) and number is not None and comparable(number, convention):
+                d = vals.mean() - number.value
+                row[f"{m} Δ"] = f"{d:+.1f}" + (" ⚠" if abs(d) > tolerance else "")
         rows.append(row)
-    lines = [f"### {spec.title} — ours vs paper ({CONVENTION_NOTE[convention]})", "", markdown(pd.DataFrame(rows))]
-    if len(df) and not df["dataset"].isin({r.dataset for r in spec.rows}).any():
-        lines += ["", f"(run on {df['dataset'].iloc[0]}: the paper's numbers are for another data set; "
-                      "compare the order of rows, not the values)"]
-    return "\n".join(lines) + "\n"
+    lines = [f"### {spec.title}: ours vs paper ({CONVENTION_NOTE[convention]})", "", markdown(pd.DataFrame(rows)), ""]
+    if others:
+        other = [c for c in CONVENTIONS if c != convention]
+        lines.append(f"{OTHER_CONVENTION} measured under the other shot convention "
+                     f"({'; '.join(CONVENTION_NOTE[c] for c in other)}): shown as printed, not compared (no Δ).")
+    cited = {r.ref: r.source for r in spec.rows if r.provenance == "cited"}
+    if cited:
+        lines.append("Cited rows are quoted by the paper from other papers and not run by ltrbench: "
+                     + "; ".join(f"{ref} {src}" for ref, src in sorted(cited.items(), key=lambda kv: _ref_key(kv[0])))
+                     + ".")
+    notes: dict[str, list[str]] = {}
+    for r in spec.rows:
+        if r.note and r.provenance == "run":
+            notes.setdefault(r.note, []).append(str(r.index))
+    if notes:
+        lines.append("Notes: " + "; ".join(f"row{'s' if len(ix) > 1 else ''} {', '.join(ix)}: {n}"
+                                           for n, ix in notes.items()) + ".")
+    if elsewhere:
+        lines.append(f"Ours ran on {', '.join(sorted(elsewhere))}: the paper's numbers are for "
+                     f"{', '.join(spec.datasets)}; compare the order of rows, not the values (`run_bench.py diff`).")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _ref_key(ref: str) -> int:
+    digits = "".join(c for c in ref if c.isdigit())
+    return int(digits) if digits else 0
+
+
+# --------------------------------------------------------------------------- diff
+
+
+DIFF_COLUMNS = ("table", "row", "label", "dataset", "metric", "convention", "seeds", "ours_mean", "ours_std",
+                "paper", "delta", "status")
+
+
+def diff_frame(spec: TableSpec, df: pd.DataFrame, dataset: str | None = None,
+               tolerance: float = TOLERANCE) -> pd.DataFrame:
+    """Every number of the paper's own rows on their data set against ours, one row per number.
+
+    Ours is taken under the paper number's shot convention (overall has none), so Δ always compares
+    like with like. ``status``: ``within`` (|Δ| ≤ tolerance), ``outside``, or ``missing`` (no result
+    of that row on its data set). With ``dataset``, only the rows whose paper data set it is.
+    """
+    results = row_results(spec, df, dataset)
+    out = []
+    for r in spec.runs:
+        if dataset is not None and dataset != r.dataset:
+            continue
+        mine = results[r.index]
+        mine = mine[mine["dataset"] == r.dataset] if len(mine) else mine
+        for m, number in r.paper.items():
+            col = metric_columns(number.convention or "paper")[m]
+            vals = mine[col].dropna() if len(mine) else pd.Series(dtype=float)
+            mean = float(vals.mean()) if len(vals) else float("nan")
+            std = float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")
+            delta = mean - number.value if len(vals) else float("nan")
+            status = "missing" if not len(vals) else ("within" if abs(delta) <= tolerance else "outside")
+            out.append({"table": spec.number, "row": r.index, "label": f"{r.label} {r.printed_backbone}".strip(),
+                        "dataset": r.dataset, "metric": m, "convention": number.convention or "",
+                        "seeds": int(mine["seed"].nunique()) if len(mine) else 0, "ours_mean": mean, "ours_std": std,
+                        "paper": number.value, "delta": delta, "status": status})
+    return pd.DataFrame(out, columns=list(DIFF_COLUMNS))
+
+
+@dataclass(frozen=True)
+class OrderComparison:
+    """The order of a table's rows on a data set without paper numbers, against the paper's order."""
+
+    table: int
+    dataset: str  # where ours ran
+    paper_dataset: str  # the rows compared share this paper data set
+    metric: str
+    rows: tuple[int, ...]  # printed row numbers compared (both ours and the paper's number exist)
+    missing: tuple[int, ...]  # runnable rows of the group without a result
+    tau: float  # Kendall's τ-b (NaN with fewer than two rows)
+    p_value: float
+    flips: tuple[tuple[int, int], ...]  # (a, b): the paper has a above b, ours has b above a
+    ours: Mapping[int, float]
+    paper: Mapping[int, float]
+
+    @property
+    def pairs(self) -> int:
+        return len(self.rows) * (len(self.rows) - 1) // 2
+
+
+def order_comparison(spec: TableSpec, df: pd.DataFrame, dataset: str) -> list[OrderComparison]:
+    """Kendall's τ between our order of the runnable rows on ``dataset`` and the paper's, per paper
+    data set of the rows (Tables 8 and 10 span three and two) and per metric, with the pairs that
+    flip. Ours is the mean over seeds under the paper number's shot convention."""
+    from scipy.stats import kendalltau  # scipy.stats takes ~1 s to import: only the order comparison needs it
+
+    results = row_results(spec, df, dataset)
+    out = []
+    for paper_ds in spec.datasets:
+        group = [r for r in spec.runs if r.dataset == paper_ds]
+        for m in spec.metrics:
+            ours, paper, missing = {}, {}, []
+            for r in group:
+                number = r.paper.get(m)
+                if number is None:
+                    continue
+                vals = results[r.index][metric_columns(number.convention or "paper")[m]].dropna()
+                if not len(vals):
+                    missing.append(r.index)
+                    continue
+                ours[r.index], paper[r.index] = float(vals.mean()), number.value
+            idx = tuple(ours)
+            tau, p = (float("nan"), float("nan"))
+            if len(idx) >= 2:
+                res = kendalltau([paper[i] for i in idx], [ours[i] for i in idx])
+                tau, p = float(res.statistic), float(res.pvalue)
+            flips = tuple((a, b) if paper[a] > paper[b] else (b, a) for a, b in itertools.combinations(idx, 2)
+                          if (paper[a] - paper[b]) * (ours[a] - ours[b]) < 0)
+            if idx or missing:
+                out.append(OrderComparison(spec.number, dataset, paper_ds, m, idx, tuple(missing), tau, p, flips,
+                                           ours, paper))
+    return out
+
+
+def diff_datasets(spec: TableSpec, df: pd.DataFrame, dataset: str | None = None) -> list[str]:
+    """The data sets a diff of ``spec`` covers: ``dataset``, else those the table's rows were run
+    on, else (no result at all) the paper's own."""
+    if dataset is not None:
+        return [dataset]
+    variants = {spec.variant(r) for r in spec.runs}
+    ran = list(dict.fromkeys(df.loc[df["variant"].isin(variants), "dataset"])) if len(df) else []
+    return ran or spec.datasets
+
+
+@dataclass
+class DiffReport:
+    """A rendered diff and what ``--strict`` judges: failing rows (missing or outside tolerance)."""
+
+    markdown: str
+    values: pd.DataFrame
+    orders: list[OrderComparison]
+
+    @property
+    def failures(self) -> int:
+        missing_order = sum(len(o.missing) for o in self.orders if o.metric == "overall")
+        return int(self.values["status"].isin(["missing", "outside"]).sum()) + missing_order
+
+
+def _fmt(x: float, signed: bool = False) -> str:
+    if pd.isna(x):
+        return MISSING
+    return f"{x:+.1f}" if signed else f"{x:.1f}"
+
+
+def render_diff(spec: TableSpec, df: pd.DataFrame, dataset: str | None = None,
+                tolerance: float = TOLERANCE) -> DiffReport:
+    """Markdown of :func:`diff_frame` for the table's data sets with paper numbers, and of
+    :func:`order_comparison` for any other data set it was run on."""
+    lines: list[str] = []
+    values = []
+    orders: list[OrderComparison] = []
+    for ds in diff_datasets(spec, df, dataset):
+        if ds in spec.datasets:
+            d = diff_frame(spec, df, ds, tolerance)
+            values.append(d)
+            lines += _render_values(spec, d, ds, tolerance)
+        else:
+            o = order_comparison(spec, df, ds)
+            orders += o
+            lines += _render_order(spec, o, ds)
+    vals = pd.concat(values, ignore_index=True) if values else pd.DataFrame(columns=list(DIFF_COLUMNS))
+    return DiffReport("\n".join(lines).rstrip() + "\n", vals, orders)
+
+
+def _render_values(spec: TableSpec, d: pd.DataFrame, dataset: str, tolerance: float) -> list[str]:
+    shown = pd.DataFrame({
+        "#": d["row"].astype(str), "row": d["label"], "metric": d["metric"],
+        "convention": d["convention"].replace("", MISSING), "seeds": d["seeds"].astype(str),
+        "ours": [mean_std([m]) if pd.isna(s) else f"{m:.1f} ± {s:.1f}" for m, s in zip(d["ours_mean"], d["ours_std"])],
+        "paper": d["paper"].map(_fmt), "Δ": d["delta"].map(lambda x: _fmt(x, signed=True)),
+        "status": d["status"].map({"within": "within", "outside": "⚠ outside", "missing": "missing"}),
+    })
+    counts = d["status"].value_counts()
+    head = (f"### {spec.title}: ours vs paper on {dataset} (tolerance ±{tolerance:g} points; many/medium/few "
+            f"of ours under each paper number's shot convention)")
+    tail = (f"{len(d)} numbers: {counts.get('within', 0)} within, {counts.get('outside', 0)} outside, "
+            f"{counts.get('missing', 0)} missing (rows with no result on {dataset}).")
+    return [head, "", markdown(shown) if len(d) else "(no row of this table is on this data set)", "", tail, ""]
+
+
+def _render_order(spec: TableSpec, orders: list[OrderComparison], dataset: str) -> list[str]:
+    label = {r.index: f"{r.label} {r.printed_backbone}".strip() for r in spec.rows}
+    lines = [f"### {spec.title}: order of rows on {dataset}", "",
+             f"Only the order of rows is comparable here: the paper's numbers are for {', '.join(spec.datasets)}, "
+             f"ours ran on {dataset}. Kendall's τ-b between the paper's order and ours (1: same order, −1: "
+             "reversed), and the pairs of rows whose order flips.", ""]
+    summary = [{"paper data set": o.paper_dataset, "metric": o.metric, "rows": str(len(o.rows)),
+                "Kendall's τ": _fmt_tau(o.tau), "p": _fmt_tau(o.p_value, 2),
+                "flipped pairs": f"{len(o.flips)} of {o.pairs}",
+                "missing rows": ", ".join(map(str, o.missing)) or MISSING} for o in orders]
+    lines += [markdown(pd.DataFrame(summary)) if summary else "(no result)", ""]
+    for o in orders:
+        for a, b in o.flips:
+            lines.append(f"- {o.metric} ({o.paper_dataset} rows): paper #{a} {label[a]} {o.paper[a]:.1f} > "
+                         f"#{b} {label[b]} {o.paper[b]:.1f}; ours #{a} {o.ours[a]:.1f} < #{b} {o.ours[b]:.1f}")
+    return [*lines, ""]
+
+
+def _fmt_tau(x: float, digits: int = 2) -> str:
+    return MISSING if pd.isna(x) else f"{x:.{digits}f}"

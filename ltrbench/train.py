@@ -17,7 +17,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -186,12 +186,15 @@ def fit(
     seed: int,
     progress: bool = True,
     desc: str = "train",
-    on_epoch: Callable[[int], None] | None = None,
+    on_epoch: Callable[[int, Mapping[str, float | None]], None] | None = None,
 ) -> FitResult:
     """Train ``task`` for ``cfg.epochs`` epochs, resuming from ``ckpt_dir/last.pt`` if present.
 
     At the end the task's module holds the last epoch's weights, or the best epoch's when
-    ``cfg.select_best`` (the epoch with the best ``task.validate()``).
+    ``cfg.select_best`` (the epoch with the best ``task.validate()``). ``on_epoch(epoch, row)`` is
+    called after each epoch's checkpoint with the 0-based epoch and its history row (``epoch``
+    1-based, ``loss``, ``lr``, and ``val_acc`` where the recipe validates): the stages' TensorBoard
+    events (:func:`ltrbench.stages.train_in`).
     """
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -269,7 +272,7 @@ def fit(
             last,
         )
         if on_epoch is not None:
-            on_epoch(epoch)
+            on_epoch(epoch, row)
     if cfg.select_best and (ckpt_dir / "best.pt").is_file():
         task.module.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=False))
     result.seconds = time.time() - t0

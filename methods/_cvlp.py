@@ -130,8 +130,8 @@ def cvlp(ctx: StageContext) -> dict[str, Any]:
     dev = device()
     man = read_manifest(ctx.inputs[0])
     backbone = man["backbone"]
-    start = load_model(ctx.inputs[0], "cpu")
-    student = start if c.init == "clip" else create_clip(backbone, None)
+    start = load_model(ctx.inputs[0], "cpu", image_size=img.image_size)
+    student = start if c.init == "clip" else create_clip(backbone, None, image_size=img.image_size)
     teacher = None
     if distill != "none":
         teacher = copy.deepcopy(start).eval().requires_grad_(False).to(dev)

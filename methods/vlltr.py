@@ -196,7 +196,7 @@ def _fit_on_features(ctx: StageContext, c: LGRConfig, seed: int, num_classes: in
     images, lgr.image_augment), scored on the cached eval split."""
     data = load_head_data(ctx, num_classes, ("train", "eval"))
     head = lgr_head(ctx.role("anchors"), c)
-    env = HeadEnv(ctx.work, device(), seed, ctx.progress)
+    env = HeadEnv.of(ctx, seed)
     # LGR's MLP (D → 4D → C) is large enough on real data to use every CPU thread.
     res = train_head(head, data, c.train, env, task=LGRTask(head, c, num_classes), one_thread=False,
                      desc=ctx.stage.label)
@@ -213,7 +213,7 @@ def _fit_on_images(ctx: StageContext, c: LGRConfig, seed: int) -> tuple[HeadFit,
     img = image_settings(ctx)
     dev = device()
     head = lgr_head(ctx.role("anchors"), c)
-    visual = load_model(ctx.role("model"), "cpu").visual
+    visual = load_model(ctx.role("model"), "cpu", image_size=img.image_size).visual
     if not c.finetune_encoder:
         visual.requires_grad_(False)  # image_augment: frozen encoder, augmented images
     module = LGRModel(visual, head).to(dev)

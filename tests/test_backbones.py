@@ -66,3 +66,68 @@ def test_uncached_tag_offline_fails_fast_naming_file_and_place(monkeypatch, tmp_
 def test_unknown_tag_lists_known_tags():
     with pytest.raises(LtrBenchError, match="openai"):
         resolve_pretrained("RN50", "nosuchtag")
+
+
+# --------------------------------------------------------------------------- another input size (Table 3's 384 px)
+
+
+def test_a_vit_checkpoint_loads_and_runs_at_another_input_size(tmp_path):
+    torch.manual_seed(0)
+    src = create_clip("mini-clip", None)  # 32 px, patch 8: a 4×4 grid
+    f = tmp_path / "mini.pt"
+    torch.save(src.state_dict(), f)
+    big = create_clip("mini-clip", f, image_size=48)  # a 6×6 grid
+    pos = big.visual.positional_embedding
+    assert pos.shape[0] == 6 * 6 + 1 and src.visual.positional_embedding.shape[0] == 4 * 4 + 1
+    assert torch.equal(pos[0], src.visual.positional_embedding[0])  # the class token's is kept
+    with torch.no_grad():
+        out = big.encode_image(torch.randn(2, 3, 48, 48))
+    assert out.shape == (2, 64) and torch.isfinite(out).all()
+    # every other weight is the checkpoint's; at the backbone's own size nothing changes
+    sb = big.state_dict()
+    assert all(torch.equal(v, sb[k]) for k, v in src.state_dict().items() if k != "visual.positional_embedding")
+    assert _same_weights(src, create_clip("mini-clip", f, image_size=32))
+
+
+def test_which_backbones_take_another_input_size():
+    from ltrbench.backbones import check_input_size
+    from ltrbench.errors import ConfigError
+
+    check_input_size("ViT-B-16", 384)
+    check_input_size("RN50", 224)
+    with pytest.raises(ConfigError, match="RN50 runs only at 224 px"):
+        check_input_size("RN50", 384)
+    with pytest.raises(ConfigError, match="multiple of its patch size 16"):
+        check_input_size("ViT-B-16", 380)
+
+
+def test_the_384_row_plans_every_image_stage_at_384():
+    import ltrbench
+    from conftest import TINY
+
+    plan = ltrbench.plan(None, "synthetic_lt", table=3, backbone="ViT-B-16", overrides=TINY)
+    runs = {r.spec.variant: r for r in plan.runs}
+    row, base = runs["t3r23"], runs["t3r22"]
+    assert row.ctx.img.image_size == 384 and row.ctx.img.eval_resize == 438 and row.cfg.backbone.name == "ViT-B-16"
+    assert base.ctx.img.image_size == 224
+    from ltrbench.stages import topological
+
+    def image_stages(run):
+        return [s for s in topological([run.target]) if "image" in s.config]
+
+    assert {s.kind for s in image_stages(row)} >= {"cvlp", "features", "lgr"}
+    assert all(s.config["image"]["image_size"] == 384 for s in image_stages(row))
+    assert not {s.key for s in image_stages(row)} & {s.key for s in image_stages(base)}
+    clip = [s for s in topological([row.target]) if s.kind == "clip_weights"]
+    assert clip[0].key == [s for s in topological([base.target]) if s.kind == "clip_weights"][0].key  # one CLIP
+
+
+def test_a_run_at_another_input_size_trains_and_evaluates():
+    import ltrbench
+    from conftest import TINY
+
+    df = ltrbench.run(["baseline", "zeroshot"], "synthetic_lt", overrides=[*TINY, "data.image_size=48",
+                                                                           "data.eval_resize=48"])
+    assert df["overall"].between(0, 100).all() and len(df) == 2
+    ft = [s for s in df.attrs["records"][0]["stages"] if s["kind"] == "finetune"]
+    assert ft and df.attrs["records"][0]["config"]["data"]["image_size"] == 48

@@ -72,7 +72,8 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
     class Stop(Exception):
         pass
 
-    def crash(epoch):
+    def crash(epoch, row):
+        assert row["epoch"] == epoch + 1 and set(row) >= {"loss", "lr"}
         if epoch == 1:
             raise Stop
 
