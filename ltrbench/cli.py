@@ -159,7 +159,9 @@ def cmd_run(args) -> int:
     print("\n" + md)
     tables = Path(args.out) / "tables"
     tables.mkdir(parents=True, exist_ok=True)
-    (tables / name).write_text(md)
+    tmp = tables / f".{name}.{os.getpid()}.tmp"  # atomic: two runs into one --out never mix a table
+    tmp.write_text(md)
+    os.replace(tmp, tables / name)
     print(f"results: {Path(args.out) / 'runs'}  table: {tables / name}")
     return 0
 

@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 try:
     import fcntl
@@ -53,7 +53,7 @@ except ImportError:  # pragma: no cover - not POSIX: stages are built without a 
     fcntl = None  # type: ignore[assignment]
 
 from .data.images import recording_replacements
-from .errors import LtrBenchError
+from .errors import CacheError
 from .fingerprints import sha256_file
 from .registry import STAGES
 from .train import FitResult, TrainTask, fit, seed_everything
@@ -190,22 +190,18 @@ def artifact_dir(cache: Path, stage: Stage) -> Path:
 def is_done(cache: Path, stage: Stage) -> bool:
     """Whether the stage's artifact is complete as far as cheap checks tell (its ``stage.json``
     and manifest, and every file's size); no hashing, no side effect (``Plan.to_frame``)."""
-    return check_artifact(cache, stage, full=False)[0] is None
+    return check_artifact(cache, stage, full=False).problem is None
 
 
 def verify(cache: Path, stage: Stage) -> bool:
     """Whether the stage's artifact is complete and verified: sizes always, SHA-256 of every file
     the first time this process uses it. No side effect: a failing stage is moved aside and rebuilt
     by :func:`run_stage`, under the stage's lock."""
-    return check_artifact(cache, stage, full=True)[0] is None
+    return check_artifact(cache, stage, full=True).problem is None
 
 
 def read_info(cache: Path, stage: Stage) -> dict[str, Any]:
     return json.loads((artifact_dir(cache, stage) / STAGE_JSON).read_text())
-
-
-class CacheError(LtrBenchError):
-    """A stage's input artifact is not (or no longer) a verified, finished artifact."""
 
 
 def _info_hash(info: Mapping[str, Any]) -> str:
@@ -228,55 +224,64 @@ def _unsafe_rel(rel: str) -> bool:
     return rel.startswith("/") or ".." in Path(rel).parts
 
 
-def check_artifact(cache: Path, stage: Stage, *, full: bool) -> tuple[str | None, bool]:
-    """(None, _) when the artifact is complete and verifies, else (what is wrong, whether a folder
-    is there to move aside). ``full``: hash every file unless this process verified it before."""
+class ArtifactCheck(NamedTuple):
+    """What :func:`check_artifact` found: ``problem`` is None when the artifact verifies; else it
+    says what is wrong, and ``aside`` how a folder that is there is to be moved aside (``corrupt``,
+    or ``unverified`` for one without a manifest); None when there is no folder."""
+
+    problem: str | None
+    aside: str | None = None
+
+
+def check_artifact(cache: Path, stage: Stage, *, full: bool) -> ArtifactCheck:
+    """Check a stage's artifact folder against its manifest. ``full``: hash every file unless this
+    process verified this very artifact before (sizes are checked every time)."""
     final = artifact_dir(cache, stage)
     meta = final / STAGE_JSON
     if not meta.is_file():
-        return ("the folder has no stage.json (an interrupted or foreign write)", True) if final.exists() \
-            else ("not built", False)
+        if final.exists():
+            return ArtifactCheck("the folder has no stage.json (an interrupted or foreign write)", "corrupt")
+        return ArtifactCheck("not built")
     try:
         info = json.loads(meta.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return f"its stage.json cannot be read ({e})", True
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8, not JSON
+        return ArtifactCheck(f"its stage.json cannot be read ({e})", "corrupt")
     files = info.get("files") if isinstance(info, dict) else None
     if not isinstance(files, dict) or "stage_sha256" not in info:
-        return ("its stage.json has no manifest of its files (written by an older ltrbench), so its "
-                "content cannot be verified"), True
+        return ArtifactCheck("its stage.json has no manifest of its files (written by an older ltrbench), so its "
+                             "content cannot be verified", "unverified")
     if info.get("key") != stage.key or info.get("kind") != stage.kind:
-        return f"its stage.json belongs to {info.get('kind')}/{info.get('key')}", True
-    token = (str(final), str(info["stage_sha256"]))
+        return ArtifactCheck(f"its stage.json belongs to {info.get('kind')}/{info.get('key')}", "corrupt")
     for rel, want in files.items():
         if _unsafe_rel(rel) or not isinstance(want, dict):
-            return f"its manifest names {rel!r}, which is not a file of the folder", True
+            return ArtifactCheck(f"its manifest names {rel!r}, which is not a file of the folder", "corrupt")
         try:
             size = (final / rel).stat().st_size
         except OSError:
-            return f"{rel} is missing", True
+            return ArtifactCheck(f"{rel} is missing", "corrupt")
         if size != want.get("size"):
-            return f"{rel} has {size} bytes where its manifest says {want.get('size')}", True
+            return ArtifactCheck(f"{rel} has {size} bytes where its manifest says {want.get('size')}", "corrupt")
+    token = (str(final), str(info["stage_sha256"]))
     if not full or token in _VERIFIED:
-        return None, True
+        return ArtifactCheck(None)
     if _info_hash(info) != info["stage_sha256"]:
-        return "its stage.json does not match its own hash (it was changed)", True
+        return ArtifactCheck("its stage.json does not match its own hash (it was changed)", "corrupt")
     for rel, want in files.items():
         if sha256_file(final / rel) != want.get("sha256"):
-            return f"{rel} does not match the SHA-256 in its manifest (its content changed)", True
+            return ArtifactCheck(f"{rel} does not match the SHA-256 in its manifest (its content changed)", "corrupt")
     _VERIFIED.add(token)
-    return None, True
+    return ArtifactCheck(None)
 
 
-def _quarantine(final: Path, stage: Stage, problem: str) -> None:
+def _quarantine(final: Path, stage: Stage, found: ArtifactCheck) -> None:
     """Move a failing artifact folder aside (never delete what may be evidence) and say so once."""
-    tag = "unverified" if "no manifest" in problem else "corrupt"
-    aside = final.with_name(f"{final.name}.{tag}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    aside = final.with_name(f"{final.name}.{found.aside}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     try:
         os.replace(final, aside)
     except FileNotFoundError:  # another process moved it first
         return
     log.warning("stage %s (kind %s, key %s): %s. Moved %s aside to %s (delete it when no longer needed); "
-                "rebuilding the stage.", stage.describe(), stage.kind, stage.key, problem, final, aside.name)
+                "rebuilding the stage.", stage.describe(), stage.kind, stage.key, found.problem, final, aside.name)
 
 
 def topological(targets: Iterable[Stage]) -> list[Stage]:
@@ -310,11 +315,11 @@ def run_stage(stage: Stage, cache: str | os.PathLike, progress: bool = True) -> 
         return read_info(cache, stage)
     final.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(final.with_name(final.name + ".lock"), stage):
-        problem, present = check_artifact(cache, stage, full=True)
-        if problem is None:  # another process built it while we waited
+        found = check_artifact(cache, stage, full=True)
+        if found.problem is None:  # another process built it while we waited
             return read_info(cache, stage)
-        if present:
-            _quarantine(final, stage, problem)
+        if found.aside:
+            _quarantine(final, stage, found)
         return _build(stage, cache, final, progress)
 
 
@@ -401,7 +406,7 @@ def _build(stage: Stage, cache: Path, final: Path, progress: bool) -> dict[str, 
     _clear_partial(partial)
     inputs = [artifact_dir(cache, s) for s in stage.inputs]
     for s in stage.inputs:
-        problem, _ = check_artifact(cache, s, full=True)
+        problem = check_artifact(cache, s, full=True).problem
         if problem is not None:
             raise CacheError(f"stage {stage.describe()} cannot start: its input {s.describe()} "
                              f"({artifact_dir(cache, s)}) is not a verified artifact: {problem}. Run again: "

@@ -43,3 +43,23 @@ def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess
     e = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "run_bench.py"), *args], cwd=cwd, env=e,
                           capture_output=True, text=True, timeout=900)
+
+
+class _Evil:
+    """Unpickling this calls ``open(marker, "w")``: a file appears if a pickle ever runs code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def write_evil_pickle(path: Path, marker: Path, wrap: str | None = None) -> Path:
+    """A torch checkpoint whose unpickling would create ``marker`` (what an attacker plants); with
+    ``wrap`` the payload sits under that key of a dict, as in a state dict or a resume checkpoint."""
+    import torch
+
+    payload = _Evil(marker)
+    torch.save({wrap: payload} if wrap else payload, path)
+    return path

@@ -126,3 +126,66 @@ def test_class_aware_sampler_yields_blocks_of_four_per_class():
     assert (blocks == blocks[:, :1]).all()
     first_pass = blocks[:4, 0]
     assert sorted(first_pass.tolist()) == [0, 1, 2, 3]  # every class once per pass
+
+
+class _ValTask(_Task):
+    """Best-epoch selection on a fixed score sequence (as cRT's val accuracy)."""
+
+    def __init__(self, module, scores):
+        super().__init__(module)
+        self.scores = list(scores)
+
+    def validate(self):
+        return self.scores.pop(0)
+
+
+@pytest.mark.parametrize("damage", ["evil_last", "evil_best", "truncated_last", "foreign_last"])
+def test_a_resume_checkpoint_that_does_not_load_is_discarded_and_training_restarts(tmp_path, caplog, damage):
+    """A planted or broken last.pt/best.pt never runs code (weights_only) and never half-applies: the
+    loop warns, discards it and trains from epoch 1, to the same weights as an uninterrupted run."""
+    from conftest import write_evil_pickle
+
+    cfg = TrainConfig(epochs=3, lr=0.05, select_best=True)
+    scores = [0.5, 0.9, 0.7]
+    torch.manual_seed(0)
+    init = nn.Linear(5, 3).state_dict()
+
+    def model():
+        m = nn.Linear(5, 3)
+        m.load_state_dict(init)
+        return m
+
+    full = model()
+    fit(_ValTask(full, scores), _loader(), cfg, tmp_path / "a", device=torch.device("cpu"), seed=1, progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def crash(epoch):
+        if epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(_ValTask(model(), scores), _loader(), cfg, tmp_path / "b", device=torch.device("cpu"), seed=1,
+            progress=False, on_epoch=crash)
+    ckpt = tmp_path / "b"
+    assert (ckpt / "last.pt").is_file() and (ckpt / "best.pt").is_file()
+    marker = tmp_path / "PWNED"
+    if damage == "evil_last":
+        write_evil_pickle(ckpt / "last.pt", marker, wrap="module")
+    elif damage == "evil_best":
+        write_evil_pickle(ckpt / "best.pt", marker, wrap="weight")
+    elif damage == "truncated_last":
+        (ckpt / "last.pt").write_bytes((ckpt / "last.pt").read_bytes()[:100])
+    else:  # a checkpoint of another model: loads, but does not fit
+        state = torch.load(ckpt / "last.pt", weights_only=True)
+        state["module"] = nn.Linear(5, 4).state_dict()
+        torch.save(state, ckpt / "last.pt")
+    again = model()
+    with caplog.at_level("WARNING", logger="ltrbench.train"):
+        res = fit(_ValTask(again, scores), _loader(), cfg, ckpt, device=torch.device("cpu"), seed=1, progress=False)
+    assert not marker.exists()
+    assert res.resumed_from is None and [h["epoch"] for h in res.history] == [1, 2, 3] and res.best_epoch == 2
+    assert any("discarded" in r.getMessage() and str(ckpt) in r.getMessage() for r in caplog.records)
+    for k in init:
+        assert torch.allclose(full.state_dict()[k], again.state_dict()[k], atol=1e-6)
