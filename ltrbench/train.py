@@ -237,6 +237,7 @@ def fit(
                            selected_best=cfg.select_best)
         start = 0
         if attempt == "fresh":
+            (ckpt_dir / "best.pt").unlink(missing_ok=True)  # a fresh run has no best epoch yet: not ours
             break
         try:
             task.module.load_state_dict(resume["module"])

@@ -189,3 +189,24 @@ def test_a_resume_checkpoint_that_does_not_load_is_discarded_and_training_restar
     assert any("discarded" in r.getMessage() and str(ckpt) in r.getMessage() for r in caplog.records)
     for k in init:
         assert torch.allclose(full.state_dict()[k], again.state_dict()[k], atol=1e-6)
+
+
+def test_a_best_pt_planted_before_a_fresh_start_is_never_loaded(tmp_path):
+    """No last.pt: training starts afresh, so a best.pt already there is not ours. Here no epoch
+    scores (validate gives None), so nothing overwrites it: it must be dropped, not loaded at the end."""
+    from conftest import write_evil_pickle
+
+    cfg = TrainConfig(epochs=2, lr=0.05, select_best=True)
+    torch.manual_seed(0)
+    init = nn.Linear(5, 3).state_dict()
+    ref, planted = nn.Linear(5, 3), nn.Linear(5, 3)
+    ref.load_state_dict(init)
+    planted.load_state_dict(init)
+    fit(_ValTask(ref, [None, None]), _loader(), cfg, tmp_path / "a", device=torch.device("cpu"), seed=1, progress=False)
+    (tmp_path / "b").mkdir()
+    marker = tmp_path / "PWNED"
+    write_evil_pickle(tmp_path / "b" / "best.pt", marker, wrap="weight")
+    fit(_ValTask(planted, [None, None]), _loader(), cfg, tmp_path / "b", device=torch.device("cpu"), seed=1,
+        progress=False)
+    assert not marker.exists()
+    assert all(torch.equal(ref.state_dict()[k], planted.state_dict()[k]) for k in init)
