@@ -22,7 +22,6 @@ In order (each a function called by :mod:`ltrbench.api`):
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -39,8 +38,6 @@ from .plan import RunSpec, clip_weights_stage
 from .registry import BACKBONES, STAGES, WEIGHTS
 from .stages import Stage, verify
 from .train import OPTIMIZERS
-
-log = logging.getLogger(__name__)
 
 _SHOWN = 5  # examples quoted per problem
 

@@ -22,7 +22,7 @@ import torch
 import ltrbench
 from conftest import TINY, write_evil_pickle
 from ltrbench import cli, stages
-from ltrbench.errors import CacheError, LtrBenchError
+from ltrbench.errors import CacheError
 from ltrbench.execute import execute
 from ltrbench.stages import Stage, artifact_dir, is_done, run_stage, stage_kind, verify
 
