@@ -21,6 +21,7 @@ import torch
 
 from ltrbench.backbones import BackboneSpec, create_clip, tokenizer
 from ltrbench.config import BenchConfig, TrainConfig, register_section
+from ltrbench.errors import ConfigError
 from ltrbench.data.batched import BatchLoader
 from ltrbench.data.images import open_rgb
 from ltrbench.data.samplers import InstanceSampler
@@ -29,6 +30,7 @@ from ltrbench.paths import cache_root
 from ltrbench.registry import BACKBONES, WEIGHTS
 from ltrbench.stages import StageContext
 from ltrbench.train import seed_everything
+from ltrbench.validate import train_problems
 
 BUILTIN_PRETRAINED = "builtin"  # the backbone.pretrained tag of mini-CLIP's generated weights
 
@@ -49,6 +51,16 @@ class MiniClipConfig:
     warmup_epochs: int = 0  # the official schedule would spend 2 epochs at 1e-6 with W = 1
     min_lr: float = 1e-5
     augment: str = "light"
+
+    def check(self) -> None:
+        """The recipe is a training recipe: the same ranges as ``train`` sections (ltrbench.validate)."""
+        problems = train_problems(TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                                              weight_decay=self.weight_decay, warmup_epochs=self.warmup_epochs,
+                                              min_lr=self.min_lr), "miniclip")
+        if self.augment not in ("light", "none"):
+            problems.append(f"miniclip.augment={self.augment}: use light or none (whole-batch augmentation)")
+        if problems:
+            raise ConfigError("; ".join(problems) + ".")
 
 
 DEFAULT_RECIPE = asdict(MiniClipConfig())

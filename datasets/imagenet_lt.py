@@ -101,7 +101,7 @@ class ImageNetLT(DatasetPlugin):
             ("wiki/", WIKI_FROM),
         ]
 
-    def load(self, root: Path, **options: object) -> LTDataset:
+    def load(self, root: Path, progress: bool = True, **options: object) -> LTDataset:
         self.no_options(options)
         root = Path(root)
         names, wnids = read_labels(root / "labels.txt")

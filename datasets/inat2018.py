@@ -127,7 +127,7 @@ class INat2018(DatasetPlugin):
             ("wiki/", WIKI_FROM),
         ]
 
-    def load(self, root: Path, **options: object) -> LTDataset:
+    def load(self, root: Path, progress: bool = True, **options: object) -> LTDataset:
         self.no_options(options)
         root = Path(root)
         names = read_categories(root / "categories.json")

@@ -88,7 +88,7 @@ class PlacesLT(DatasetPlugin):
             ("wiki/", WIKI_FROM),
         ]
 
-    def load(self, root: Path, **options: object) -> LTDataset:
+    def load(self, root: Path, progress: bool = True, **options: object) -> LTDataset:
         self.no_options(options)
         root = Path(root)
         names = read_labels(root / "labels.txt")

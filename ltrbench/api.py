@@ -21,12 +21,13 @@ from typing import Sequence
 
 import pandas as pd
 
+from . import fingerprints, validate
 from .errors import ConfigError
-from .execute import execute
+from .execute import EXECUTORS, execute
 from .paths import cache_root
-from .plan import PlannedRun, RunSpec, plan_runs
+from .plan import PlannedRun, RunSpec, plan_runs, resolve_configs
 from .registry import DATASETS, METHODS
-from .results import build_record, check_writable, load_results, write_result
+from .results import build_record, load_results, write_result
 from .stages import Stage, is_done, topological
 from .tables import load_table, table_runs
 
@@ -77,16 +78,28 @@ def _specs(methods: Sequence[str] | None, dataset: str | None, backbone: str | N
 
 def plan(methods: Sequence[str] | None, dataset: str | None, *, backbone: str | None = None,
          seeds: Sequence[int] = (0,), overrides: Sequence[str] = (), config_files: Sequence[str | Path] = (),
-         data_root: str | None = None, table: int | None = None) -> Plan:
+         data_root: str | None = None, table: int | None = None, progress: bool = False) -> Plan:
     """Resolve a request into its runs and de-duplicated stage DAG, without running anything.
 
     ``methods=None`` means every registered method; ``table=N`` every row of paper table N (on the
-    paper's data sets, or on ``dataset`` when given). A bad name, override or data root raises a
-    :class:`~ltrbench.errors.LtrBenchError` here, before any work.
+    paper's data sets, or on ``dataset`` when given). Everything is validated here, before any work
+    (:mod:`ltrbench.validate`): names, every run's configuration, the weights, the data root, and
+    the images and wiki files the stages to run will read. Bad input raises a
+    :class:`~ltrbench.errors.LtrBenchError` and leaves the cache as it was (the built-in world is
+    generated when its data set is first read, after the configuration and weights checked out).
+    ``progress``: bars for the world's generation and the image check.
     """
     specs = _specs(methods, dataset, backbone, seeds, table)
-    runs = plan_runs(specs, files=[str(f) for f in config_files], overrides=list(overrides), data_root=data_root)
-    return Plan(runs, topological([r.target for r in runs]), cache_root())
+    resolved = resolve_configs(specs, files=[str(f) for f in config_files], overrides=list(overrides),
+                               data_root=data_root)
+    cache = cache_root()
+    validate.check_configs(resolved)
+    validate.check_weights(resolved, cache)
+    runs = plan_runs(resolved, progress=progress)
+    stages = topological([r.target for r in runs])
+    validate.check_data(stages, cache, progress=progress)
+    fingerprints.flush()  # remember the weights files' hashes only once the request is valid
+    return Plan(runs, stages, cache)
 
 
 def run(methods: Sequence[str] | None, dataset: str | None, *, backbone: str | None = None,
@@ -96,14 +109,17 @@ def run(methods: Sequence[str] | None, dataset: str | None, *, backbone: str | N
     """Plan, execute and collect: one row per run (the :func:`~ltrbench.results.load_results` frame).
 
     With ``out`` every run's result JSON is also written to ``<out>/runs/`` (the folder is checked
-    for writing before any work). ``executor="ray"`` (implied by ``ray_address``) runs the stages
-    as Ray tasks. ``df.attrs["execution"]`` holds the counts of stages needed and executed and the
-    wall time; ``df.attrs["records"]`` the full result records (per-class accuracy, config, …).
+    for writing before any work, and created only when the results are written). ``executor="ray"``
+    (implied by ``ray_address``) runs the stages as Ray tasks. ``df.attrs["execution"]`` holds the
+    counts of stages needed and executed and the wall time; ``df.attrs["records"]`` the full result
+    records (per-class accuracy, config, images replaced under ``data.allow_corrupt`` …).
     """
-    p = plan(methods, dataset, backbone=backbone, seeds=seeds, overrides=overrides, config_files=config_files,
-             data_root=data_root, table=table)
+    if executor not in EXECUTORS:
+        raise ConfigError(f"Unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}.")
     if out is not None:
-        check_writable(Path(out))
+        validate.check_output(Path(out))
+    p = plan(methods, dataset, backbone=backbone, seeds=seeds, overrides=overrides, config_files=config_files,
+             data_root=data_root, table=table, progress=progress)
     t0 = time.time()
     infos = execute(p.targets, p.cache, executor="ray" if ray_address else executor, progress=progress,
                     ray_address=ray_address)

@@ -9,13 +9,25 @@ open_clip). Plugins may register more (the built-in world registers its tiny ``m
 
 Offline, a tag whose file is not cached is a clear error within seconds (a 3-second probe of
 the hub), naming the file, where it is published and where to put it: never a hang.
+
+No code runs from a weights file. A state dict (``.pt``, ``.pth``, ``.bin``) is read with
+``torch.load(weights_only=True)`` (through open_clip's loader), a ``.safetensors`` file with
+safetensors; a pickle holding anything but tensors and plain values is refused. A TorchScript
+archive (the format of OpenAI's ``.pt`` releases) is a program: loading one runs the code stored
+in it. It is converted only when it is one of OpenAI's releases, recognised by the SHA-256 that
+open_clip's table of pretrained weights publishes in their URLs (so ``RN50.pt`` as downloaded from
+OpenAI just works), or when the user opts in for a file they trust with
+``--set backbone.trust_torchscript=true``. :func:`check_weights_file` runs these checks before any
+work; :func:`convert_to_state_dict` runs them again where the file is read.
 """
 from __future__ import annotations
 
 import logging
 import os
+import pickle
 import socket
 import zipfile
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,9 +35,11 @@ from typing import Sequence
 import open_clip
 import torch
 from huggingface_hub import try_to_load_from_cache
+from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
 from .errors import ConfigError, LtrBenchError
+from .fingerprints import file_sha256
 from .registry import BACKBONES, WEIGHTS
 
 log = logging.getLogger(__name__)
@@ -102,6 +116,9 @@ def tokenizer(name: str):
 # --------------------------------------------------------------------------- weights resolution
 
 
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
 def _is_torchscript(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
@@ -110,14 +127,99 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
-def convert_to_state_dict(src: Path, dst: Path) -> None:
-    """Write ``src`` (OpenAI TorchScript .pt or any state dict open_clip reads) as a state dict."""
-    if _is_torchscript(src):
+def weights_format(path: Path) -> str:
+    """``safetensors``, ``torchscript`` or ``state_dict`` (a torch pickle, zip or legacy)."""
+    if Path(path).suffix == ".safetensors":
+        return "safetensors"
+    return "torchscript" if _is_torchscript(Path(path)) else "state_dict"
+
+
+@lru_cache(maxsize=1)
+def _openai_releases() -> dict[str, str]:
+    """SHA-256 → "model/tag" of OpenAI's TorchScript releases (open_clip's table puts each file's
+    SHA-256 in its URL, and checks it when it downloads one)."""
+    out: dict[str, str] = {}
+    for model, tag in open_clip.list_pretrained():
+        url = open_clip.get_pretrained_cfg(model, tag).get("url", "")
+        parts = url.split("/")
+        if "openaipublic" in url and len(parts) > 2 and len(parts[-2]) == 64:
+            out.setdefault(parts[-2], f"{model}/{tag}")
+    return out
+
+
+def official_release(path: Path) -> str | None:
+    """The OpenAI release ``path`` is, by its SHA-256, or None."""
+    return _openai_releases().get(file_sha256(path))
+
+
+def _refuse_torchscript(path: Path) -> LtrBenchError:
+    return LtrBenchError(
+        f"CLIP weights file {path} is a TorchScript archive that is not one of OpenAI's releases (its SHA-256 "
+        "matches none that open_clip publishes). Loading a TorchScript file runs the code stored in it, so "
+        "ltrbench does not load it unless told to. If you trust where the file comes from, pass "
+        "--set backbone.trust_torchscript=true; otherwise use an open_clip tag (--set backbone.pretrained=openai) "
+        "or a state dict (.pt/.bin saved with torch.save(model.state_dict()), or .safetensors)."
+    )
+
+
+def _unreadable(path: Path, e: BaseException) -> LtrBenchError:
+    text = str(e).lower()
+    if isinstance(e, pickle.UnpicklingError) and ("weights only" in text or "weights_only" in text):
+        why = ("it holds Python objects besides tensors, and unpickling those would run code stored in the file, "
+               "which ltrbench refuses")
+    else:
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'unreadable'}"
+    return LtrBenchError(
+        f"CLIP weights file {path} cannot be read as weights ({why}). Pass an open_clip state dict (a .pt/.bin "
+        "of tensors, or .safetensors), OpenAI's TorchScript release, or an open_clip tag such as "
+        "--set backbone.pretrained=openai."
+    )
+
+
+def _read_state_dict(path: Path, *, mmap: bool = False) -> dict:
+    """A state dict from a .safetensors file or a torch pickle of tensors (``weights_only``)."""
+    try:
+        if weights_format(path) == "safetensors":
+            return load_safetensors(str(path), device="cpu")
+        if mmap and zipfile.is_zipfile(path):
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+        else:
+            sd = open_clip.factory.load_state_dict(str(path), weights_only=True)
+    except Exception as e:  # torch.load and safetensors raise many types for a bad file
+        raise _unreadable(path, e) from None
+    if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
+        raise LtrBenchError(f"CLIP weights file {path} does not hold a state dict (a mapping of names to tensors). "
+                            "Pass an open_clip state dict, a .safetensors file or an open_clip tag.")
+    return sd
+
+
+def check_weights_file(path: Path, *, trust_torchscript: bool = False) -> str:
+    """Raise a :class:`LtrBenchError` unless ``path`` is a weights file ltrbench reads safely; return
+    its format. Cheap: a state dict is memory-mapped, not read (used before any work)."""
+    fmt = weights_format(path)
+    if fmt == "torchscript":
+        if not trust_torchscript and official_release(path) is None:
+            raise _refuse_torchscript(path)
+        return fmt
+    _read_state_dict(path, mmap=True)
+    return fmt
+
+
+def convert_to_state_dict(src: Path, dst: Path, *, trust_torchscript: bool = False) -> None:
+    """Write ``src`` (a state dict, a .safetensors file, or an OpenAI TorchScript release / a trusted
+    TorchScript file) as a float32 state dict of tensors at ``dst``."""
+    src = Path(src)
+    if weights_format(src) == "torchscript":
+        if not trust_torchscript and official_release(src) is None:
+            raise _refuse_torchscript(src)
         sd = torch.jit.load(str(src), map_location="cpu").state_dict()
         for k in ("input_resolution", "context_length", "vocab_size"):
             sd.pop(k, None)
     else:
-        sd = open_clip.factory.load_state_dict(str(src), weights_only=False)
+        sd = _read_state_dict(src)
+        if next(iter(sd)).startswith("module."):
+            sd = {k[len("module."):]: v for k, v in sd.items()}
     torch.save({k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, dst)
 
 
@@ -150,14 +252,27 @@ def _cached_tag_file(cfg: dict, cache_dir: str | None) -> Path | None:
     return None
 
 
-def resolve_pretrained(name: str, pretrained: str, cache_dir: str | None = None) -> Path:
-    """The local file behind ``pretrained`` (a file path, or an open_clip tag, downloaded if online)."""
+def is_weights_path(pretrained: str) -> bool:
+    """Whether ``backbone.pretrained`` names a file (a weights suffix or a path), not a tag."""
+    return Path(pretrained).suffix in WEIGHT_SUFFIXES or os.sep in pretrained
+
+
+def tag_available(name: str, pretrained: str, cache_dir: str | None = None) -> None:
+    """Raise what :func:`resolve_pretrained` would for a tag that is unknown, or not cached while
+    this machine is offline; download nothing (checked before any work)."""
+    resolve_pretrained(name, pretrained, cache_dir, download=False)
+
+
+def resolve_pretrained(name: str, pretrained: str, cache_dir: str | None = None, *, download: bool = True) -> Path:
+    """The local file behind ``pretrained`` (a file path, or an open_clip tag, downloaded if online).
+
+    ``download=False`` stops before downloading (the file's would-be path is returned)."""
     if pretrained in WEIGHTS:
         source = WEIGHTS.get(pretrained)
         raise LtrBenchError(f"backbone.pretrained={pretrained!r} is generated weights for the backbones "
                             f"{', '.join(source.backbones)} only; {name} needs an open_clip tag or a weights file.")
     path = Path(pretrained).expanduser()
-    if path.suffix in (".pt", ".pth", ".bin", ".safetensors") or os.sep in pretrained:
+    if is_weights_path(pretrained):
         if not path.is_file():
             raise LtrBenchError(
                 f"CLIP weights file {path} does not exist. Pass an OpenAI TorchScript .pt "
@@ -182,5 +297,7 @@ def resolve_pretrained(name: str, pretrained: str, cache_dir: str | None = None)
             f"Download {fname} from {url} and either put it at {where} or pass "
             f"--set backbone.pretrained=/path/to/{fname}."
         )
+    if not download:
+        return where
     log.info("downloading %s/%s with open_clip", name, pretrained)
     return Path(open_clip.download_pretrained(cfg, cache_dir=cache_dir))

@@ -109,7 +109,7 @@ class CheckReport:
             out.append(line)
             if not self.images_absent:
                 out += [f"      absent: {p}" for p in s.missing[:_SHOWN]]
-            out += [f"      unreadable: {p} ({why})" for p, why in s.corrupt[:_SHOWN]]
+            out += [f"      unreadable: {p} ({why})" for p, why in s.corrupt]  # each one: the files to replace
         out += ["", "Wiki corpus:"]
         w = self.wiki
         if w.folder is None:
@@ -160,8 +160,9 @@ def check_data(
 ) -> CheckReport:
     """Check a data root for ``dataset`` (a registered name or a plugin) and report what was found.
 
-    ``sample`` checks a seeded random sample of that many images per split on disk (and for
-    readability) instead of all. With ``allow_corrupt`` unreadable images are counted and listed
+    Every listed image is looked for on disk and fully decoded (threaded, with a bar when
+    ``progress``), as a run reads it; ``sample`` checks a seeded random sample of that many images
+    per split instead of all. With ``allow_corrupt`` unreadable images are counted and listed
     but do not make the root unusable.
     """
     plugin = dataset_plugin(dataset)
@@ -301,10 +302,10 @@ def _check_images(
                 f"{name}: {len(rep.missing):,} of {rep.checked:,} listed images checked are absent under "
                 f"{root} (e.g. {rep.missing[0]})."
             )
-        rep.corrupt = corrupt_images(root, pairs, sample, progress, desc=f"{name}: verifying images")
+        rep.corrupt = corrupt_images(root, pairs, sample, progress, desc=f"{name}: decoding images")
         if rep.corrupt:
             msg = (
-                f"{name}: {len(rep.corrupt):,} images cannot be read by PIL "
+                f"{name}: {len(rep.corrupt):,} images cannot be decoded "
                 f"(e.g. {rep.corrupt[0][0]}: {rep.corrupt[0][1]})."
             )
             (warnings if allow_corrupt else errors).append(

@@ -3,7 +3,8 @@
 Each command is argparse → the library (:func:`ltrbench.run`, :func:`ltrbench.results.load_results`,
 :func:`ltrbench.checkdata.check_data`) → rendering. Bad input (an unknown method or data set, a bad
 ``--set``, an unwritable output folder, a data root that fails its checks) is one paragraph on
-stderr and exit status 2, before any work starts and with nothing half-written.
+stderr and exit status 2, before any work starts and with nothing half-written; ``--debug`` adds
+the traceback (and ltrbench's log at DEBUG level).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Sequence
 
@@ -48,21 +50,27 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true",
+                        help="on an error, show the traceback too; log ltrbench's steps (DEBUG level)")
     p = argparse.ArgumentParser(
         prog="run_bench.py",
         description="ltrbench: long-tailed recognition methods on a common CLIP backbone. "
         "With no command, runs every method on the built-in world.",
     )
     sub = p.add_subparsers(dest="command")
-    run = sub.add_parser("run", help="run methods on a data set (the default command)")
+    run = sub.add_parser("run", parents=[common], help="run methods on a data set (the default command)")
     _add_run_args(run)
-    sub.add_parser("list", help="list registered methods, data sets and backbones")
-    cd = sub.add_parser("check-data", help="validate a data root before training")
+    sub.add_parser("list", parents=[common], help="list registered methods, data sets and backbones")
+    cd = sub.add_parser("check-data", parents=[common], help="validate a data root before training")
     cd.add_argument("--dataset", required=True)
     cd.add_argument("--data-root", required=True)
-    cd.add_argument("--sample", type=int, default=None, help="check only N random listed images")
+    cd.add_argument("--sample", type=int, default=None,
+                    help="look for and decode only N random listed images per split (default: all)")
     cd.add_argument("--allow-corrupt", action="store_true", help="count unreadable images instead of failing")
-    tb = sub.add_parser("tables", help="print the summary tables of a results folder, or a paper table with diffs")
+    cd.add_argument("--quiet", action="store_true", help="no progress bars")
+    tb = sub.add_parser("tables", parents=[common],
+                        help="print the summary tables of a results folder, or a paper table with diffs")
     tb.add_argument("--out", default="results")
     tb.add_argument("--table", type=int, default=None, help="render paper table N: ours, the paper's, the difference")
     tb.add_argument("--dataset", default=None, help="with --table: compare the results on this data set")
@@ -90,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["run", *argv]
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "debug", False):
+        logging.getLogger("ltrbench").setLevel(logging.DEBUG)
     # timm warns that a 1-epoch cosine is constant; tiny test runs do that on purpose.
     logging.getLogger("timm.scheduler.cosine_lr").setLevel(logging.ERROR)
     try:
@@ -105,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_report(args)
         return cmd_run(args)
     except LtrBenchError as e:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the output was piped into a program that stopped reading (head)
@@ -130,7 +142,10 @@ def cmd_list() -> int:
 
 
 def cmd_check_data(args) -> int:
-    report = check_data(args.dataset, Path(args.data_root), sample=args.sample, allow_corrupt=args.allow_corrupt)
+    if args.sample is not None and args.sample < 1:
+        raise LtrBenchError(f"--sample must be at least 1, got {args.sample}; leave it out to check every image.")
+    report = check_data(args.dataset, Path(args.data_root), sample=args.sample, allow_corrupt=args.allow_corrupt,
+                        progress=not args.quiet)
     print(report.render())
     return 0 if report.usable else 1
 
@@ -166,7 +181,9 @@ def cmd_run(args) -> int:
     print("\n" + md)
     tables = Path(args.out) / "tables"
     tables.mkdir(parents=True, exist_ok=True)
-    (tables / name).write_text(md)
+    tmp = tables / f".{name}.{os.getpid()}.tmp"  # atomic: two runs into one --out never mix a table
+    tmp.write_text(md)
+    os.replace(tmp, tables / name)
     print(f"results: {Path(args.out) / 'runs'}  table: {tables / name}")
     return 0
 

@@ -94,10 +94,15 @@ class DataConfig:
 @register_section("backbone")
 @dataclass(frozen=True)
 class BackboneConfig:
-    """An open_clip model: a name and a pretrained tag (``openai``) or a local checkpoint file."""
+    """An open_clip model: a name and a pretrained tag (``openai``) or a local checkpoint file.
+
+    ``trust_torchscript``: convert a TorchScript weights file that is not one of OpenAI's releases
+    (loading TorchScript runs code stored in the file; see ltrbench.backbones). Not in any key.
+    """
 
     name: str = "RN50"
     pretrained: str = "openai"
+    trust_torchscript: bool = False
 
 
 @dataclass(frozen=True)

@@ -25,3 +25,7 @@ class RegistryError(LtrBenchError):
 
 class PluginError(LtrBenchError):
     """A plugin file under methods/ or datasets/ failed to load."""
+
+
+class CacheError(LtrBenchError):
+    """A cached artifact is not (or no longer) a verified, loadable artifact of ltrbench."""

@@ -3,7 +3,8 @@
 This is the only module that imports ray. Both executors call the same plain function,
 :func:`ltrbench.stages.run_stage`, on picklable arguments (a stage and the cache path), so a
 stage never depends on running in the driver's process. A finished stage (its ``stage.json``
-exists) is skipped; a stage shared by several runs is one node and runs once.
+exists and its manifest verifies) is skipped; a stage shared by several runs is one node and runs
+once.
 """
 from __future__ import annotations
 
@@ -15,16 +16,20 @@ from typing import Any, Sequence
 from . import head_fit, stage_kinds  # noqa: F401  (the core stage kinds register themselves)
 from .errors import ConfigError
 from .registry import STAGES
-from .stages import Stage, is_done, read_info, run_stage, topological
+from .stages import Stage, read_info, run_stage, topological, verify
 
 log = logging.getLogger(__name__)
+
+EXECUTORS = ("inline", "ray")
 
 
 def execute(targets: Sequence[Stage], cache: Path, *, executor: str = "inline", progress: bool = True,
             ray_address: str | None = None) -> dict[str, dict[str, Any]]:
     """Run every stage the targets need; return ``{key: info}`` and, per stage, whether it ran."""
     order = topological(targets)
-    todo = [s for s in order if not is_done(cache, s)]
+    # Verified, not only present: a stage whose files fail their manifest is rebuilt (run_stage
+    # moves it aside under its lock); the hashes are computed once per process.
+    todo = [s for s in order if not verify(cache, s)]
     log.info("%d stages needed, %d cached, %d to run", len(order), len(order) - len(todo), len(todo))
     if executor == "inline":
         ran = _inline(todo, cache, progress)

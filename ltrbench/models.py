@@ -8,6 +8,7 @@ each other through the cache, never through the driver's memory.
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from .backbones import create_clip
+from .errors import CacheError
 
 
 class Classifier(nn.Module):
@@ -39,14 +41,26 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 def load_model(folder: Path, device: torch.device | str = "cpu", image_size: int | None = None) -> nn.Module:
     """Rebuild the model an artifact folder describes (a CLIP model or a Classifier), its image
-    tower built for ``image_size`` px inputs (None: the backbone's own size)."""
+    tower built for ``image_size`` px inputs (None: the backbone's own size).
+
+    Weights are read as tensors only (``weights_only=True``, here and in open_clip's loader): a
+    checkpoint replaced by a pickle of anything else, even with a matching manifest, is refused
+    with an error naming the folder, and nothing in it runs.
+    """
     folder = Path(folder)
     man = read_manifest(folder)
-    if man["type"] == "clip":
-        return create_clip(man["backbone"], folder / man["checkpoint"], device=device, image_size=image_size)
-    if man["type"] == "classifier":
-        clip = create_clip(man["backbone"], None, device="cpu", image_size=image_size)
-        model = Classifier(clip.visual, man["embed_dim"], man["num_classes"])
-        model.load_state_dict(torch.load(folder / man["checkpoint"], map_location="cpu", weights_only=True))
-        return model.to(device)
+    try:
+        if man["type"] == "clip":
+            return create_clip(man["backbone"], folder / man["checkpoint"], device=device, image_size=image_size)
+        if man["type"] == "classifier":
+            clip = create_clip(man["backbone"], None, device="cpu", image_size=image_size)
+            model = Classifier(clip.visual, man["embed_dim"], man["num_classes"])
+            model.load_state_dict(torch.load(folder / man["checkpoint"], map_location="cpu", weights_only=True))
+            return model.to(device)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError) as e:
+        raise CacheError(
+            f"The model in {folder} cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]}). Its "
+            "files match their manifest, so they were replaced deliberately or by another program; nothing in "
+            f"them was run. Delete {folder} and run again to rebuild it."
+        ) from None
     raise ValueError(f"{folder}/model.json: unknown model type {man['type']!r}")

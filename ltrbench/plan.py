@@ -1,8 +1,9 @@
 """The plan: requests → runs → stages.
 
-A :class:`RunSpec` is one (method, dataset, backbone, seed, variant) cell. :func:`plan_runs`
-resolves each run's configuration (the variant's ``--set`` overrides on top of the user's) and
-asks its method plugin for the run's final ``evaluate`` stage. The method builds its graph with
+A :class:`RunSpec` is one (method, dataset, backbone, seed, variant) cell. :func:`resolve_configs`
+resolves each run's configuration (the variant's ``--set`` overrides on top of the user's), which
+:mod:`ltrbench.validate` checks; :func:`plan_runs` then reads each run's data set and asks its
+method plugin for the run's final ``evaluate`` stage. The method builds its graph with
 the :class:`RunContext` helpers below (and its family's own, e.g. ``methods/_cvlp.py``), so equal
 prerequisites (one CLIP, one stage-1 model for four decoupled heads, one CVLP for Table 4's rows)
 get equal keys and run once.
@@ -10,10 +11,9 @@ get equal keys and run once.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 from . import stage_kinds  # noqa: F401  (registers the core stage kinds the helpers below plan)
 from .backbones import check_input_size
@@ -22,6 +22,7 @@ from .data.base import LTDataset
 from .data.loaders import DatasetRef, ImageSettings, resolve_dataset
 from .data.samplers import sampler_key
 from .errors import ConfigError
+from .fingerprints import file_sha256
 from .registry import BACKBONES, LOSSES, METHODS, WEIGHTS
 from .stages import Stage
 
@@ -96,12 +97,8 @@ class RunContext:
     def clip_weights(self) -> Stage:
         """The backbone's starting weights: a tag or file, or a registered weights source's."""
         b = self.cfg.backbone
-        conf: dict[str, Any] = {"backbone": b.name, "pretrained": b.pretrained}
-        if b.pretrained in WEIGHTS:
-            conf.update(WEIGHTS.get(b.pretrained).key(self.cfg))
-        elif Path(b.pretrained).expanduser().is_file():
-            conf["file"] = _file_fingerprint(Path(b.pretrained).expanduser())
-        return Stage("clip_weights", conf, (), self.env(), label=f"{b.name}/{Path(b.pretrained).name}")
+        env = self.env(**({"trust_torchscript": True} if b.trust_torchscript else {}))
+        return clip_weights_stage(self.cfg, env)
 
     def finetune(self, src: Stage, train: TrainConfig, label: str, *, loss: str = "ce",
                  loss_params: dict[str, Any] | None = None, **extra: Any) -> Stage:
@@ -172,14 +169,17 @@ def _default_pretrained(cfg: BenchConfig, overrides: Sequence[str]) -> BenchConf
     return cfg
 
 
-def _file_fingerprint(path: Path) -> str:
-    """Size + hash of the first and last MiB: cheap, and enough to tell weight files apart."""
-    h = hashlib.sha256(str(path.stat().st_size).encode())
-    with path.open("rb") as f:
-        h.update(f.read(1 << 20))
-        f.seek(max(0, path.stat().st_size - (1 << 20)))
-        h.update(f.read(1 << 20))
-    return h.hexdigest()[:16]
+def clip_weights_stage(cfg: BenchConfig, env: Mapping[str, Any] | None = None) -> Stage:
+    """The ``clip_weights`` stage of a configuration. Its key needs no data set, so validation can
+    ask whether it is cached before anything else is resolved. A weights file enters the key by the
+    SHA-256 of its whole content (:func:`ltrbench.fingerprints.file_sha256`)."""
+    b = cfg.backbone
+    conf: dict[str, Any] = {"backbone": b.name, "pretrained": b.pretrained}
+    if b.pretrained in WEIGHTS:
+        conf.update(WEIGHTS.get(b.pretrained).key(cfg))
+    elif Path(b.pretrained).expanduser().is_file():
+        conf["file"] = file_sha256(Path(b.pretrained).expanduser())
+    return Stage("clip_weights", conf, (), dict(env or {}), label=f"{b.name}/{Path(b.pretrained).name}")
 
 
 @dataclass
@@ -190,21 +190,30 @@ class PlannedRun:
     ctx: RunContext = field(repr=False)
 
 
-def plan_runs(
+def resolve_configs(
     specs: Sequence[RunSpec],
     *,
     files: Sequence[str] = (),
     overrides: Sequence[str] = (),
     data_root: str | None = None,
-) -> list[PlannedRun]:
-    """Resolve every run's config and stages. Raises a user-facing error before anything runs."""
-    out: list[PlannedRun] = []
+) -> list[tuple[RunSpec, BenchConfig]]:
+    """Every run's fully resolved configuration (defaults → YAML → files → overrides → the run's own)."""
+    out = []
     for spec in specs:
-        method = METHODS.get(spec.method)()
+        METHODS.get(spec.method)
         extra = [f"data.root={data_root}"] if data_root else []
         cfg = load_config(spec.dataset, spec.backbone, files, [*overrides, *extra, *spec.overrides])
-        cfg = _default_pretrained(cfg, overrides)
-        ref, ds = resolve_dataset(spec.dataset, cfg)
+        out.append((spec, _default_pretrained(cfg, overrides)))
+    return out
+
+
+def plan_runs(resolved: Sequence[tuple[RunSpec, BenchConfig]], *, progress: bool = False) -> list[PlannedRun]:
+    """Resolve every run's data set and stages (the data set is read, the built-in world generated
+    on first use, with a bar when ``progress``). Raises a user-facing error before anything runs."""
+    out: list[PlannedRun] = []
+    for spec, cfg in resolved:
+        method = METHODS.get(spec.method)()
+        ref, ds = resolve_dataset(spec.dataset, cfg, progress=progress)
         img = ImageSettings.resolve(cfg, cfg.backbone.name)
         check_input_size(cfg.backbone.name, img.image_size)
         ctx = RunContext(spec, cfg, ref, ds, img)

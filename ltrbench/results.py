@@ -23,7 +23,6 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 import torch
 
-from .errors import LtrBenchError
 from .metrics import BUCKETS, CONVENTIONS
 from .plan import PlannedRun
 from .stages import artifact_dir, topological
@@ -73,18 +72,6 @@ def result_filename(rec: Mapping[str, Any]) -> str:
             f"__seed{rec['seed']}__{rec['run_key']}.json")
 
 
-def check_writable(out: Path) -> None:
-    """Fail before any work when the output folder cannot be written."""
-    try:
-        (out / "runs").mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out / "runs", prefix=".probe-"):
-            pass
-    except OSError as e:
-        raise LtrBenchError(
-            f"Output folder {out} cannot be written ({e.strerror or e}). Pass --out DIR with a writable folder."
-        ) from None
-
-
 def write_result(out: Path, rec: Mapping[str, Any]) -> Path:
     missing = [k for k in REQUIRED_KEYS if k not in rec]
     if missing:
@@ -110,10 +97,12 @@ def build_record(run: PlannedRun, infos: Mapping[str, Mapping[str, Any]], cache:
 
     The evaluate stage's ``result.json`` gives the metrics; the rest is provenance: the resolved
     config, the effective lr and batch size of every training stage, the stages with their times,
-    versions, git revision and device.
+    the images replaced under ``data.allow_corrupt`` (``replaced_images``: path, label, the image
+    read instead, why), versions, git revision and device.
     """
     res = json.loads((artifact_dir(cache, run.target) / "result.json").read_text())
     stages = topological([run.target])
+    replaced = {r["path"]: r for s in stages for r in infos[s.key].get("replaced_images", [])}
     effective = {s.label or s.kind: {"effective_lr": infos[s.key]["effective_lr"],
                                      "effective_batch_size": infos[s.key]["effective_batch_size"]}
                  for s in stages if infos[s.key].get("effective_lr") is not None}
@@ -133,6 +122,8 @@ def build_record(run: PlannedRun, infos: Mapping[str, Mapping[str, Any]], cache:
         "eval_split": res["eval_split"],
         "num_eval": res["num_eval"],
         "info": res.get("info", {}),
+        # data.allow_corrupt: every unreadable image a stage of this run replaced (by one of its class)
+        "replaced_images": [replaced[p] for p in sorted(replaced)],
         "config": run.cfg.to_dict(),
         "overrides": list(run.spec.overrides),
         "effective": effective,

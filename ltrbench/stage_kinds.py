@@ -28,10 +28,12 @@ from tqdm.auto import tqdm
 from .backbones import BACKBONES, convert_to_state_dict, resolve_pretrained, tokenizer
 from .config import TrainConfig, from_dict
 from .data.loaders import DatasetRef, ImageSettings, eval_loader, open_dataset, train_loader
+from .errors import LtrBenchError
+from .fingerprints import file_sha256
 from .metrics import summarize
 from .models import Classifier, load_model, read_manifest, write_manifest
 from .registry import LOSSES, METHODS, WEIGHTS
-from .stages import StageContext, stage_kind
+from .stages import Reads, StageContext, stage_kind
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,11 @@ def clip_weights(ctx: StageContext) -> dict[str, Any]:
         info = WEIGHTS.get(cfg["pretrained"]).build(ctx, out)
     else:
         src = resolve_pretrained(cfg["backbone"], cfg["pretrained"])
-        convert_to_state_dict(src, out)
+        if "file" in cfg and file_sha256(src) != cfg["file"]:
+            raise LtrBenchError(f"CLIP weights file {src} changed after the run was planned (its SHA-256 is no "
+                                "longer the one in this stage's key); run again to plan with the new file.")
+        # env, not the key: trusting a file changes whether it is read, never what it holds
+        convert_to_state_dict(src, out, trust_torchscript=bool(ctx.env.get("trust_torchscript")))
         info = {"source": str(src)}
     write_manifest(ctx.out, type="clip", backbone=cfg["backbone"], checkpoint="weights.pt")
     return info
@@ -103,7 +109,7 @@ class ClassifierTask:
         return None
 
 
-@stage_kind("finetune", version="1", gpus=1.0)
+@stage_kind("finetune", version="1", gpus=1.0, reads=lambda c: Reads(splits=("train",)))
 def finetune(ctx: StageContext) -> dict[str, Any]:
     cfg = from_dict(TrainConfig, ctx.config["train"])
     loss = ctx.config.get("loss", {"name": "ce"})
@@ -163,7 +169,7 @@ def first_per_class(labels: np.ndarray, n: int | None) -> np.ndarray | None:
     return np.asarray(keep, dtype=np.int64)
 
 
-@stage_kind("features", version="1", gpus=0.5)
+@stage_kind("features", version="1", gpus=0.5, reads=lambda c: Reads(splits=(c["split"],)))
 def features(ctx: StageContext) -> dict[str, Any]:
     """The split's images once through the evaluation loader (the feature cache), or, with a
     ``draw`` in the config, one pass of a training loader over them: N draws by ``draw.sampler``
@@ -208,7 +214,7 @@ def encode_texts(clip: nn.Module, backbone: str, sentences: list[str], dev: torc
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
-@stage_kind("text_features", version="1", gpus=0.5)
+@stage_kind("text_features", version="1", gpus=0.5, reads=lambda c: Reads(corpus=c["source"]))
 def text_features(ctx: StageContext) -> dict[str, Any]:
     ds = dataset_of(ctx)
     corpus = ds.corpus(ctx.config["source"])

@@ -24,6 +24,17 @@ training stage. Every stage also leaves ``log.txt``: the library's log lines whi
 
 The stage key seeds the stage's random generators (:func:`run_stage`): a result depends on the
 stage's content only, never on what ran before it in the process.
+
+Integrity: ``stage.json`` holds a manifest of every other file of the artifact (size and SHA-256,
+``"files"``) and a hash of its own content (``"stage_sha256"``). A stage is done only when its
+manifest verifies: sizes on every check, full hashes the first time a process uses the stage
+(:func:`verify`). A stage that fails (a flipped byte, a truncated file, a folder without
+``stage.json``, or a ``stage.json`` written before manifests existed: unverifiable content is
+never trusted) is reported in one warning naming its kind, key and folder, moved aside to
+``<key>.corrupt-<time>`` and rebuilt; the run goes on. Hashing never changes a key. Nothing in
+the cache is ever unpickled (:mod:`ltrbench.train`, :mod:`ltrbench.models` load tensors only), so
+someone who can write a shared cache can change numbers, which the manifest catches when it is
+accidental, but cannot run code.
 """
 from __future__ import annotations
 
@@ -34,41 +45,66 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: stages are built without a lock
     fcntl = None  # type: ignore[assignment]
 
+from .data.images import recording_replacements
+from .errors import CacheError
+from .fingerprints import sha256_file
 from .registry import STAGES
 from .train import FitResult, TrainTask, fit, seed_everything
 
 log = logging.getLogger(__name__)
 
+STAGE_JSON = "stage.json"
+#: Seconds between the "still waiting" lines printed while another process holds a stage's lock.
+HEARTBEAT_S = 30.0
+_LOCK_POLL_S = 0.5
+#: Artifact folders whose full hashes verified in this process: (folder, stage.json's content
+#: hash). Sizes are still checked on every use; hashing everything again is what this saves.
+_VERIFIED: set[tuple[str, str]] = set()
+
+
+@dataclass(frozen=True)
+class Reads:
+    """What a stage reads of its data set besides the split lists (which planning reads and checks):
+    the images of ``splits``, and the text corpus of source ``corpus`` (``wiki_prompt`` reads the
+    wiki files). :mod:`ltrbench.validate` checks exactly these before any stage runs."""
+
+    splits: tuple[str, ...] = ()
+    corpus: str | None = None
+
 
 @dataclass(frozen=True)
 class StageKind:
-    """A registered stage kind: the function, its code version and the resources it asks for."""
+    """A registered stage kind: the function, its code version, the resources it asks for, and
+    what it reads of its data set (``reads(config) -> Reads``; None: nothing but the lists)."""
 
     name: str
     fn: Callable[["StageContext"], Mapping[str, Any] | None]
     version: str = "1"
     gpus: float = 0.0  # fraction of a GPU asked of the scheduler when GPUs exist
+    reads: Callable[[Mapping[str, Any]], Reads] | None = None
 
 
-def stage_kind(name: str, version: str = "1", gpus: float = 0.0):
+def stage_kind(name: str, version: str = "1", gpus: float = 0.0,
+               reads: Callable[[Mapping[str, Any]], Reads] | None = None):
     """Decorator registering ``fn(ctx) -> info`` as the stage kind ``name``.
 
     Bump ``version`` when the code's output changes, so cached artifacts are not reused.
     """
 
     def deco(fn):
-        STAGES.add(name, StageKind(name, fn, version, gpus))
+        STAGES.add(name, StageKind(name, fn, version, gpus, reads))
         return fn
 
     return deco
@@ -201,11 +237,100 @@ def artifact_dir(cache: Path, stage: Stage) -> Path:
 
 
 def is_done(cache: Path, stage: Stage) -> bool:
-    return (artifact_dir(cache, stage) / "stage.json").is_file()
+    """Whether the stage's artifact is complete as far as cheap checks tell (its ``stage.json``
+    and manifest, and every file's size); no hashing, no side effect (``Plan.to_frame``)."""
+    return check_artifact(cache, stage, full=False).problem is None
+
+
+def verify(cache: Path, stage: Stage) -> bool:
+    """Whether the stage's artifact is complete and verified: sizes always, SHA-256 of every file
+    the first time this process uses it. No side effect: a failing stage is moved aside and rebuilt
+    by :func:`run_stage`, under the stage's lock."""
+    return check_artifact(cache, stage, full=True).problem is None
 
 
 def read_info(cache: Path, stage: Stage) -> dict[str, Any]:
-    return json.loads((artifact_dir(cache, stage) / "stage.json").read_text())
+    return json.loads((artifact_dir(cache, stage) / STAGE_JSON).read_text())
+
+
+def _info_hash(info: Mapping[str, Any]) -> str:
+    """The hash of a stage.json's content (itself left out), over its JSON form (what is read back)."""
+    return hashlib.sha256(_canonical({k: v for k, v in info.items() if k != "stage_sha256"}).encode()).hexdigest()
+
+
+def file_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"size", "sha256"}}`` of every file under ``folder`` but ``stage.json``."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in sorted(Path(folder).rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if rel in (STAGE_JSON, STAGE_JSON + ".tmp") or not p.is_file():
+            continue
+        out[rel] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
+    return out
+
+
+def _unsafe_rel(rel: str) -> bool:
+    return rel.startswith("/") or ".." in Path(rel).parts
+
+
+class ArtifactCheck(NamedTuple):
+    """What :func:`check_artifact` found: ``problem`` is None when the artifact verifies; else it
+    says what is wrong, and ``aside`` how a folder that is there is to be moved aside (``corrupt``,
+    or ``unverified`` for one without a manifest); None when there is no folder."""
+
+    problem: str | None
+    aside: str | None = None
+
+
+def check_artifact(cache: Path, stage: Stage, *, full: bool) -> ArtifactCheck:
+    """Check a stage's artifact folder against its manifest. ``full``: hash every file unless this
+    process verified this very artifact before (sizes are checked every time)."""
+    final = artifact_dir(cache, stage)
+    meta = final / STAGE_JSON
+    if not meta.is_file():
+        if final.exists():
+            return ArtifactCheck("the folder has no stage.json (an interrupted or foreign write)", "corrupt")
+        return ArtifactCheck("not built")
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8, not JSON
+        return ArtifactCheck(f"its stage.json cannot be read ({e})", "corrupt")
+    files = info.get("files") if isinstance(info, dict) else None
+    if not isinstance(files, dict) or "stage_sha256" not in info:
+        return ArtifactCheck("its stage.json has no manifest of its files (written by an older ltrbench), so its "
+                             "content cannot be verified", "unverified")
+    if info.get("key") != stage.key or info.get("kind") != stage.kind:
+        return ArtifactCheck(f"its stage.json belongs to {info.get('kind')}/{info.get('key')}", "corrupt")
+    for rel, want in files.items():
+        if _unsafe_rel(rel) or not isinstance(want, dict):
+            return ArtifactCheck(f"its manifest names {rel!r}, which is not a file of the folder", "corrupt")
+        try:
+            size = (final / rel).stat().st_size
+        except OSError:
+            return ArtifactCheck(f"{rel} is missing", "corrupt")
+        if size != want.get("size"):
+            return ArtifactCheck(f"{rel} has {size} bytes where its manifest says {want.get('size')}", "corrupt")
+    token = (str(final), str(info["stage_sha256"]))
+    if not full or token in _VERIFIED:
+        return ArtifactCheck(None)
+    if _info_hash(info) != info["stage_sha256"]:
+        return ArtifactCheck("its stage.json does not match its own hash (it was changed)", "corrupt")
+    for rel, want in files.items():
+        if sha256_file(final / rel) != want.get("sha256"):
+            return ArtifactCheck(f"{rel} does not match the SHA-256 in its manifest (its content changed)", "corrupt")
+    _VERIFIED.add(token)
+    return ArtifactCheck(None)
+
+
+def _quarantine(final: Path, stage: Stage, found: ArtifactCheck) -> None:
+    """Move a failing artifact folder aside (never delete what may be evidence) and say so once."""
+    aside = final.with_name(f"{final.name}.{found.aside}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    try:
+        os.replace(final, aside)
+    except FileNotFoundError:  # another process moved it first
+        return
+    log.warning("stage %s (kind %s, key %s): %s. Moved %s aside to %s (delete it when no longer needed); "
+                "rebuilding the stage.", stage.describe(), stage.kind, stage.key, found.problem, final, aside.name)
 
 
 def topological(targets: Iterable[Stage]) -> list[Stage]:
@@ -227,42 +352,64 @@ def topological(targets: Iterable[Stage]) -> list[Stage]:
 
 
 def run_stage(stage: Stage, cache: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
-    """Build one stage's artifact unless it exists; return its ``stage.json`` info.
+    """Build one stage's artifact unless a verified one exists; return its ``stage.json`` info.
 
     A plain function of picklable arguments: the inline executor calls it directly and the Ray
     executor calls it inside a task (the stage registry loads the plugins, whose kinds it needs).
+    An artifact that fails verification is moved aside and rebuilt (see the module docstring).
     """
     cache = Path(cache)
     final = artifact_dir(cache, stage)
-    if (final / "stage.json").is_file():
-        return json.loads((final / "stage.json").read_text())
+    if verify(cache, stage):
+        return read_info(cache, stage)
     final.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(final.with_name(final.name + ".lock"), stage):
-        if (final / "stage.json").is_file():  # another process built it while we waited
-            return json.loads((final / "stage.json").read_text())
+        found = check_artifact(cache, stage, full=True)
+        if found.problem is None:  # another process built it while we waited
+            return read_info(cache, stage)
+        if found.aside:
+            _quarantine(final, stage, found)
         return _build(stage, cache, final, progress)
+
+
+def _say(msg: str) -> None:
+    # Printed, not logged: a wait on another process is not a problem (no warning), but a user who
+    # sees nothing happen must be told why, at any logging level, and in Ray workers' output too.
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _holder(fh) -> str:
+    fh.seek(0)
+    parts = fh.read().split()
+    if len(parts) >= 2:
+        return f"pid {parts[0]} on {parts[1]}"
+    return "another process (its pid is not written yet)"
 
 
 @contextlib.contextmanager
 def _build_lock(path: Path, stage: Stage):
     """One builder per stage key: two processes sharing a cache (two runs, Ray workers on one
-    machine) would otherwise train into the same ``.partial`` folder. The second waits, then finds
-    the artifact done. ``flock`` is advisory and per machine; on network storage it holds where the
-    file system supports it (NFSv4, Lustre), and the final rename keeps one result either way."""
+    machine) would otherwise train into the same ``.partial`` folder. The second waits, saying at
+    once which stage it waits for and which process holds it (the holder writes its pid and host
+    into the lock file), then every :data:`HEARTBEAT_S` seconds; then it finds the artifact done.
+    ``flock`` is advisory and per machine; on network storage it holds where the file system
+    supports it (NFSv4, Lustre), and the final rename keeps one result either way. A lock file
+    left by a dead process holds no lock (the kernel releases it with the process)."""
     if fcntl is None:
         yield
         return
     with open(path, "a+") as fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("stage %s: another process is building it; waiting", stage.describe())
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            _acquire(fh, stage)
         except OSError as e:  # a file system without locks (some network mounts): build unlocked
             log.warning("stage %s: cannot lock %s (%s); building without a lock", stage.describe(), path, e)
             yield
             return
         try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()} {socket.gethostname()}\n")
+            fh.flush()
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
@@ -322,13 +469,51 @@ def stage_log(path: Path):
         to_file.close()
 
 
+def _acquire(fh, stage: Stage) -> None:
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    holder = _holder(fh)
+    _say(f"waiting for stage {stage.describe()} ({stage.kind} {stage.key}): {holder} is building it")
+    t0 = time.monotonic()
+    beat = t0 + HEARTBEAT_S
+    while True:
+        time.sleep(_LOCK_POLL_S)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            now = time.monotonic()
+            if now >= beat:
+                _say(f"still waiting for stage {stage.describe()} ({_holder(fh)}), {now - t0:.0f} s so far")
+                beat = now + HEARTBEAT_S
+
+
+def _clear_partial(partial: Path) -> None:
+    """Keep only ``work/`` (resume checkpoints) of a ``.partial`` folder left by an earlier attempt:
+    whatever else is there is a half-written artifact, never part of the new one."""
+    for child in partial.iterdir():
+        if child.name == "work":
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 def _build(stage: Stage, cache: Path, final: Path, progress: bool) -> dict[str, Any]:
     partial = final.with_name(final.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
+    _clear_partial(partial)
     inputs = [artifact_dir(cache, s) for s in stage.inputs]
-    for s, p in zip(stage.inputs, inputs):
-        if not (p / "stage.json").is_file():
-            raise RuntimeError(f"stage {stage.describe()} started before its input {s.describe()} finished")
+    for s in stage.inputs:
+        problem = check_artifact(cache, s, full=True).problem
+        if problem is not None:
+            raise CacheError(f"stage {stage.describe()} cannot start: its input {s.describe()} "
+                             f"({artifact_dir(cache, s)}) is not a verified artifact: {problem}. Run again: "
+                             "the input is then checked and rebuilt first.")
     kind = STAGES.get(stage.kind)
     with stage_log(partial / "log.txt"):
         log.info("stage %s: computing (key %s)", stage.describe(), stage.key)
@@ -337,9 +522,13 @@ def _build(stage: Stage, cache: Path, final: Path, progress: bool) -> dict[str, 
         seed_everything(int(stage.key[:8], 16))
         t0 = time.time()
         ctx = StageContext(stage, partial, cache, inputs, progress)
-        extra = kind.fn(ctx) or {}
-        log.info("stage %s: done in %.1f s", stage.describe(), time.time() - t0)
+        with recording_replacements() as replaced:
+            extra = kind.fn(ctx) or {}
+        elapsed = time.time() - t0
+        log.info("stage %s: done in %.1f s", stage.describe(), elapsed)
     shutil.rmtree(ctx.work, ignore_errors=True)  # resume checkpoints: only needed until done
+    t_hash = time.perf_counter()
+    files = file_manifest(partial)
     info = {
         "kind": stage.kind,
         "key": stage.key,
@@ -347,19 +536,26 @@ def _build(stage: Stage, cache: Path, final: Path, progress: bool) -> dict[str, 
         "version": kind.version,
         "config": stage.config,
         "inputs": [s.key for s in stage.inputs],
-        "elapsed_s": round(time.time() - t0, 3),
+        "elapsed_s": round(elapsed, 3),
         "host": socket.gethostname(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **dict(extra),
+        **({"replaced_images": [replaced[p] for p in sorted(replaced)]} if replaced else {}),
+        "files": files,
+        "manifest_s": round(time.perf_counter() - t_hash, 4),  # hashing time (bench/integrity.py)
     }
-    tmp = partial / "stage.json.tmp"
-    tmp.write_text(json.dumps(info, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, partial / "stage.json")
+    info = json.loads(json.dumps(info, default=str))  # exactly what is read back, hashed below
+    info["stage_sha256"] = _info_hash(info)
+    tmp = partial / (STAGE_JSON + ".tmp")
+    tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
+    os.replace(tmp, partial / STAGE_JSON)
     try:
         os.replace(partial, final)
     except OSError:
         # Another worker finished the same key first (shared storage): keep theirs.
-        if not (final / "stage.json").is_file():
+        if not (final / STAGE_JSON).is_file():
             raise
         shutil.rmtree(partial, ignore_errors=True)
-    return json.loads((final / "stage.json").read_text())
+        return read_info(cache, stage)
+    _VERIFIED.add((str(final), info["stage_sha256"]))  # hashed just now
+    return info

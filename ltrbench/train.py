@@ -6,11 +6,15 @@ What the loop owns: the optimiser (AdamW or SGD), timm's cosine schedule stepped
 ``schedule_shift``), mixed precision on CUDA (``train.amp``: bf16 autocast, or fp16 autocast with
 ``torch.amp.GradScaler`` as the official codes run), the per-epoch sampler reseed, a checkpoint
 every epoch (``last.pt``, written atomically) and resume from it, optional best-epoch selection
-on val, and a progress bar. Weight decay is 0 for 1-D tensors and biases, as timm's
+on val, and a progress bar. Checkpoints hold tensors and plain values only and are read with
+``torch.load(weights_only=True)``: a file planted in a shared cache cannot run code. A resume
+checkpoint that cannot be read or applied (truncated, foreign, tampered with) is discarded with a
+warning and the training restarts from epoch 0, exactly as a fresh run. Weight decay is 0 for 1-D tensors and biases, as timm's
 ``param_groups_weight_decay`` does in the official code (a 0-D ``logit_scale`` is decayed).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
@@ -27,9 +31,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
-from .errors import ConfigError
+from .errors import ConfigError, LtrBenchError
 
 log = logging.getLogger(__name__)
+
+#: The optimisers :func:`build_optimizer` knows (``train.optimizer``).
+OPTIMIZERS = ("adamw", "sgd")
 
 
 class TrainTask(Protocol):
@@ -88,7 +95,7 @@ def build_optimizer(task: TrainTask, cfg: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, lr=cfg.effective_lr, betas=(0.9, 0.999), eps=1e-8)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.effective_lr, momentum=cfg.momentum)
-    raise ConfigError(f"Unknown optimizer {cfg.optimizer!r}; use adamw or sgd.")
+    raise ConfigError(f"Unknown optimizer {cfg.optimizer!r}; use one of {', '.join(OPTIMIZERS)}.")
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> CosineLRScheduler:
@@ -176,6 +183,35 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _safe_load(path: Path) -> Any:
+    """A checkpoint of ours: tensors and plain values only; a pickle of anything else is refused."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+_RESUME_KEYS = ("module", "optimizer", "rng", "py_rng", "epoch", "history")
+
+
+def _read_resume(ckpt_dir: Path, select_best: bool) -> dict[str, Any]:
+    """The resume state in ``ckpt_dir`` (``last.pt``, and ``best.pt`` when the recipe selects the
+    best epoch); raises on anything that is not one of our checkpoints."""
+    state = _safe_load(ckpt_dir / "last.pt")
+    if not isinstance(state, dict) or any(k not in state for k in _RESUME_KEYS):
+        raise ValueError("not a training checkpoint of ltrbench (keys missing)")
+    if select_best and state.get("best_epoch") is not None:
+        best = _safe_load(ckpt_dir / "best.pt")  # a resumed run loads it at the end: it must load now
+        if not isinstance(best, dict):
+            raise ValueError("best.pt is not a state dict")
+        state["best_module"] = best
+    return state
+
+
+def _discard(ckpt_dir: Path, desc: str, error: BaseException) -> None:
+    log.warning("%s: the resume checkpoint in %s cannot be used (%s: %s); it is discarded and the "
+                "training restarts from epoch 1.", desc, ckpt_dir, type(error).__name__, str(error).splitlines()[0][:300])
+    for name in ("last.pt", "best.pt", "last.pt.tmp", "best.pt.tmp"):
+        (ckpt_dir / name).unlink(missing_ok=True)
+
+
 def fit(
     task: TrainTask,
     loader: DataLoader,
@@ -198,31 +234,46 @@ def fit(
     """
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(seed)
-    opt = build_optimizer(task, cfg)
-    sched = build_scheduler(opt, cfg)
     # Autocast is CUDA-only here: CPU bf16 autocast is slow and changes results on a laptop.
     amp = cfg.amp_mode if device.type == "cuda" else "off"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    # fp16 needs loss scaling against gradient underflow (the official NativeScaler); bf16 has
-    # fp32's exponent range and needs none. A disabled scaler is a pass-through.
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
-    result = FitResult(effective_lr=cfg.effective_lr, effective_batch_size=cfg.batch_size,
-                       selected_best=cfg.select_best, amp=amp)
-    start = 0
     last = ckpt_dir / "last.pt"
+    resume = None
     if last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=False)
-        task.module.load_state_dict(state["module"])
-        opt.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"])
-        random.setstate(state["py_rng"])
-        result.history = state["history"]
-        result.best_epoch, result.best_score = state.get("best_epoch"), state.get("best_score")
-        start = result.resumed_from = state["epoch"] + 1
-        log.info("%s: resuming after epoch %d from %s", desc, state["epoch"], last)
+        try:
+            resume = _read_resume(ckpt_dir, cfg.select_best)
+        except Exception as e:  # torch.load's errors are many (UnpicklingError, RuntimeError, EOFError ...)
+            _discard(ckpt_dir, desc, e)
+    initial = copy.deepcopy(task.module.state_dict()) if resume is not None else None
+    for attempt in ("resume", "fresh") if resume is not None else ("fresh",):
+        seed_everything(seed)
+        opt = build_optimizer(task, cfg)
+        sched = build_scheduler(opt, cfg)
+        # fp16 needs loss scaling against gradient underflow (the official NativeScaler); bf16 has
+        # fp32's exponent range and needs none. A disabled scaler is a pass-through.
+        scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+        result = FitResult(effective_lr=cfg.effective_lr, effective_batch_size=cfg.batch_size,
+                           selected_best=cfg.select_best, amp=amp)
+        start = 0
+        if attempt == "fresh":
+            (ckpt_dir / "best.pt").unlink(missing_ok=True)  # a fresh run has no best epoch yet: not ours
+            break
+        try:
+            task.module.load_state_dict(resume["module"])
+            opt.load_state_dict(resume["optimizer"])
+            if resume.get("scaler"):
+                scaler.load_state_dict(resume["scaler"])
+            torch.set_rng_state(resume["rng"])
+            random.setstate(resume["py_rng"])
+            result.history = list(resume["history"])
+            result.best_epoch, result.best_score = resume.get("best_epoch"), resume.get("best_score")
+            start = result.resumed_from = int(resume["epoch"]) + 1
+            log.info("%s: resuming after epoch %d from %s", desc, resume["epoch"], last)
+            break
+        except Exception as e:  # a checkpoint of another model or recipe: start afresh, as a new run would
+            task.module.load_state_dict(initial)
+            _discard(ckpt_dir, desc, e)
+    del resume, initial
     t0 = time.time()
     sampler = loader.sampler
     for epoch in range(start, cfg.epochs):
@@ -274,6 +325,12 @@ def fit(
         if on_epoch is not None:
             on_epoch(epoch, row)
     if cfg.select_best and (ckpt_dir / "best.pt").is_file():
-        task.module.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=False))
+        try:
+            best = _safe_load(ckpt_dir / "best.pt")
+        except Exception as e:
+            raise LtrBenchError(f"{desc}: the best-epoch checkpoint {ckpt_dir / 'best.pt'} cannot be read ({e}); "
+                                "it was written during this run, so the folder was changed meanwhile. Delete "
+                                f"{ckpt_dir} and run again.") from None
+        task.module.load_state_dict(best)
     result.seconds = time.time() - t0
     return result

@@ -28,7 +28,7 @@ from ltrbench.losses import DISTILL_TYPES, cvlp_loss
 from ltrbench.models import load_model, read_manifest, write_manifest
 from ltrbench.plan import RunContext
 from ltrbench.stage_kinds import dataset_of, device, image_settings
-from ltrbench.stages import Stage, StageContext, stage_kind
+from ltrbench.stages import Reads, Stage, StageContext, stage_kind
 
 ENCODERS = ("cvlp", "clip")  # the frozen encoders KNN and FC can use
 
@@ -121,7 +121,8 @@ class CVLPTask:
         return None
 
 
-@stage_kind("cvlp", version="1", gpus=1.0)
+@stage_kind("cvlp", version="1", gpus=1.0,
+            reads=lambda c: Reads(splits=("train",), corpus=c["cvlp"]["source"]))
 def cvlp(ctx: StageContext) -> dict[str, Any]:
     c = from_dict(CVLPConfig, ctx.config["cvlp"])
     distill = ctx.config["cvlp"]["distill"]

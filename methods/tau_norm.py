@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ltrbench.config import register_section
+from ltrbench.errors import ConfigError
 from ltrbench.head_fit import HeadData, HeadEnv, HeadFit, HeadMethod
 from ltrbench.heads import DEFAULT_TAUS, select_tau, tau_normalize
 from ltrbench.methods._decoupling import stage1_features
@@ -22,6 +23,10 @@ from ltrbench.registry import METHODS
 @dataclass(frozen=True)
 class TauNormConfig:
     taus: tuple[float, ...] = DEFAULT_TAUS  # K's sweep: 0, 0.1, …, 2.0
+
+    def check(self) -> None:
+        if not self.taus or any(t < 0 for t in self.taus):
+            raise ConfigError(f"tau_norm.taus={list(self.taus)}: give at least one τ, each at least 0.")
 
 
 @METHODS.register("tau_norm")

@@ -40,7 +40,7 @@ from ltrbench.models import load_model
 from ltrbench.plan import Method, RunContext
 from ltrbench.registry import METHODS
 from ltrbench.stage_kinds import Prediction, dataset_of, device, image_settings, load_array, save_array
-from ltrbench.stages import Stage, StageContext, stage_kind
+from ltrbench.stages import Reads, Stage, StageContext, stage_kind
 
 
 @register_section("anss")
@@ -56,6 +56,14 @@ class AnssConfig:
     # class, each once, under the evaluation transform.
     scoring: str = "faithful"
     scoring_batch_size: int = 256  # faithful iNat: the select run's batch (one GPU; ViT-B/16: 128)
+
+    def check(self) -> None:
+        if self.mode not in ANCHOR_MODES:
+            raise ConfigError(f"anss.mode must be one of {', '.join(ANCHOR_MODES)}, got {self.mode!r}.")
+        if self.scoring not in ("faithful", "clean"):
+            raise ConfigError(f"anss.scoring must be faithful or clean, got {self.scoring!r}.")
+        if self.num_anchors < 1:
+            raise ConfigError(f"anss.num_anchors must be at least 1, got {self.num_anchors}.")
 
 
 @register_section("lgr")
@@ -76,6 +84,18 @@ class LGRConfig:
     alpha: float = 0.2  # official fusion weight of the visual branch (0.7 on iNat)
     v_detach: bool = False  # official iNat models
     hidden: int | None = None  # visual MLP width (None: 4D, the official 4096 for R50 / 2048 for ViT)
+
+    def check(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"lgr.alpha={self.alpha}: the fusion weight must lie in [0, 1].")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"lgr.label_smoothing={self.label_smoothing}: must lie in [0, 1).")
+        if self.mixup < 0 or self.cutmix < 0:
+            raise ConfigError(f"lgr.mixup={self.mixup}, lgr.cutmix={self.cutmix}: must be at least 0.")
+        if self.text_lr < 0:
+            raise ConfigError(f"lgr.text_lr={self.text_lr}: must be at least 0.")
+        if self.hidden is not None and self.hidden < 1:
+            raise ConfigError(f"lgr.hidden={self.hidden}: must be at least 1 (or null: 4 × the feature size).")
 
     @property
     def through_encoder(self) -> bool:
@@ -231,7 +251,13 @@ def _fit_on_images(ctx: StageContext, c: LGRConfig, seed: int) -> tuple[HeadFit,
     return HeadFit(z_img, info, {"z_img": z_img, "z_txt": z_txt, "labels": labels}), module
 
 
-@stage_kind("lgr", version="1", gpus=1.0)
+def _lgr_reads(conf) -> Reads:
+    """Through the encoder LGR reads the training and evaluation images; from the cache, none."""
+    c = from_dict(LGRConfig, conf["lgr"])
+    return Reads(splits=("train", conf["eval_split"])) if c.through_encoder else Reads()
+
+
+@stage_kind("lgr", version="1", gpus=1.0, reads=_lgr_reads)
 def lgr(ctx: StageContext) -> dict[str, Any]:
     """VL-LTR's stage 2 (§3): the LGR head on its anchors, trained from the feature cache or on
     images. Writes both branches' eval-split logits (``z_img``, ``z_txt``, with ``labels``) for the
@@ -270,10 +296,8 @@ class VLLTR(Method):
     def plan(self, run: RunContext) -> Stage:
         a: AnssConfig = run.cfg.anss
         c: LGRConfig = run.cfg.lgr
-        if a.mode not in ANCHOR_MODES:
-            raise ConfigError(f"anss.mode must be one of {', '.join(ANCHOR_MODES)}, got {a.mode!r}.")
-        if a.scoring not in ("faithful", "clean"):
-            raise ConfigError(f"anss.scoring must be faithful or clean, got {a.scoring!r}.")
+        a.check()
+        c.check()
         model = cvlp_stage(run)
         text = run.text_features(model, run.cfg.cvlp.source)
         anss_inputs = [text]

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ltrbench.config import register_section
+from ltrbench.data.corpus import SOURCES
+from ltrbench.errors import ConfigError
 from ltrbench.plan import Method, RunContext
 from ltrbench.registry import METHODS
 from ltrbench.stage_kinds import Prediction, load_array
@@ -21,6 +23,10 @@ from ltrbench.stage_kinds import Prediction, load_array
 @dataclass(frozen=True)
 class ZeroShotConfig:
     source: str = "prompt_only"  # prompt_only | wiki_prompt
+
+    def check(self) -> None:
+        if self.source not in SOURCES:
+            raise ConfigError(f"zeroshot.source must be one of {', '.join(SOURCES)}, got {self.source!r}.")
 
 
 def class_prototypes(text_feats: np.ndarray, class_ids: np.ndarray, num_classes: int) -> np.ndarray:

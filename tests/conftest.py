@@ -1,6 +1,7 @@
 """Shared fixtures: a private cache per test session and the tiny built-in world's overrides."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -31,6 +32,18 @@ def _private_cache(tmp_path_factory):
         os.environ["LTRBENCH_CACHE"] = old
 
 
+@pytest.fixture(autouse=True)
+def _library_logger_restored():
+    """The CLI run in-process (``main([... "--debug"])``) sets the library logger's level; put it back
+    so that no test sees another's logging state."""
+    lib = logging.getLogger("ltrbench")
+    level, propagate, handlers = lib.level, lib.propagate, list(lib.handlers)
+    yield
+    lib.setLevel(level)
+    lib.propagate = propagate
+    lib.handlers[:] = handlers
+
+
 def tiny_set(extra: list[str] = ()) -> list[str]:
     out = []
     for item in [*TINY, *extra]:
@@ -43,3 +56,23 @@ def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess
     e = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "run_bench.py"), *args], cwd=cwd, env=e,
                           capture_output=True, text=True, timeout=900)
+
+
+class _Evil:
+    """Unpickling this calls ``open(marker, "w")``: a file appears if a pickle ever runs code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def write_evil_pickle(path: Path, marker: Path, wrap: str | None = None) -> Path:
+    """A torch checkpoint whose unpickling would create ``marker`` (what an attacker plants); with
+    ``wrap`` the payload sits under that key of a dict, as in a state dict or a resume checkpoint."""
+    import torch
+
+    payload = _Evil(marker)
+    torch.save({wrap: payload} if wrap else payload, path)
+    return path

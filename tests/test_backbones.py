@@ -42,9 +42,34 @@ def test_torchscript_archive_is_converted_to_a_state_dict(tmp_path):
     ts = tmp_path / "ts.pt"
     scripted.save(str(ts))
     out = tmp_path / "sd.pt"
-    convert_to_state_dict(ts, out)
+    with pytest.raises(LtrBenchError, match="trust_torchscript=true"):  # TorchScript is code: not by default
+        convert_to_state_dict(ts, out)
+    assert not out.exists()
+    convert_to_state_dict(ts, out, trust_torchscript=True)  # the user's explicit opt-in
     sd = torch.load(out, weights_only=True)
     assert torch.equal(sd["w"], src.state_dict()["text_projection"])
+
+
+def test_an_openai_release_is_recognised_by_its_published_sha256(tmp_path, monkeypatch):
+    """OpenAI's .pt releases convert without the opt-in: open_clip's table publishes their SHA-256."""
+    from ltrbench.fingerprints import sha256_file
+
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(2, 2))
+
+        def forward(self, x):
+            return x @ self.w
+
+    ts = tmp_path / "RN50.pt"
+    torch.jit.script(Holder()).save(str(ts))
+    assert backbones.official_release(ts) is None
+    assert len(backbones._openai_releases()) >= 9  # the real table: RN50 … ViT-L-14-336, by SHA-256
+    monkeypatch.setattr(backbones, "_openai_releases", lambda: {sha256_file(ts): "RN50/openai"})
+    assert backbones.official_release(ts) == "RN50/openai"
+    convert_to_state_dict(ts, tmp_path / "sd.pt")
+    assert torch.equal(torch.load(tmp_path / "sd.pt", weights_only=True)["w"], torch.ones(2, 2))
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
@@ -101,9 +126,13 @@ def test_which_backbones_take_another_input_size():
         check_input_size("ViT-B-16", 380)
 
 
-def test_the_384_row_plans_every_image_stage_at_384():
+def test_the_384_row_plans_every_image_stage_at_384(monkeypatch):
     import ltrbench
+    import ltrbench.validate
     from conftest import TINY
+
+    # Planning only: OpenAI's ViT-B/16 weights are not on this machine (plan() checks them first).
+    monkeypatch.setattr(ltrbench.validate, "check_weights", lambda *a, **k: None)
 
     plan = ltrbench.plan(None, "synthetic_lt", table=3, backbone="ViT-B-16", overrides=TINY)
     runs = {r.spec.variant: r for r in plan.runs}

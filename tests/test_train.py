@@ -224,5 +224,89 @@ def test_mixed_precision_trains_on_cuda_and_resumes_with_its_scaler(tmp_path, am
     res = fit(_Task(model), _loader(), TrainConfig(epochs=2, lr=0.05, amp=amp), tmp_path, device=dev, seed=0,
               progress=False)
     assert res.info["amp"] == amp and res.history[-1]["loss"] < res.history[0]["loss"] + 1.0
-    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert (state["scaler"] is not None) == (amp == "fp16")
+
+
+class _ValTask(_Task):
+    """Best-epoch selection on a fixed score sequence (as cRT's val accuracy)."""
+
+    def __init__(self, module, scores):
+        super().__init__(module)
+        self.scores = list(scores)
+
+    def validate(self):
+        return self.scores.pop(0)
+
+
+@pytest.mark.parametrize("damage", ["evil_last", "evil_best", "truncated_last", "foreign_last"])
+def test_a_resume_checkpoint_that_does_not_load_is_discarded_and_training_restarts(tmp_path, caplog, damage):
+    """A planted or broken last.pt/best.pt never runs code (weights_only) and never half-applies: the
+    loop warns, discards it and trains from epoch 1, to the same weights as an uninterrupted run."""
+    from conftest import write_evil_pickle
+
+    cfg = TrainConfig(epochs=3, lr=0.05, select_best=True)
+    scores = [0.5, 0.9, 0.7]
+    torch.manual_seed(0)
+    init = nn.Linear(5, 3).state_dict()
+
+    def model():
+        m = nn.Linear(5, 3)
+        m.load_state_dict(init)
+        return m
+
+    full = model()
+    fit(_ValTask(full, scores), _loader(), cfg, tmp_path / "a", device=torch.device("cpu"), seed=1, progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def crash(epoch, row):
+        if epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(_ValTask(model(), scores), _loader(), cfg, tmp_path / "b", device=torch.device("cpu"), seed=1,
+            progress=False, on_epoch=crash)
+    ckpt = tmp_path / "b"
+    assert (ckpt / "last.pt").is_file() and (ckpt / "best.pt").is_file()
+    marker = tmp_path / "PWNED"
+    if damage == "evil_last":
+        write_evil_pickle(ckpt / "last.pt", marker, wrap="module")
+    elif damage == "evil_best":
+        write_evil_pickle(ckpt / "best.pt", marker, wrap="weight")
+    elif damage == "truncated_last":
+        (ckpt / "last.pt").write_bytes((ckpt / "last.pt").read_bytes()[:100])
+    else:  # a checkpoint of another model: loads, but does not fit
+        state = torch.load(ckpt / "last.pt", weights_only=True)
+        state["module"] = nn.Linear(5, 4).state_dict()
+        torch.save(state, ckpt / "last.pt")
+    again = model()
+    with caplog.at_level("WARNING", logger="ltrbench.train"):
+        res = fit(_ValTask(again, scores), _loader(), cfg, ckpt, device=torch.device("cpu"), seed=1, progress=False)
+    assert not marker.exists()
+    assert res.resumed_from is None and [h["epoch"] for h in res.history] == [1, 2, 3] and res.best_epoch == 2
+    assert any("discarded" in r.getMessage() and str(ckpt) in r.getMessage() for r in caplog.records)
+    for k in init:
+        assert torch.allclose(full.state_dict()[k], again.state_dict()[k], atol=1e-6)
+
+
+def test_a_best_pt_planted_before_a_fresh_start_is_never_loaded(tmp_path):
+    """No last.pt: training starts afresh, so a best.pt already there is not ours. Here no epoch
+    scores (validate gives None), so nothing overwrites it: it must be dropped, not loaded at the end."""
+    from conftest import write_evil_pickle
+
+    cfg = TrainConfig(epochs=2, lr=0.05, select_best=True)
+    torch.manual_seed(0)
+    init = nn.Linear(5, 3).state_dict()
+    ref, planted = nn.Linear(5, 3), nn.Linear(5, 3)
+    ref.load_state_dict(init)
+    planted.load_state_dict(init)
+    fit(_ValTask(ref, [None, None]), _loader(), cfg, tmp_path / "a", device=torch.device("cpu"), seed=1, progress=False)
+    (tmp_path / "b").mkdir()
+    marker = tmp_path / "PWNED"
+    write_evil_pickle(tmp_path / "b" / "best.pt", marker, wrap="weight")
+    fit(_ValTask(planted, [None, None]), _loader(), cfg, tmp_path / "b", device=torch.device("cpu"), seed=1,
+        progress=False)
+    assert not marker.exists()
+    assert all(torch.equal(ref.state_dict()[k], planted.state_dict()[k]) for k in init)

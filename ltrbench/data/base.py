@@ -115,7 +115,10 @@ class DatasetPlugin:
             + f" Run `python run_bench.py check-data --dataset {self.name} --data-root DIR` to validate it."
         )
 
-    def load(self, root: Path, **options: object) -> LTDataset:  # pragma: no cover - interface
+    def load(self, root: Path, progress: bool = True, **options: object) -> LTDataset:  # pragma: no cover
+        """Read the data set under ``root`` (``options``: the plugin's :meth:`options`, if it has
+        that method); ``progress``: whether long preparation (generating the built-in world) may
+        show a bar."""
         raise NotImplementedError
 
     def no_options(self, options: Mapping[str, object]) -> None:

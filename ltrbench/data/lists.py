@@ -3,7 +3,7 @@
 Every dataset reads its image lists through :func:`read_list` (the real benchmarks' official lists,
 ALGORITHMS.md §6, and the built-in world's generated ones), so one parser decides what a valid line
 is and every error names the file, the line and what to do. The checks used by ``check-data``
-(duplicates, images absent on disk, images PIL cannot read) live here too; they never raise for a
+(duplicates, images absent on disk, images that do not decode) live here too; they never raise for a
 bad image, they return what they found.
 """
 from __future__ import annotations
@@ -15,10 +15,10 @@ import re
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
-from PIL import Image
 from tqdm import tqdm
 
 from ..errors import DataError
+from .images import unreadable
 
 Pair = tuple[str, int]
 Split = tuple[Pair, ...]
@@ -213,25 +213,18 @@ def corrupt_images(
     progress: bool = True,
     *,
     seed: int = 0,
-    desc: str = "verifying images",
+    desc: str = "decoding images",
 ) -> list[tuple[str, str]]:
-    """(path, reason) for each listed image that exists but PIL cannot open and verify.
+    """(path, reason) for each listed image that exists but cannot be decoded: all of them, or the
+    same seeded sample of ``sample`` as :func:`missing_images`.
 
-    Absent files are skipped (:func:`missing_images` reports them). ``Image.verify`` checks the
-    file structure without decoding all pixels, so a truncated JPEG body may still pass.
+    Every image is fully decoded by :func:`ltrbench.data.images.open_rgb`, as training reads it (a
+    structure check such as ``Image.verify`` passes a truncated JPEG that then fails the run).
+    Absent files are skipped (:func:`missing_images` reports them).
     """
-    root = Path(root)
-    bad: list[tuple[str, str]] = []
-    for rel, _ in tqdm(_chosen(pairs, sample, seed), desc=desc, unit="img", disable=not progress, leave=False):
-        p = root / rel
-        if not p.is_file():
-            continue
-        try:
-            with Image.open(p) as im:
-                im.verify()
-        except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError...)
-            bad.append((rel, f"{type(e).__name__}: {e}"))
-    return bad
+    chosen = _chosen(pairs, sample, seed)
+    return [(chosen[i][0], why) for i, why in unreadable(Path(root), [rel for rel, _ in chosen], progress=progress,
+                                                         desc=desc) if why != "absent"]
 
 
 def read_split_lists(

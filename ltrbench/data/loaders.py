@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,7 +21,7 @@ from ..config import BenchConfig
 from ..registry import BACKBONES, DATASETS
 from .base import LTDataset
 from .batched import BatchLoader
-from .images import ImageListDataset
+from .images import ImageListDataset, note_replacements
 from .samplers import build_sampler
 from .transforms import eval_transform, train_transform
 
@@ -42,25 +41,32 @@ class DatasetRef:
         return cls(key["name"], dict(key.get("options", {})), key.get("fingerprint", ""), root)
 
 
-def resolve_dataset(name: str, cfg: BenchConfig) -> tuple[DatasetRef, LTDataset]:
+def resolve_dataset(name: str, cfg: BenchConfig, *, progress: bool = False) -> tuple[DatasetRef, LTDataset]:
     """Load ``name`` with the config's root and options; return its ref and the dataset."""
     plugin = DATASETS.get(name)()
     # A plugin may derive load options from the config (the built-in world: which world).
     options = plugin.options(cfg) if hasattr(plugin, "options") else {}
-    ds = _open(name, str(plugin.resolve_root(cfg.data.root)), json.dumps(options, sort_keys=True))
+    ds = _open(name, str(plugin.resolve_root(cfg.data.root)), json.dumps(options, sort_keys=True), progress)
     return DatasetRef(name, options, ds.fingerprint(), cfg.data.root), ds
 
 
 def open_dataset(ref: DatasetRef) -> LTDataset:
     """The dataset of a stage, read in whatever process runs it (its root resolved there)."""
     plugin = DATASETS.get(ref.name)()
-    return _open(ref.name, str(plugin.resolve_root(ref.root)), json.dumps(dict(ref.options), sort_keys=True))
+    return _open(ref.name, str(plugin.resolve_root(ref.root)), json.dumps(dict(ref.options), sort_keys=True), False)
 
 
-@lru_cache(maxsize=8)
-def _open(name: str, root: str, options_json: str) -> LTDataset:
-    """Read a dataset once per process and resolved root."""
-    return DATASETS.get(name)().load(Path(root), **json.loads(options_json))
+_OPENED: dict[tuple[str, str, str], LTDataset] = {}
+
+
+def _open(name: str, root: str, options_json: str, progress: bool) -> LTDataset:
+    """Read a dataset once per process and resolved root (``progress`` is not part of what is read)."""
+    key = (name, root, options_json)
+    if key not in _OPENED:
+        if len(_OPENED) >= 8:
+            _OPENED.pop(next(iter(_OPENED)))
+        _OPENED[key] = DATASETS.get(name)().load(Path(root), progress=progress, **json.loads(options_json))
+    return _OPENED[key]
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,7 @@ def image_dataset(ds: LTDataset, split: str, img: ImageSettings, train: bool) ->
         if len(_DECODED) >= 16:
             _DECODED.pop(next(iter(_DECODED)))
         _DECODED[key] = _Shared(ImageListDataset(ds.root, ds.split(split), None, preload, img.allow_corrupt))
+    note_replacements(_DECODED[key].base)  # every stage that reads a replaced image records it
     return _DECODED[key].with_transform(tf)
 
 

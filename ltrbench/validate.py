@@ -1,0 +1,262 @@
+"""Validation of a whole request before any work: what ``ltrbench.plan`` and ``ltrbench.run`` check
+first, so that bad input fails in seconds, as one message, with nothing created in the cache or in
+the output folder (README: "before any work starts").
+
+In order (each a function called by :mod:`ltrbench.api`):
+
+1. :func:`check_output`: the output folder can be created and written (nothing is created now).
+2. :func:`check_configs`: every run's resolved configuration: value ranges of every training
+   recipe wherever it sits (epochs ≥ 1, lr > 0, batch ≥ 1, warm-up ≥ 0, known optimizer, sampler
+   and schedule), the data section (known augmentation, sizes ≥ 1), the backbone name, and every
+   section's own ``check()`` (a plugin's section validates itself, e.g. LGR's fusion α in [0, 1]).
+   Every section is checked, used by the run or not: a bad value is a mistake wherever it sits.
+   Messages carry the full key path (``baseline.train.epochs=-1: must be at least 1``).
+3. :func:`check_weights`: the backbone's weights can be had: a weights file exists and is a
+   format read without running code (:func:`ltrbench.backbones.check_weights_file`), an open_clip
+   tag is known and cached or downloadable; skipped where the ``clip_weights`` stage is cached.
+4. (the data set is read by planning: its lists, labels and class file are checked there)
+5. :func:`check_data`: for the stages that will run, every image they read is on disk (one
+   ``os.listdir`` per folder) and every wiki file of a corpus they read decodes and is not empty.
+   What a stage reads, its kind declares (:class:`ltrbench.stages.Reads`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .backbones import check_weights_file, is_weights_path, tag_available
+from .config import BenchConfig, TrainConfig
+from .data.corpus import read_wiki_file, wiki_path
+from .data.lists import missing_images
+from .data.loaders import DatasetRef, open_dataset
+from .data.samplers import SAMPLERS
+from .data.transforms import AUGMENTS
+from .errors import ConfigError, DataError, LtrBenchError
+from .plan import RunSpec, clip_weights_stage
+from .registry import BACKBONES, STAGES, WEIGHTS
+from .stages import Stage, verify
+from .train import OPTIMIZERS
+
+_SHOWN = 5  # examples quoted per problem
+
+#: ``train.schedule_shift`` values and what they mean (ALGORITHMS.md §1 and §5).
+SCHEDULE_SHIFTS = {-1: "VL-LTR/DeiT: stepped after each epoch", 0: "stepped on the raw epoch",
+                   1: "decoupling: stepped at the start of each epoch"}
+
+
+# --------------------------------------------------------------------------- output folder
+
+
+def check_output(out: Path) -> None:
+    """Fail unless ``<out>/runs/`` can be created and written; create nothing."""
+    out = Path(out)
+    for p in (out, out / "runs"):
+        if p.exists() and not p.is_dir():
+            raise LtrBenchError(f"Output folder {out} cannot be written: {p} is a file, not a folder. "
+                                "Pass --out DIR with a writable folder.")
+    existing = out / "runs"
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise LtrBenchError(f"Output folder {out} cannot be created: {existing} is a file. Pass --out DIR with a "
+                            "writable folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise LtrBenchError(f"Output folder {out} cannot be written: {existing} is not writable by this user (or "
+                            "on a read-only file system). Pass --out DIR with a writable folder.")
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def train_problems(t: TrainConfig, path: str) -> list[str]:
+    """Range and name problems of one training recipe at key path ``path`` (e.g. ``baseline.train``)."""
+    out = []
+
+    def bad(field: str, value: Any, why: str) -> None:
+        out.append(f"{path}.{field}={value}: {why}")
+
+    if t.epochs < 1:
+        bad("epochs", t.epochs, "must be at least 1")
+    if not t.lr > 0:
+        bad("lr", t.lr, "must be greater than 0")
+    if t.batch_size < 1:
+        bad("batch_size", t.batch_size, "must be at least 1")
+    if t.ref_batch_size is not None and t.ref_batch_size < 1:
+        bad("ref_batch_size", t.ref_batch_size, "must be at least 1 (or null: the batch size)")
+    if t.warmup_epochs < 0:
+        bad("warmup_epochs", t.warmup_epochs, "must be at least 0")
+    if t.min_lr < 0:
+        bad("min_lr", t.min_lr, "must be at least 0")
+    if t.weight_decay < 0:
+        bad("weight_decay", t.weight_decay, "must be at least 0")
+    if not 0 <= t.momentum < 1:
+        bad("momentum", t.momentum, "must lie in [0, 1)")
+    if t.optimizer not in OPTIMIZERS:
+        bad("optimizer", t.optimizer, f"unknown optimizer; use one of {', '.join(OPTIMIZERS)}")
+    if t.sampler not in SAMPLERS:
+        bad("sampler", t.sampler, f"unknown sampler; use one of {', '.join(SAMPLERS)}")
+    if t.samples_per_class < 1:
+        bad("samples_per_class", t.samples_per_class, "must be at least 1")
+    if t.schedule_shift not in SCHEDULE_SHIFTS:
+        bad("schedule_shift", t.schedule_shift, "unknown schedule; use "
+            + ", ".join(f"{k} ({v})" for k, v in SCHEDULE_SHIFTS.items()))
+    return out
+
+
+def _data_problems(d: Any) -> list[str]:
+    out = []
+    if d.augment not in AUGMENTS:
+        out.append(f"data.augment={d.augment}: unknown augmentation; use one of {', '.join(AUGMENTS)}")
+    for name in ("image_size", "eval_resize"):
+        v = getattr(d, name)
+        if v is not None and v < 1:
+            out.append(f"data.{name}={v}: must be at least 1 (or null: the backbone's)")
+    if d.num_workers is not None and d.num_workers < 0:
+        out.append(f"data.num_workers={d.num_workers}: must be at least 0 (or null: from the machine)")
+    if d.eval_batch_size < 1:
+        out.append(f"data.eval_batch_size={d.eval_batch_size}: must be at least 1")
+    return out
+
+
+def _walk(obj: Any, path: str) -> Iterable[tuple[str, TrainConfig]]:
+    """Every training recipe inside a section, with its key path."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, TrainConfig):
+            yield f"{path}.{f.name}", v
+        elif dataclasses.is_dataclass(v):
+            yield from _walk(v, f"{path}.{f.name}")
+
+
+def config_problems(cfg: BenchConfig) -> list[str]:
+    """Every problem of one resolved configuration (an empty list when it is valid)."""
+    out: list[str] = []
+    for name, sec in sorted(cfg.sections.items()):
+        if name == "data":
+            out += _data_problems(sec)
+        for path, t in _walk(sec, name):
+            out += train_problems(t, path)
+        check = getattr(sec, "check", None)
+        if callable(check):
+            try:
+                check()
+            except ConfigError as e:
+                out.append(str(e).rstrip("."))
+    if cfg.backbone.name not in BACKBONES:
+        try:
+            BACKBONES.get(cfg.backbone.name)
+        except LtrBenchError as e:
+            out.append(f"backbone.name={cfg.backbone.name}: {str(e).rstrip('.')}")
+    return out
+
+
+def check_configs(resolved: Sequence[tuple[RunSpec, BenchConfig]]) -> None:
+    """Raise one :class:`ConfigError` listing every problem of every run's configuration."""
+    problems: list[str] = []
+    for spec, cfg in resolved:
+        where = f" (run {spec.name}, seed {spec.seed})" if spec.variant else ""
+        for p in config_problems(cfg):
+            msg = p + where
+            if msg not in problems:
+                problems.append(msg)
+    if problems:
+        raise ConfigError("Invalid configuration, nothing was run: " + "; ".join(problems)
+                          + ". Fix the value with --set KEY=VALUE or in the config file.")
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def check_weights(resolved: Sequence[tuple[RunSpec, BenchConfig]], cache: Path) -> None:
+    """Every run's backbone weights can be had (see the module docstring, step 3)."""
+    seen: set[tuple[str, str, bool]] = set()
+    for _spec, cfg in resolved:
+        b = cfg.backbone
+        if (b.name, b.pretrained, b.trust_torchscript) in seen:
+            continue
+        seen.add((b.name, b.pretrained, b.trust_torchscript))
+        if b.pretrained in WEIGHTS:
+            source = WEIGHTS.get(b.pretrained)
+            if b.name not in source.backbones:
+                raise ConfigError(f"backbone.pretrained={b.pretrained}: generated weights for the backbones "
+                                  f"{', '.join(source.backbones)} only, not {b.name}; pass an open_clip tag or a "
+                                  "weights file.")
+            continue
+        path = Path(b.pretrained).expanduser()
+        if is_weights_path(b.pretrained):
+            if not path.is_file():
+                raise LtrBenchError(f"backbone.pretrained={b.pretrained}: CLIP weights file {path} does not exist. "
+                                    f"Pass an OpenAI TorchScript release (e.g. {b.name}.pt), an open_clip state dict "
+                                    "or a .safetensors file with --set backbone.pretrained=FILE.")
+            if verify(cache, clip_weights_stage(cfg)):  # its key holds the file's SHA-256
+                continue
+            check_weights_file(path, trust_torchscript=b.trust_torchscript)
+        elif not verify(cache, clip_weights_stage(cfg)):
+            tag_available(b.name, b.pretrained)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _reads(stage: Stage) -> tuple[tuple[str, ...], str | None]:
+    reads = STAGES.get(stage.kind).reads
+    if reads is None or "dataset" not in stage.config:
+        return (), None
+    r = reads(stage.config)
+    return tuple(r.splits), r.corpus
+
+
+def check_data(stages: Sequence[Stage], cache: Path, *, progress: bool = False) -> None:
+    """The images and wiki files the stages to run will read are there and readable (step 5)."""
+    images: dict[tuple, tuple[Any, set[str]]] = {}
+    corpora: dict[tuple, Any] = {}
+    for s in stages:
+        splits, corpus = _reads(s)
+        if not splits and corpus is None:
+            continue
+        if verify(cache, s):
+            continue
+        ref = DatasetRef.from_key(s.config["dataset"], s.env.get("data_root"))
+        ident = (ref.name, ref.root, repr(sorted(ref.options.items())))
+        if splits:
+            ds = open_dataset(ref)
+            images.setdefault(ident, (ds, set()))[1].update(splits)
+        if corpus == "wiki_prompt":
+            corpora.setdefault(ident, open_dataset(ref))
+    for ds, splits in images.values():
+        _check_images(ds, sorted(splits), progress)
+    for ds in corpora.values():
+        _check_wiki(ds)
+
+
+def _check_images(ds: Any, splits: Sequence[str], progress: bool) -> None:
+    for split in splits:
+        pairs = ds.split(split)
+        missing = missing_images(ds.root, pairs, progress=progress, desc=f"{ds.name} {split}: images on disk")
+        if missing:
+            ex = ", ".join(missing[:_SHOWN])
+            raise DataError(
+                f"{len(missing):,} of the {len(pairs):,} images of the {split} split of {ds.name} are absent under "
+                f"{ds.root} (e.g. {ex}); nothing was run. Put them there or fix the data root; "
+                f"`python run_bench.py check-data --dataset {ds.name} --data-root {ds.root}` lists them all."
+            )
+
+
+def _check_wiki(ds: Any) -> None:
+    if ds.wiki_dir is None or not Path(ds.wiki_dir).is_dir():
+        return  # every class falls back to its prompts, with a warning (ltrbench.data.corpus)
+    bad = []
+    for k in range(ds.num_classes):
+        path = wiki_path(ds.wiki_dir, k)
+        if not path.is_file():
+            continue
+        try:
+            read_wiki_file(path)
+        except DataError as e:
+            bad.append(str(e))
+    if bad:
+        more = f" ({len(bad) - _SHOWN} more like these)" if len(bad) > _SHOWN else ""
+        raise DataError(f"{len(bad)} wiki files of {ds.name} cannot be used, nothing was run: "
+                        + " ".join(bad[:_SHOWN]) + more)
