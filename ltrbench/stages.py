@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -37,9 +38,13 @@ from typing import Any, Callable, Iterable, Mapping
 
 try:
     import fcntl
+    import resource
 except ImportError:  # pragma: no cover - not POSIX: stages are built without a lock
     fcntl = None  # type: ignore[assignment]
+    resource = None  # type: ignore[assignment]
 
+from .devices import describe, stage_device
+from .errors import LtrBenchError
 from .registry import STAGES
 from .train import FitResult, TrainTask, fit, seed_everything
 
@@ -48,22 +53,36 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StageKind:
-    """A registered stage kind: the function, its code version and the resources it asks for."""
+    """A registered stage kind: the function, its code version and the resources it asks for.
+
+    ``gpus`` is the share of a GPU the kind asks of a scheduler where GPUs are used: a number, or a
+    function of the stage's config (a kind whose work depends on its config, e.g. ``clip_weights``
+    trains only for a generated weights source). ``memory_gb`` is a rough estimate of the host memory
+    of one stage of the kind on the real data sets, loader workers aside (the executor adds those).
+    Neither is part of a stage's key.
+    """
 
     name: str
     fn: Callable[["StageContext"], Mapping[str, Any] | None]
     version: str = "1"
-    gpus: float = 0.0  # fraction of a GPU asked of the scheduler when GPUs exist
+    gpus: float | Callable[[Mapping[str, Any]], float] = 0.0
+    memory_gb: float = 2.0
+
+    def gpus_for(self, config: Mapping[str, Any]) -> float:
+        """The GPU share a stage of this kind with ``config`` asks for where GPUs are used."""
+        return float(self.gpus(config) if callable(self.gpus) else self.gpus)
 
 
-def stage_kind(name: str, version: str = "1", gpus: float = 0.0):
+def stage_kind(name: str, version: str = "1", gpus: float | Callable[[Mapping[str, Any]], float] = 0.0,
+               memory_gb: float = 2.0):
     """Decorator registering ``fn(ctx) -> info`` as the stage kind ``name``.
 
-    Bump ``version`` when the code's output changes, so cached artifacts are not reused.
+    Bump ``version`` when the code's output changes, so cached artifacts are not reused. ``gpus`` and
+    ``memory_gb``: what the kind asks of a scheduler (:class:`StageKind`).
     """
 
     def deco(fn):
-        STAGES.add(name, StageKind(name, fn, version, gpus))
+        STAGES.add(name, StageKind(name, fn, version, gpus, memory_gb))
         return fn
 
     return deco
@@ -177,11 +196,14 @@ def topological(targets: Iterable[Stage]) -> list[Stage]:
     return order
 
 
-def run_stage(stage: Stage, cache: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
+def run_stage(stage: Stage, cache: str | os.PathLike, progress: bool = True,
+              record: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Build one stage's artifact unless it exists; return its ``stage.json`` info.
 
     A plain function of picklable arguments: the inline executor calls it directly and the Ray
     executor calls it inside a task (the stage registry loads the plugins, whose kinds it needs).
+    ``record``: what the caller knows about where the stage runs (a Ray node id, the attempt),
+    written into ``stage.json`` beside what the engine records itself.
     """
     cache = Path(cache)
     final = artifact_dir(cache, stage)
@@ -191,7 +213,7 @@ def run_stage(stage: Stage, cache: str | os.PathLike, progress: bool = True) -> 
     with _build_lock(final.with_name(final.name + ".lock"), stage):
         if (final / "stage.json").is_file():  # another process built it while we waited
             return json.loads((final / "stage.json").read_text())
-        return _build(stage, cache, final, progress)
+        return _build(stage, cache, final, progress, dict(record or {}))
 
 
 @contextlib.contextmanager
@@ -219,7 +241,7 @@ def _build_lock(path: Path, stage: Stage):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _build(stage: Stage, cache: Path, final: Path, progress: bool) -> dict[str, Any]:
+def _build(stage: Stage, cache: Path, final: Path, progress: bool, record: dict[str, Any]) -> dict[str, Any]:
     partial = final.with_name(final.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     inputs = [artifact_dir(cache, s) for s in stage.inputs]
@@ -227,14 +249,17 @@ def _build(stage: Stage, cache: Path, final: Path, progress: bool) -> dict[str, 
         if not (p / "stage.json").is_file():
             raise RuntimeError(f"stage {stage.describe()} started before its input {s.describe()} finished")
     kind = STAGES.get(stage.kind)
-    log.info("stage %s: computing (key %s)", stage.describe(), stage.key)
+    dev = stage_device()  # before any work: --device cuda on a host without CUDA fails here
+    log.info("stage %s: computing (key %s) on %s", stage.describe(), stage.key, dev)
     # Every stage starts from generators seeded by its own key, so its result never depends on
     # what ran before it in the same process (e.g. a head's initialisation after mini-CLIP).
     seed_everything(int(stage.key[:8], 16))
     t0 = time.time()
     ctx = StageContext(stage, partial, cache, inputs, progress)
     extra = kind.fn(ctx) or {}
+    inject_fault(stage, cache)  # the drill's failure: after the work, before the artifact is committed
     shutil.rmtree(ctx.work, ignore_errors=True)  # resume checkpoints: only needed until done
+    t1 = time.time()
     info = {
         "kind": stage.kind,
         "key": stage.key,
@@ -242,9 +267,15 @@ def _build(stage: Stage, cache: Path, final: Path, progress: bool) -> dict[str, 
         "version": kind.version,
         "config": stage.config,
         "inputs": [s.key for s in stage.inputs],
-        "elapsed_s": round(time.time() - t0, 3),
+        "elapsed_s": round(t1 - t0, 3),
+        # Where and when it ran (unix seconds): the worker's view, for progress, placement and overlap.
         "host": socket.gethostname(),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "device": describe(dev),
+        "started": round(t0, 3),
+        "finished": round(t1, 3),
+        "pid": os.getpid(),
+        "process_peak_rss_mb": _peak_rss_mb(),
+        **record,
         **dict(extra),
     }
     tmp = partial / "stage.json.tmp"
@@ -258,3 +289,62 @@ def _build(stage: Stage, cache: Path, final: Path, progress: bool) -> dict[str, 
             raise
         shutil.rmtree(partial, ignore_errors=True)
     return json.loads((final / "stage.json").read_text())
+
+
+def _peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far (a reused worker's includes its earlier stages)."""
+    if resource is None:  # pragma: no cover - not POSIX
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)  # bytes on macOS, KiB on Linux
+
+
+# --------------------------------------------------------------------------- fault injection
+
+#: ``<kind>[:<n>][,<kind>[:<n>]...]``: every stage of that kind fails its first n attempts (always without n).
+FAULT_ENV = "LTRBENCH_FAIL_STAGE"
+
+
+class InjectedFault(RuntimeError):
+    """The failure raised by the fault-injection switch :data:`FAULT_ENV` (tests and drills)."""
+
+
+def fault_plan(spec: str | None = None) -> dict[str, int | None]:
+    """``{kind: n}`` of :data:`FAULT_ENV` (``None``: every attempt fails)."""
+    spec = os.environ.get(FAULT_ENV, "") if spec is None else spec
+    plan: dict[str, int | None] = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        kind, _, n = item.partition(":")
+        try:
+            plan[kind.strip()] = int(n) if n.strip() else None
+        except ValueError:
+            raise LtrBenchError(f"{FAULT_ENV}={spec!r}: {item!r} is not <kind>[:<n>] with an integer n, "
+                                f"e.g. {FAULT_ENV}=finetune:1 (each finetune stage fails its first attempt).") from None
+    return plan
+
+
+def inject_fault(stage: Stage, cache: Path) -> None:
+    """Raise :class:`InjectedFault` if :data:`FAULT_ENV` says this attempt of ``stage`` fails.
+
+    The attempts of each stage are counted in ``<cache>/.faults/<key>.count`` under a lock, so the
+    count holds across processes (Ray workers, retries, a rerun). The switch fires after the stage
+    function has returned and before the artifact is committed, as a crash at the worst moment would:
+    a training stage's retry then resumes from its last checkpoint.
+    """
+    plan = fault_plan()
+    if stage.kind not in plan:
+        return
+    limit = plan[stage.kind]
+    counter = Path(cache) / ".faults" / f"{stage.key}.count"
+    counter.parent.mkdir(parents=True, exist_ok=True)
+    with open(counter, "a+") as fh:
+        if fcntl is not None:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        count = int(fh.read().strip() or 0) + 1
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(count))
+    if limit is None or count <= limit:
+        raise InjectedFault(f"{FAULT_ENV}={os.environ[FAULT_ENV]}: injected failure of stage {stage.describe()} "
+                            f"(key {stage.key}), attempt {count}" + ("" if limit is None else f" of the first {limit}"))

@@ -90,7 +90,7 @@ class LGRConfig:
 # --------------------------------------------------------------------------- anss
 
 
-@stage_kind("anss", version="1", gpus=0.25)
+@stage_kind("anss", version="1", gpus=0.25, memory_gb=3.0)
 def anss(ctx: StageContext) -> dict[str, Any]:
     conf = ctx.config
     text_dir = ctx.input("text_features")
@@ -220,7 +220,7 @@ def _fit_on_images(ctx: StageContext, c: LGRConfig, seed: int) -> tuple[HeadFit,
     return HeadFit(z_img, info, {"z_img": z_img, "z_txt": z_txt, "labels": labels}), module
 
 
-@stage_kind("lgr", version="1", gpus=1.0)
+@stage_kind("lgr", version="1", gpus=1.0, memory_gb=4.0)
 def lgr(ctx: StageContext) -> dict[str, Any]:
     """VL-LTR's stage 2 (§3): the LGR head on its anchors, trained from the feature cache or on
     images. Writes both branches' eval-split logits (``z_img``, ``z_txt``, with ``labels``) for the
