@@ -11,9 +11,10 @@ modules that import ray). What it owns:
   authentication and no token here, or another token. Ray 2.60 turns token authentication on for
   any cluster started while ``~/.ray/auth_token`` exists (every embedded run creates that file), but
   a driver given an explicit address does not turn it on by itself and retries for about 30 s before
-  failing. So when a token is available here (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
-  ``~/.ray/auth_token``) and ``RAY_AUTH_MODE`` is unset, this module sets ``RAY_AUTH_MODE=token``.
-* **The runtime environment** of every task: no GPU unless the task reserved one, the project's code (a source checkout as
+  failing. So unless the user set ``RAY_AUTH_MODE``, the preflight asks the cluster without a token
+  and, when it asks for one, with this machine's (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
+  ``~/.ray/auth_token``), and sets ``RAY_AUTH_MODE`` to what the cluster uses.
+* **The runtime environment** of every task: the project's code (a source checkout as
   ``working_dir`` on an external cluster, on ``PYTHONPATH`` for the embedded one, where the files are
   this machine's; an installed package as ``py_modules``) unless ``ship_code=False``, and the
   variables ``LTRBENCH_*``, ``HF_*``, ``TORCH_HOME`` and ``TQDM_*`` (:func:`forwarded_env`).
@@ -39,15 +40,15 @@ log = logging.getLogger(__name__)
 #: Environment variables a worker gets from the driver: by prefix, and by name.
 FORWARD_PREFIXES = ("LTRBENCH_", "HF_", "TQDM_")
 FORWARD_NAMES = ("TORCH_HOME",)
-#: The job's workers see no GPU (``CUDA_VISIBLE_DEVICES=""``; Ray 2.60 no longer hides GPUs from tasks
-#: that reserved none): a task that reserved GPUs gets them from Ray, which sets the variable for it.
-NO_GPU_ENV = {"CUDA_VISIBLE_DEVICES": ""}
 #: Tasks that reserved a GPU run in worker processes of their own (Ray pools workers by runtime
-#: environment), never in one that a CPU stage used before (see ltrbench.execute on reuse).
+#: environment), never in one that a CPU stage used before (see ltrbench.execute on reuse). (The job's
+#: environment cannot hide GPUs from the other tasks: Ray then finds no GPU to give a GPU task.)
 GPU_TASK_ENV: dict[str, Any] = {"env_vars": {"LTRBENCH_WORKER_POOL": "gpu"}}
 _WORKING_DIR_EXCLUDES = [".git", "**/__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", "results", "build",
                          "dist"]
 _PREFLIGHT_TIMEOUT_S = 2.0
+#: The authentication mode the user chose (``RAY_AUTH_MODE`` before ltrbench or an embedded Ray set it).
+_USER_AUTH_MODE = os.environ.get("RAY_AUTH_MODE")
 
 
 @dataclass
@@ -99,7 +100,7 @@ def project_root() -> Path | None:
 
 def runtime_env(cache: Path, *, embedded: bool, ship_code: bool) -> tuple[dict[str, Any], str]:
     """The job's runtime environment and a description of how the code travels."""
-    env: dict[str, Any] = {"env_vars": {**forwarded_env(cache), **NO_GPU_ENV}}
+    env: dict[str, Any] = {"env_vars": forwarded_env(cache)}
     if not ship_code:
         return env, "not shipped (--no-ship-code): the workers import their own installed ltrbench"
     root = project_root()
@@ -178,8 +179,21 @@ def _split_address(address: str) -> tuple[str, int] | None:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _token_here() -> bool:
+    """Whether this machine has a Ray token where Ray looks (read here: asking Ray's own loader
+    caches the token, which a driver joining a cluster without authentication must not send)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token"
+    try:
+        return bool(Path(path).expanduser().read_text().strip())
+    except OSError:
+        return False
+
+
 def _preflight(address: str) -> None:
-    """Fail within seconds, with what to set, where ``ray.init`` would retry for half a minute."""
+    """Fail within seconds, with what to set, where ``ray.init`` would retry for half a minute; set
+    this driver's authentication mode to the cluster's."""
     hp = _split_address(address)
     if hp is None:  # "auto", a ray:// client address: Ray resolves those itself
         return
@@ -196,33 +210,51 @@ def _preflight(address: str) -> None:
         from ray.exceptions import AuthenticationError  # here: see connect()
     except ImportError:  # a Ray without token authentication: nothing more to check
         return
-    explicit = os.environ.get("RAY_AUTH_MODE")
-    has_token = AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)
-    if explicit is None and has_token:
-        os.environ["RAY_AUTH_MODE"] = "token"  # and refresh Ray's cached config, as `ray start` does
+
+    def ask() -> BaseException | None:
+        """The cluster's answer to a key-value read (None: it answered), within the preflight's time."""
+        answer: dict[str, BaseException | None] = {}
+
+        def read() -> None:
+            try:
+                GcsClient(address=f"{hp[0]}:{hp[1]}").internal_kv_get(b"session_name", b"session", timeout=2)
+                answer["error"] = None
+            except BaseException as e:  # noqa: BLE001 - returned to the caller
+                answer["error"] = e
+
+        t = threading.Thread(target=read, daemon=True)
+        t.start()
+        t.join(_PREFLIGHT_TIMEOUT_S + 1.0)
+        return answer.get("error", TimeoutError())
+
+    def use(mode: str) -> None:
+        os.environ["RAY_AUTH_MODE"] = mode  # and refresh Ray's cached config, as `ray start` does
         Config.initialize("")
-    answer: dict[str, BaseException | None] = {}
+        # A token Ray loaded before (an embedded cluster in this process) would still be sent, and a
+        # cluster without authentication then refuses this driver's replies: forget it.
+        AuthenticationTokenLoader.instance().reset_cache()
 
-    def ask() -> None:
-        try:
-            GcsClient(address=f"{hp[0]}:{hp[1]}").internal_kv_get(b"session_name", b"session", timeout=2)
-            answer["error"] = None
-        except BaseException as e:  # noqa: BLE001 - reported below
-            answer["error"] = e
-
-    t = threading.Thread(target=ask, daemon=True)
-    t.start()
-    t.join(_PREFLIGHT_TIMEOUT_S + 1.0)
-    if "error" not in answer:
+    has_token = _token_here()
+    if _USER_AUTH_MODE is None:
+        # The driver's mode must be the cluster's (a driver in token mode joined to a cluster without
+        # authentication loses its actors: their owner's replies are refused). Ask without a token
+        # first, then with this machine's.
+        use("disabled")
+        err = ask()
+        if isinstance(err, AuthenticationError) and has_token:
+            use("token")
+            err = ask()
+    else:
+        err = ask()
+    if isinstance(err, TimeoutError):
         raise ClusterError(
             f"Something listens at {address} but does not answer as a Ray cluster within "
             f"{_PREFLIGHT_TIMEOUT_S + 1:.0f} s. Pass the GCS address that `ray start --head` printed (port 6379 by "
             f"default; not the dashboard's 8265 or the client's 10001) as --ray-address HOST:PORT.")
-    err = answer["error"]
     if isinstance(err, AuthenticationError):
-        if explicit is not None and explicit.lower() != "token":
-            fix = (f"RAY_AUTH_MODE={explicit} is set here: unset it (a token in ~/.ray/auth_token then turns token "
-                   f"authentication on by itself) or set RAY_AUTH_MODE=token, with the cluster's token available")
+        if _USER_AUTH_MODE is not None and _USER_AUTH_MODE.lower() != "token":
+            fix = (f"RAY_AUTH_MODE={_USER_AUTH_MODE} is set here: unset it (ltrbench then uses this machine's token "
+                   f"when the cluster asks for one) or set RAY_AUTH_MODE=token, with the cluster's token available")
         elif has_token:
             fix = ("this machine's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) is not the "
                    "cluster's: copy the head node's token (`ray get-auth-token` there prints it) into "
@@ -240,10 +272,9 @@ def _preflight(address: str) -> None:
 # --------------------------------------------------------------------------- the probe
 
 
-def _probe_task(paths: dict[str, str], token: str) -> dict[str, Any]:
-    """On one node: is each of ``paths`` the driver's folder (its marker readable) and writable here?"""
-    import ray  # here: runs in a worker, which has ray imported anyway
-
+def check_shared(paths: dict[str, str], token: str) -> dict[str, str]:
+    """Why each of ``paths`` is not the driver's folder here (its marker missing or another one's, or
+    the folder not writable), by name; empty when all are fine."""
     problems = {}
     for name, folder in paths.items():
         marker = Path(folder) / f".ltrbench-probe-{token}"
@@ -260,8 +291,15 @@ def _probe_task(paths: dict[str, str], token: str) -> dict[str, Any]:
             mine.unlink()
         except OSError as e:
             problems[name] = f"{folder} is visible but not writable here ({e.strerror or e})"
-    return {"host": socket.gethostname(), "node": ray.get_runtime_context().get_node_id(), "problems": problems,
-            "ltrbench": str(Path(__file__).resolve().parent)}  # where this worker imported ltrbench from
+    return problems
+
+
+def _probe_task(paths: dict[str, str], token: str) -> dict[str, Any]:
+    """On one node: :func:`check_shared`, and where this worker imported ltrbench from."""
+    import ray  # here: runs in a worker, which has ray imported anyway
+
+    return {"host": socket.gethostname(), "node": ray.get_runtime_context().get_node_id(),
+            "problems": check_shared(paths, token), "ltrbench": str(Path(__file__).resolve().parent)}
 
 
 def probe(conn: Connection, cache: Path, out: Path | None, timeout_s: float = 300.0) -> list[dict[str, Any]]:

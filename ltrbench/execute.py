@@ -29,8 +29,9 @@ torch's threads set to match; a host-memory estimate per stage kind; GPUs from t
 config. Which stages ask for GPUs: on the embedded cluster the machine is known, so only where it
 has CUDA; on an external cluster always (an autoscaler then adds GPU nodes), unless
 ``device="cpu"``. Worker processes are reused from stage to stage (imports cost seconds) except
-for GPU stages, which get a fresh process each (Ray's default for GPU tasks, ray-project/ray#29624:
-a CUDA context keeps its memory and its device until the process ends).
+for GPU stages, which get a fresh process each, an actor ended when the stage has reported (as
+Ray does for GPU tasks, ray-project/ray#29624: a CUDA context keeps its memory and its device
+until the process ends).
 """
 from __future__ import annotations
 
@@ -48,8 +49,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from . import head_fit, stage_kinds  # noqa: F401  (the core stage kinds register themselves)
-from .cluster import (FORWARD_NAMES, FORWARD_PREFIXES, GPU_TASK_ENV, NO_GPU_ENV, Connection, connect, forwarded_env,
-                      probe)
+from .cluster import FORWARD_NAMES, FORWARD_PREFIXES, GPU_TASK_ENV, Connection, connect, forwarded_env, probe
 from .devices import DEVICE_CHOICES, DEVICE_ENV, describe, stage_device
 from .errors import ConfigError, LtrBenchError
 from .registry import STAGES
@@ -289,7 +289,7 @@ def attempt_stage(stage: Stage, cache: Path, attempt: int, where: Mapping[str, A
     would only repeat.
     """
     path = stage_log(cache, stage)
-    place = ", ".join(f"{k} {v}" for k, v in where.items() if v is not None)
+    place = ", ".join(f"{k} {v}" for k, v in where.items() if k in ("host", "node", "executor", "worker_log") and v)
     _append(path, f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt {attempt} of {stage.describe()} "
                   f"(key {stage.key}) on {place}, {_device_name()}\n")
     t0 = time.time()
@@ -372,7 +372,10 @@ def _ray_where() -> dict[str, Any]:
     import ray  # here: runs in a Ray worker, which has ray imported anyway
 
     ctx = ray.get_runtime_context()
-    where: dict[str, Any] = {"host": socket.gethostname(), "node": ctx.get_node_id(), "executor": "ray"}
+    where: dict[str, Any] = {"host": socket.gethostname(), "node": ctx.get_node_id(), "executor": "ray",
+                             "resources": ctx.get_assigned_resources(),  # what the scheduler gave the task
+                             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                             "code": str(Path(__file__).resolve().parent)}  # where this worker's ltrbench is
     try:  # a private API: the path is a help, never required
         logs = ray._private.worker.global_worker.node.get_logs_dir_path()
         where["worker_log"] = f"{logs}/worker-{ctx.get_worker_id()}-{ctx.get_job_id()}-{os.getpid()}.err"
@@ -381,7 +384,10 @@ def _ray_where() -> dict[str, Any]:
     return where
 
 
-def _ray_stage_body(stage: Stage, cache: str, attempt: int, env: dict[str, str], threads: int, progress: bool):
+def _ray_stage_body(stage: Stage, cache: str, attempt: int, env: dict[str, str], threads: int, progress: bool,
+                    gpu: bool):
+    if not gpu:  # Ray 2.60 no longer hides GPUs from a task that reserved none: hide them here
+        env = {**env, "CUDA_VISIBLE_DEVICES": ""}
     with _task_env(env, threads, exclusive=True):
         where = _ray_where()
         yield {"event": "start", **where, "device": _device_name()}
@@ -394,9 +400,14 @@ def _ray_cpu_stage(*args):
     yield from _ray_stage_body(*args)
 
 
-def _ray_gpu_stage(*args):
-    """A Ray generator task for a stage that reserved a GPU (a fresh worker process each)."""
-    yield from _ray_stage_body(*args)
+class _GpuStage:
+    """A stage that reserved a GPU runs in an actor of its own, ended once the stage has reported:
+    a fresh process per GPU stage. (A generator task with Ray's ``max_calls=1`` would do the same,
+    but Ray 2.60 ends such a worker before the driver has read its last item, and the driver waits
+    forever.)"""
+
+    def run(self, *args):
+        yield from _ray_stage_body(*args)
 
 
 def _ray(dag: _Dag, cache: Path, opts: ExecOptions) -> dict[str, StageFailure]:
@@ -414,24 +425,30 @@ def _ray(dag: _Dag, cache: Path, opts: ExecOptions) -> dict[str, StageFailure]:
     todo = [s for s in dag.order if dag.state[s.key] == "todo"]
     _warn_unplaceable(conn, todo, opts, gpus_used, caps, progress)
     cpu_fn = ray.remote(_ray_cpu_stage)
-    gpu_fn = ray.remote(max_calls=1)(_ray_gpu_stage)
+    gpu_actor = ray.remote(_GpuStage)
     attempts_max = opts.retries + 1
     attempts: Counter[str] = Counter()
     inflight: dict[Any, Stage] = {}
+    actors: dict[Any, Any] = {}  # generator → the GPU stage's actor, ended when the stage has reported
     failures: dict[str, StageFailure] = {}
 
     def submit(s: Stage) -> None:
         attempts[s.key] += 1
         res = stage_resources(s, gpus_used=gpus_used, cpus_per_stage=opts.cpus_per_stage, caps=caps)
         env = {**forwarded_env(cache), DEVICE_ENV: _stage_device(s, opts, gpus_used)}
+        args = (s, str(cache), attempts[s.key], env, max(1, int(res["num_cpus"])), False, res["num_gpus"] > 0)
         if res["num_gpus"] > 0:
-            fn, extra = gpu_fn, {"runtime_env": GPU_TASK_ENV}
-        else:  # the job's workers, reused; hidden GPUs even where the caller connected Ray without our env
-            fn, extra, env = cpu_fn, {}, {**env, **NO_GPU_ENV}
-        gen = fn.options(**res, max_retries=0, name=s.describe(), **extra).remote(
-            s, str(cache), attempts[s.key], env, max(1, int(res["num_cpus"])), False)
+            actor = gpu_actor.options(**res, max_restarts=0, runtime_env=GPU_TASK_ENV).remote()
+            gen = actor.run.options(name=s.describe()).remote(*args)
+            actors[gen] = actor
+        else:  # the job's workers, reused from stage to stage
+            gen = cpu_fn.options(**res, max_retries=0, name=s.describe()).remote(*args)
         inflight[gen] = s
         dag.state[s.key] = "queued"
+
+    def done(gen: Any) -> None:
+        inflight.pop(gen)
+        actors.pop(gen, None)  # the last handle: Ray ends the actor's process (gracefully, its work done)
 
     try:
         for s in dag.ready():
@@ -446,7 +463,7 @@ def _ray(dag: _Dag, cache: Path, opts: ExecOptions) -> dict[str, StageFailure]:
                 try:
                     msg = ray.get(next(gen))
                 except StopIteration:  # pragma: no cover - a task always yields its result before ending
-                    inflight.pop(gen)
+                    done(gen)
                     continue
                 except ray.exceptions.RayError as e:  # the worker or its node died, or could not start
                     msg = {"event": "result", "ok": False, "error": _error_line(e), "retry": True,
@@ -455,7 +472,7 @@ def _ray(dag: _Dag, cache: Path, opts: ExecOptions) -> dict[str, StageFailure]:
                     dag.state[s.key] = "running"
                     progress.start(s, f"{msg['host']} (node {msg['node'][:8]})", msg["device"], attempts[s.key])
                     continue
-                inflight.pop(gen)
+                done(gen)
                 if msg["ok"]:
                     dag.finish(s.key)
                     progress.finish(s)
@@ -471,9 +488,12 @@ def _ray(dag: _Dag, cache: Path, opts: ExecOptions) -> dict[str, StageFailure]:
                                                    msg["where"], msg["worker_log"])
                     dag.fail(s.key)
     except KeyboardInterrupt:
-        for gen in inflight:
+        for gen in list(inflight):
             with contextlib.suppress(Exception):
-                ray.cancel(gen, force=True)
+                if gen in actors:
+                    ray.kill(actors[gen])
+                else:
+                    ray.cancel(gen, force=True)
         raise
     return failures
 
