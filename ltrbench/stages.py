@@ -19,6 +19,15 @@ the ``.partial`` folder that the engine deletes once the stage function has retu
 
 The stage key seeds the stage's random generators (:func:`run_stage`): a result depends on the
 stage's content only, never on what ran before it in the process.
+
+``stage.json`` also records where and when the stage ran, from the view of the process that ran it:
+``host``, ``device`` (:mod:`ltrbench.devices`), ``started`` and ``finished`` (unix seconds), ``pid``,
+the process's peak memory, and what the executor passes (``attempt``, a Ray ``node``, the task's
+``resources``). None of it is part of the key.
+
+Fault injection for tests and drills: ``LTRBENCH_FAIL_STAGE=<kind>[:<n>][,...]`` makes every stage
+of that kind fail its first n attempts (every attempt without n), counted across processes in
+``<cache>/.faults/<key>.count`` (:func:`inject_fault`).
 """
 from __future__ import annotations
 

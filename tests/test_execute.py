@@ -189,6 +189,7 @@ def test_the_storage_probe_names_what_a_worker_cannot_see(tmp_path):
     assert list(problems) == ["--out"] and "is not visible here" in problems["--out"]
 
 
+@pytest.mark.slow  # a CLI subprocess
 def test_an_unreachable_cluster_fails_within_seconds_saying_what_to_do(tmp_path):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
