@@ -411,8 +411,6 @@ class _GpuStage:
 
 
 def _ray(dag: _Dag, cache: Path, opts: ExecOptions) -> dict[str, StageFailure]:
-    import ray  # here, not at the top: importing ray takes about a second, which inline runs never need
-
     progress = _Progress(dag, opts.progress)
     conn = connect(opts.address, cache, ship_code=opts.ship_code)
     progress.say(conn.describe(), counts=False)
@@ -422,80 +420,99 @@ def _ray(dag: _Dag, cache: Path, opts: ExecOptions) -> dict[str, StageFailure]:
         progress.say(f"Ray: {len(reports)} node(s) see the cache{' and --out' if opts.out else ''}; workers import "
                      f"ltrbench from {', '.join(where)}", counts=False)
     gpus_used, caps = gpu_policy(conn, opts)
-    todo = [s for s in dag.order if dag.state[s.key] == "todo"]
-    _warn_unplaceable(conn, todo, opts, gpus_used, caps, progress)
-    cpu_fn = ray.remote(_ray_cpu_stage)
-    gpu_actor = ray.remote(_GpuStage)
-    attempts_max = opts.retries + 1
-    attempts: Counter[str] = Counter()
-    inflight: dict[Any, Stage] = {}
-    actors: dict[Any, Any] = {}  # generator → the GPU stage's actor, ended when the stage has reported
-    failures: dict[str, StageFailure] = {}
+    _warn_unplaceable(conn, [s for s in dag.order if dag.state[s.key] == "todo"], opts, gpus_used, caps, progress)
+    return _RayRun(dag, cache, opts, progress, gpus_used, caps).run()
 
-    def submit(s: Stage) -> None:
-        attempts[s.key] += 1
-        res = stage_resources(s, gpus_used=gpus_used, cpus_per_stage=opts.cpus_per_stage, caps=caps)
-        env = {**forwarded_env(cache), DEVICE_ENV: _stage_device(s, opts, gpus_used)}
-        args = (s, str(cache), attempts[s.key], env, max(1, int(res["num_cpus"])), False, res["num_gpus"] > 0)
-        if res["num_gpus"] > 0:
-            actor = gpu_actor.options(**res, max_restarts=0, runtime_env=GPU_TASK_ENV).remote()
+
+def _ray_error(e: BaseException) -> str:
+    """A Ray system error in one line: its name and its untabbed lines (the reason, not the ids)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith("\t")]
+    return f"{type(e).__name__}: {' '.join(lines)}"[:400]
+
+
+class _RayRun:
+    """The driver's loop: submit the stages whose inputs are done, read each task's start and result,
+    retry or fail, until nothing is in flight."""
+
+    def __init__(self, dag: _Dag, cache: Path, opts: ExecOptions, progress: _Progress, gpus_used: bool,
+                 caps: Mapping[str, float] | None) -> None:
+        import ray  # here, not at the top: importing ray takes about a second, which inline runs never need
+
+        self.ray, self.dag, self.cache, self.opts, self.progress = ray, dag, cache, opts, progress
+        self.gpus_used, self.caps = gpus_used, caps
+        self.cpu_fn = ray.remote(_ray_cpu_stage)
+        self.gpu_actor = ray.remote(_GpuStage)
+        self.attempts: Counter[str] = Counter()
+        self.inflight: dict[Any, Stage] = {}  # the task's generator → its stage
+        self.actors: dict[Any, Any] = {}  # generator → the GPU stage's actor, ended when the stage has reported
+        self.failures: dict[str, StageFailure] = {}
+
+    def submit(self, s: Stage) -> None:
+        self.attempts[s.key] += 1
+        res = stage_resources(s, gpus_used=self.gpus_used, cpus_per_stage=self.opts.cpus_per_stage, caps=self.caps)
+        env = {**forwarded_env(self.cache), DEVICE_ENV: _stage_device(s, self.opts, self.gpus_used)}
+        gpu = res["num_gpus"] > 0
+        args = (s, str(self.cache), self.attempts[s.key], env, max(1, int(res["num_cpus"])), False, gpu)
+        if gpu:
+            actor = self.gpu_actor.options(**res, max_restarts=0, runtime_env=GPU_TASK_ENV).remote()
             gen = actor.run.options(name=s.describe()).remote(*args)
-            actors[gen] = actor
+            self.actors[gen] = actor
         else:  # the job's workers, reused from stage to stage
-            gen = cpu_fn.options(**res, max_retries=0, name=s.describe()).remote(*args)
-        inflight[gen] = s
-        dag.state[s.key] = "queued"
+            gen = self.cpu_fn.options(**res, max_retries=0, name=s.describe()).remote(*args)
+        self.inflight[gen] = s
+        self.dag.state[s.key] = "queued"
 
-    def done(gen: Any) -> None:
-        inflight.pop(gen)
-        actors.pop(gen, None)  # the last handle: Ray ends the actor's process (gracefully, its work done)
+    def run(self) -> dict[str, StageFailure]:
+        try:
+            for s in self.dag.ready():
+                self.submit(s)
+            while self.inflight:
+                ready, _ = self.ray.wait(list(self.inflight), num_returns=1, timeout=5.0)
+                if not ready:
+                    self.progress.heartbeat()
+                for gen in ready:
+                    self.read(gen)
+        except KeyboardInterrupt:
+            for gen in list(self.inflight):
+                with contextlib.suppress(Exception):
+                    if gen in self.actors:
+                        self.ray.kill(self.actors[gen])
+                    else:
+                        self.ray.cancel(gen, force=True)
+            raise
+        return self.failures
 
-    try:
-        for s in dag.ready():
-            submit(s)
-        while inflight:
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=5.0)
-            if not ready:
-                progress.heartbeat()
-                continue
-            for gen in ready:
-                s = inflight[gen]
-                try:
-                    msg = ray.get(next(gen))
-                except StopIteration:  # pragma: no cover - a task always yields its result before ending
-                    done(gen)
-                    continue
-                except ray.exceptions.RayError as e:  # the worker or its node died, or could not start
-                    msg = {"event": "result", "ok": False, "error": _error_line(e), "retry": True,
-                           "log": str(stage_log(cache, s)), "where": "", "worker_log": None}
-                if msg["event"] == "start":
-                    dag.state[s.key] = "running"
-                    progress.start(s, f"{msg['host']} (node {msg['node'][:8]})", msg["device"], attempts[s.key])
-                    continue
-                done(gen)
-                if msg["ok"]:
-                    dag.finish(s.key)
-                    progress.finish(s)
-                    for n in dag.ready():
-                        submit(n)
-                    continue
-                retry = msg["retry"] and attempts[s.key] < attempts_max
-                progress.failed(s, attempts[s.key], attempts_max, msg["error"], retry)
-                if retry:
-                    submit(s)
-                else:
-                    failures[s.key] = StageFailure(s.kind, s.label, s.key, msg["error"], msg["log"], attempts[s.key],
-                                                   msg["where"], msg["worker_log"])
-                    dag.fail(s.key)
-    except KeyboardInterrupt:
-        for gen in list(inflight):
-            with contextlib.suppress(Exception):
-                if gen in actors:
-                    ray.kill(actors[gen])
-                else:
-                    ray.cancel(gen, force=True)
-        raise
-    return failures
+    def read(self, gen: Any) -> None:
+        """The next message of a task: its start (where, device), or its result."""
+        s = self.inflight[gen]
+        try:
+            msg = self.ray.get(next(gen))
+        except StopIteration:  # pragma: no cover - a task always yields its result before ending
+            msg = {"event": "result", "ok": False, "error": "the task ended without a result", "retry": True}
+        except self.ray.exceptions.RayError as e:  # the worker or its node died, or could not start
+            msg = {"event": "result", "ok": False, "error": _ray_error(e), "retry": True}
+        if msg["event"] == "start":
+            self.dag.state[s.key] = "running"
+            self.progress.start(s, f"{msg['host']} (node {msg['node'][:8]})", msg["device"], self.attempts[s.key])
+            return
+        self.inflight.pop(gen)
+        self.actors.pop(gen, None)  # the last handle: Ray ends the actor's process (gracefully, its work done)
+        if msg["ok"]:
+            self.dag.finish(s.key)
+            self.progress.finish(s)
+            for n in self.dag.ready():
+                self.submit(n)
+            return
+        attempts, most = self.attempts[s.key], self.opts.retries + 1
+        retry = msg["retry"] and attempts < most
+        self.progress.failed(s, attempts, most, msg["error"], retry)
+        if retry:
+            self.submit(s)
+            return
+        self.failures[s.key] = StageFailure(s.kind, s.label, s.key, msg["error"],
+                                            msg.get("log") or str(stage_log(self.cache, s)), attempts,
+                                            msg.get("where", ""), msg.get("worker_log"))
+        self.dag.fail(s.key)
 
 
 def gpu_policy(conn: Connection, opts: ExecOptions) -> tuple[bool, dict[str, float] | None]:

@@ -33,7 +33,7 @@ from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler
 
 from . import api
-from .cluster import connect, forwarded_env
+from .cluster import connect, forwarded_env, probe
 from .errors import ConfigError
 from .execute import ExecOptions, gpu_policy, stage_resources
 from .paths import cache_root
@@ -104,15 +104,18 @@ def _trial(config: dict[str, Any], spec: _TrialSpec) -> None:
                      "run_keys": ",".join(keys), "errors": " | ".join(errors)})
 
 
-def _resources(points: list[list[str]], spec: _TrialSpec, opts: ExecOptions, gpus_used: bool,
-               caps: dict[str, float] | None) -> dict[str, float]:
-    """A trial's share: the most any stage of its plans asks (checked on every point's plan)."""
-    asks = []
-    for point in points:
-        p = api.plan([spec.method], spec.dataset, backbone=spec.backbone, seeds=spec.seeds[:1],
+def _plans(points: list[list[str]], spec: _TrialSpec) -> list[Any]:
+    """The plan of every point given (seed of the first), made on the driver: a bad key or value is
+    one error here, before any trial starts."""
+    return [api.plan([spec.method], spec.dataset, backbone=spec.backbone, seeds=spec.seeds[:1],
                      overrides=[*spec.overrides, *point], config_files=spec.config_files, data_root=spec.data_root)
-        asks += [stage_resources(s, gpus_used=gpus_used, cpus_per_stage=opts.cpus_per_stage, caps=caps)
-                 for s in p.stages]
+            for point in points]
+
+
+def _resources(plans: list[Any], opts: ExecOptions, gpus_used: bool, caps: dict[str, float] | None) -> dict[str, float]:
+    """A trial's share: the most any stage of its plans asks (:func:`ltrbench.execute.stage_resources`)."""
+    asks = [stage_resources(s, gpus_used=gpus_used, cpus_per_stage=opts.cpus_per_stage, caps=caps)
+            for p in plans for s in p.stages]
     return {"cpu": max(a["num_cpus"] for a in asks), "gpu": 1.0 if any(a["num_gpus"] > 0 for a in asks) else 0.0,
             "memory": float(max(a["memory"] for a in asks))}
 
@@ -132,48 +135,44 @@ def sweep(method: str, dataset: str, grid: dict[str, list[str]], *, search: str 
         raise ConfigError(f"Unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
     if samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {samples}.")
-    seeds = tuple(int(s) for s in seeds)
     name = f"{method}__{dataset}__{time.strftime('%Y%m%d-%H%M%S')}"
     root = Path(out).expanduser().absolute() / "sweeps" / name
     cache = cache_root()
     opts = ExecOptions("ray", ray_address, retries, device, ship_code, cpus_per_stage, progress, root).check()
-    if data_root:
-        data_root = str(Path(data_root).expanduser().absolute())
-    spec = _TrialSpec(method, dataset, backbone, seeds, (*overrides, f"data.eval_split={split}"),
-                      tuple(str(f) for f in config_files), data_root, str(root), metric, f"{split}_{metric}", retries,
-                      device, {})
+    spec = _TrialSpec(method, dataset, backbone, tuple(int(x) for x in seeds), (*overrides, f"data.eval_split={split}"),
+                      tuple(str(f) for f in config_files),
+                      str(Path(data_root).expanduser().absolute()) if data_root else None, str(root), metric,
+                      f"{split}_{metric}", retries, device, forwarded_env(cache))
     points = [list(c) for c in itertools.product(*[[f"{k}={v}" for v in vs] for k, vs in grid.items()])]
-    # Every value is planned on the driver before any trial (a bad key or value is one error now):
-    # each grid point, or for random samples each value on its own.
-    checked = points if search == "grid" else [[f"{k}={v}"] for k, vs in grid.items() for v in vs]
+    # each grid point is planned here; for random samples, each value on its own
+    plans = _plans(points if search == "grid" else [[f"{k}={v}"] for k, vs in grid.items() for v in vs], spec)
     api.check_writable(root)
     conn = connect(ray_address, cache, ship_code=ship_code)
     if progress:
         print(conn.describe(), flush=True)
+    if not conn.embedded:
+        probe(conn, cache, root)
     gpus_used, caps = gpu_policy(conn, opts)
-    spec = _TrialSpec(**{**spec.__dict__, "env": forwarded_env(cache)})
-    res = _resources(checked, spec, opts, gpus_used, caps)
-    space = {k: (tune.grid_search(vs) if search == "grid" else tune.choice(vs)) for k, vs in grid.items()}
-    sched = (ASHAScheduler(max_t=len(seeds), grace_period=1, reduction_factor=2) if scheduler == "asha" else None)
-    if scheduler == "asha" and len(seeds) == 1:
+    res = _resources(plans, opts, gpus_used, caps)
+    if scheduler == "asha" and len(spec.seeds) == 1:
         log.warning("--scheduler asha stops trials between seeds; with one seed it stops none")
-    trials = len(points) if search == "grid" else samples
     if progress:
-        print(f"Tune: {trials} trial(s) of {method} on {dataset} ({split} split, seeds {','.join(map(str, seeds))}), "
-              f"each asking {res['cpu']:g} CPU, {res['gpu']:g} GPU, {res['memory'] / 2**30:.1f} GiB; "
-              f"state and results in {root}", flush=True)
+        trials = len(points) if search == "grid" else samples
+        print(f"Tune: {trials} trial(s) of {method} on {dataset} ({split} split, seeds "
+              f"{','.join(map(str, spec.seeds))}), each asking {res['cpu']:g} CPU, {res['gpu']:g} GPU, "
+              f"{res['memory'] / 2**30:.1f} GiB; state and results in {root}", flush=True)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(_trial, spec=spec), res),
-        param_space=space,
-        tune_config=tune.TuneConfig(metric=spec.report, mode="max", num_samples=1 if search == "grid" else samples,
-                                    scheduler=sched, reuse_actors=True),
+        param_space={k: (tune.grid_search(vs) if search == "grid" else tune.choice(vs)) for k, vs in grid.items()},
+        tune_config=tune.TuneConfig(
+            metric=spec.report, mode="max", num_samples=1 if search == "grid" else samples, reuse_actors=True,
+            scheduler=ASHAScheduler(max_t=len(spec.seeds), grace_period=1, reduction_factor=2)
+            if scheduler == "asha" else None),
         run_config=tune.RunConfig(name=name, storage_path=str(root.parent), verbose=0,
                                   callbacks=[_Lines(spec.report)] if progress else None),
     )
-    grid_result = tuner.fit()
-    table = _table(grid_result, grid, spec, rules)
-    md = markdown(table)
-    (root / "table.md").write_text(md + "\n")
+    table = _table(tuner.fit(), grid, spec, rules)
+    (root / "table.md").write_text(markdown(table) + "\n")
     return table, root / "table.md"
 
 

@@ -203,3 +203,20 @@ def test_an_unreachable_cluster_fails_within_seconds_saying_what_to_do(tmp_path)
     last = r.stderr.strip().splitlines()[-1]  # (the world's generation bar may come first in a new cache)
     assert last.startswith(f"error: Cannot reach a Ray cluster at 127.0.0.1:{port}") and "ray start --head" in last
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("grid, needle", [
+    ("baseline.train.lr", "expected KEY=V1,V2,..."),
+    ("baseline.train.epochz=1,2", "unknown config key 'baseline.train.epochz'"),
+    ("baseline.train.epochs=1,many", "must be an integer"),
+])
+def test_a_bad_sweep_is_one_error_before_ray_starts(tmp_path, capsys, grid, needle):
+    argv = ["sweep", "--method", "baseline", "--grid", grid, "--out", str(tmp_path), "--quiet",
+            *[a for t in TINY for a in ("--set", t)]]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (a new cache's world bar may come first)
+    assert err.startswith("error: ") and needle in err
+    assert not (tmp_path / "sweeps").exists()
+    import ray
+
+    assert not ray.is_initialized()
