@@ -58,6 +58,7 @@ class Connection:
     address: str | None  # None: the embedded local cluster
     auth: str  # token | disabled | unknown
     code: str  # how the project's code reaches the workers
+    by_caller: bool = False  # Ray was connected before ltrbench was asked: used as it is
     nodes: list[dict[str, Any]] = field(default_factory=list)  # alive nodes: id, host, resources
     resources: dict[str, float] = field(default_factory=dict)  # the cluster's totals now
 
@@ -66,7 +67,8 @@ class Connection:
         return self.address is None
 
     def describe(self) -> str:
-        where = "embedded local cluster" if self.embedded else f"cluster at {self.address}"
+        where = ("the Ray this process was already connected to" if self.by_caller else
+                 "embedded local cluster" if self.embedded else f"cluster at {self.address}")
         res = ", ".join(f"{k} {_amount(k, v)}" for k, v in sorted(self.resources.items())
                         if k in ("CPU", "GPU", "memory"))
         return (f"Ray: {where}, auth {self.auth}, {len(self.nodes)} node{'s' * (len(self.nodes) != 1)} "
@@ -126,11 +128,11 @@ def connect(address: str | None, cache: Path, *, ship_code: bool = True) -> Conn
     import ray  # here, not at the top: importing ray takes about a second, which inline runs never need
 
     if ray.is_initialized():
-        if _current is not None and _current.address == address:
+        if _current is None or _current.by_caller:  # the caller connected Ray itself: use it as it is
+            _current = Connection(address=address, auth=_auth_mode(), code="as the caller set it", by_caller=True)
             _refresh(_current)
             return _current
-        if _current is None:  # the caller connected Ray itself: use it as it is
-            _current = Connection(address="(already connected)", auth=_auth_mode(), code="as the caller set it")
+        if _current.address == address:
             _refresh(_current)
             return _current
         ray.shutdown()

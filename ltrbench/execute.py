@@ -414,7 +414,7 @@ def _ray(dag: _Dag, cache: Path, opts: ExecOptions) -> dict[str, StageFailure]:
     progress = _Progress(dag, opts.progress)
     conn = connect(opts.address, cache, ship_code=opts.ship_code)
     progress.say(conn.describe(), counts=False)
-    if not conn.embedded:
+    if not conn.embedded or conn.by_caller:
         reports = probe(conn, cache, opts.out)
         where = sorted({r["ltrbench"] for r in reports})
         progress.say(f"Ray: {len(reports)} node(s) see the cache{' and --out' if opts.out else ''}; workers import "
@@ -454,7 +454,8 @@ class _RayRun:
         gpu = res["num_gpus"] > 0
         args = (s, str(self.cache), self.attempts[s.key], env, max(1, int(res["num_cpus"])), False, gpu)
         if gpu:
-            actor = self.gpu_actor.options(**res, max_restarts=0, runtime_env=GPU_TASK_ENV).remote()
+            task_env = {"env_vars": dict(GPU_TASK_ENV["env_vars"])}  # a copy: Ray may fill in what it gets
+            actor = self.gpu_actor.options(**res, max_restarts=0, runtime_env=task_env).remote()
             gen = actor.run.options(name=s.describe()).remote(*args)
             self.actors[gen] = actor
         else:  # the job's workers, reused from stage to stage
@@ -517,6 +518,8 @@ class _RayRun:
 
 def gpu_policy(conn: Connection, opts: ExecOptions) -> tuple[bool, dict[str, float] | None]:
     """Whether GPU stages ask for GPUs, and the caps of the embedded cluster's one node."""
+    if conn.by_caller:  # a Ray the caller connected: ltrbench knows neither its machines nor an autoscaler
+        return opts.device != "cpu" and conn.resources.get("GPU", 0) > 0, None
     if not conn.embedded:
         return opts.device != "cpu", None  # never decided from the totals now: an autoscaler adds nodes
     has_cuda = torch.cuda.is_available()  # the embedded cluster is this machine

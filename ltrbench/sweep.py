@@ -150,7 +150,7 @@ def sweep(method: str, dataset: str, grid: dict[str, list[str]], *, search: str 
     conn = connect(ray_address, cache, ship_code=ship_code)
     if progress:
         print(conn.describe(), flush=True)
-    if not conn.embedded:
+    if not conn.embedded or conn.by_caller:
         probe(conn, cache, root)
     gpus_used, caps = gpu_policy(conn, opts)
     res = _resources(plans, opts, gpus_used, caps)
