@@ -352,13 +352,13 @@ def stage_resources(stage: Stage, *, gpus_used: bool, cpus_per_stage: int | None
                     caps: Mapping[str, float] | None = None) -> dict[str, Any]:
     """What a stage's Ray task asks for: ``num_cpus``, ``num_gpus``, ``memory`` (bytes).
 
-    CPUs: the stage's DataLoader workers + 1 (the training or encoding process itself), or
-    ``cpus_per_stage``; memory: the stage kind's estimate + :data:`MEMORY_PER_LOADER_WORKER_GB` per
-    loader worker; GPUs: the stage kind's share for its config, where GPUs are used. ``caps`` (the
+    CPUs: the stage's DataLoader workers + 1 (the training or encoding process itself; a kind that
+    reads no images, ``StageKind.loader``, runs no loader workers), or ``cpus_per_stage``; memory: the
+    stage kind's estimate + :data:`MEMORY_PER_LOADER_WORKER_GB` per loader worker; GPUs: the stage kind's share for its config, where GPUs are used. ``caps`` (the
     embedded cluster's one node) bounds CPUs and memory, so no task asks for more than the machine has.
     """
     kind = STAGES.get(stage.kind)
-    workers = int((stage.env.get("image") or {}).get("num_workers", 0) or 0)
+    workers = int((stage.env.get("image") or {}).get("num_workers", 0) or 0) if kind.uses_loader(stage.config) else 0
     cpus = float(cpus_per_stage or workers + 1)
     memory = (kind.memory_gb + MEMORY_PER_LOADER_WORKER_GB * workers) * 2**30
     if caps:

@@ -112,7 +112,7 @@ class ClassifierTask:
         return None
 
 
-@stage_kind("finetune", version="1", gpus=1.0, memory_gb=4.0)
+@stage_kind("finetune", version="1", gpus=1.0, memory_gb=4.0, loader=True)
 def finetune(ctx: StageContext) -> dict[str, Any]:
     cfg = from_dict(TrainConfig, ctx.config["train"])
     loss = ctx.config.get("loss", {"name": "ce"})
@@ -168,7 +168,7 @@ def first_per_class(labels: np.ndarray, n: int | None) -> np.ndarray | None:
     return np.asarray(keep, dtype=np.int64)
 
 
-@stage_kind("features", version="1", gpus=0.5, memory_gb=3.0)
+@stage_kind("features", version="1", gpus=0.5, memory_gb=3.0, loader=True)
 def features(ctx: StageContext) -> dict[str, Any]:
     ds = dataset_of(ctx)
     img = image_settings(ctx)

@@ -68,7 +68,9 @@ class StageKind:
     function of the stage's config (a kind whose work depends on its config, e.g. ``clip_weights``
     trains only for a generated weights source). ``memory_gb`` is a rough estimate of the host memory
     of one stage of the kind on the real data sets, loader workers aside (the executor adds those).
-    Neither is part of a stage's key.
+    ``loader``: whether the kind reads images through a DataLoader (and so uses ``data.num_workers``
+    worker processes besides its own), again a bool or a function of the config. None of it is part
+    of a stage's key.
     """
 
     name: str
@@ -76,22 +78,27 @@ class StageKind:
     version: str = "1"
     gpus: float | Callable[[Mapping[str, Any]], float] = 0.0
     memory_gb: float = 2.0
+    loader: bool | Callable[[Mapping[str, Any]], bool] = False
 
     def gpus_for(self, config: Mapping[str, Any]) -> float:
         """The GPU share a stage of this kind with ``config`` asks for where GPUs are used."""
         return float(self.gpus(config) if callable(self.gpus) else self.gpus)
 
+    def uses_loader(self, config: Mapping[str, Any]) -> bool:
+        """Whether a stage of this kind with ``config`` runs DataLoader worker processes."""
+        return bool(self.loader(config) if callable(self.loader) else self.loader)
+
 
 def stage_kind(name: str, version: str = "1", gpus: float | Callable[[Mapping[str, Any]], float] = 0.0,
-               memory_gb: float = 2.0):
+               memory_gb: float = 2.0, loader: bool | Callable[[Mapping[str, Any]], bool] = False):
     """Decorator registering ``fn(ctx) -> info`` as the stage kind ``name``.
 
-    Bump ``version`` when the code's output changes, so cached artifacts are not reused. ``gpus`` and
-    ``memory_gb``: what the kind asks of a scheduler (:class:`StageKind`).
+    Bump ``version`` when the code's output changes, so cached artifacts are not reused. ``gpus``,
+    ``memory_gb`` and ``loader``: what the kind asks of a scheduler (:class:`StageKind`).
     """
 
     def deco(fn):
-        STAGES.add(name, StageKind(name, fn, version, gpus, memory_gb))
+        STAGES.add(name, StageKind(name, fn, version, gpus, memory_gb, loader))
         return fn
 
     return deco

@@ -120,7 +120,7 @@ class CVLPTask:
         return None
 
 
-@stage_kind("cvlp", version="1", gpus=1.0, memory_gb=6.0)
+@stage_kind("cvlp", version="1", gpus=1.0, memory_gb=6.0, loader=True)
 def cvlp(ctx: StageContext) -> dict[str, Any]:
     c = from_dict(CVLPConfig, ctx.config["cvlp"])
     distill = ctx.config["cvlp"]["distill"]

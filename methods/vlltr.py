@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -220,7 +220,12 @@ def _fit_on_images(ctx: StageContext, c: LGRConfig, seed: int) -> tuple[HeadFit,
     return HeadFit(z_img, info, {"z_img": z_img, "z_txt": z_txt, "labels": labels}), module
 
 
-@stage_kind("lgr", version="1", gpus=1.0, memory_gb=4.0)
+def _lgr_on_images(config: Mapping[str, Any]) -> bool:
+    """LGR reads images (through a DataLoader) only when it trains through the encoder."""
+    return from_dict(LGRConfig, config["lgr"]).through_encoder
+
+
+@stage_kind("lgr", version="1", gpus=1.0, memory_gb=4.0, loader=_lgr_on_images)
 def lgr(ctx: StageContext) -> dict[str, Any]:
     """VL-LTR's stage 2 (§3): the LGR head on its anchors, trained from the feature cache or on
     images. Writes both branches' eval-split logits (``z_img``, ``z_txt``, with ``labels``) for the

@@ -148,7 +148,8 @@ def test_resources_follow_the_stage(monkeypatch):
     by_kind = {s.kind: s for s in plan.stages}
     ft = stage_resources(by_kind["finetune"], gpus_used=True)
     assert ft == {"num_cpus": 4.0, "num_gpus": 1.0, "memory": int(5.5 * 2**30)}  # 3 loader workers + 1
-    assert stage_resources(by_kind["evaluate"], gpus_used=True)["num_gpus"] == 0.25
+    ev = stage_resources(by_kind["evaluate"], gpus_used=True)  # reads no images: no loader workers
+    assert ev == {"num_cpus": 1.0, "num_gpus": 0.25, "memory": 2 * 2**30}
     assert stage_resources(by_kind["finetune"], gpus_used=False)["num_gpus"] == 0.0
     assert stage_resources(by_kind["finetune"], gpus_used=True, cpus_per_stage=2)["num_cpus"] == 2.0
     capped = stage_resources(by_kind["finetune"], gpus_used=True, caps={"CPU": 2, "memory": 2**30})
