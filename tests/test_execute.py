@@ -221,3 +221,26 @@ def test_a_bad_sweep_is_one_error_before_ray_starts(tmp_path, capsys, grid, need
     import ray
 
     assert not ray.is_initialized()
+
+
+def test_which_stages_ask_for_gpus_depends_on_the_cluster_not_its_gpus_now():
+    import torch
+
+    from ltrbench.cluster import Connection
+    from ltrbench.execute import ExecOptions, _stage_device, gpu_policy
+
+    node = {"id": "n", "host": "h", "resources": {"CPU": 4.0, "memory": 8.0 * 2**30}}  # no GPU now
+    external = Connection("head:6379", "token", "working_dir", nodes=[node], resources={"CPU": 4.0})
+    assert gpu_policy(external, ExecOptions("ray", "head:6379")) == (True, None)  # an autoscaler may add GPUs
+    assert gpu_policy(external, ExecOptions("ray", "head:6379", device="cpu"))[0] is False
+    embedded = Connection(None, "token", "PYTHONPATH", nodes=[node], resources={"CPU": 4.0})
+    assert gpu_policy(embedded, ExecOptions("ray")) == (torch.cuda.is_available(), {"CPU": 4.0, "memory": 8.0 * 2**30})
+    by_caller = Connection(None, "token", "by the caller", by_caller=True, nodes=[node], resources={"CPU": 4.0})
+    assert gpu_policy(by_caller, ExecOptions("ray"))[0] is False
+    plan = ltrbench.plan(["baseline"], "synthetic_lt", overrides=TINY)
+    ft = next(s for s in plan.stages if s.kind == "finetune")
+    converted = Stage("clip_weights", {"backbone": "mini-clip", "pretrained": "openai"})
+    assert _stage_device(ft, ExecOptions("ray", device="auto"), gpus_used=True) == "auto"
+    assert _stage_device(ft, ExecOptions("ray", device="cuda"), gpus_used=True) == "cuda"
+    assert _stage_device(ft, ExecOptions("ray", device="auto"), gpus_used=False) == "cpu"
+    assert _stage_device(converted, ExecOptions("ray", device="cuda"), gpus_used=True) == "cpu"  # reserved none
