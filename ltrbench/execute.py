@@ -23,7 +23,9 @@ of the DAG and runs once. What the executors share:
   nothing happened for a minute.
 
 On Ray the driver submits a stage when its inputs have finished, as a generator task that first
-reports where it started and then its outcome. Each task asks for what its stage uses
+reports where it started and then its outcome. A worker or node that dies (out of memory, a lost
+machine) fails that attempt like an exception does; Ray's own retries are off, so ``retries``
+counts every attempt. A stage that reserved no GPU sees none (``CUDA_VISIBLE_DEVICES=""``). Each task asks for what its stage uses
 (:func:`stage_resources`): CPUs = the stage's loader workers + 1 (or ``cpus_per_stage``), with
 torch's threads set to match; a host-memory estimate per stage kind; GPUs from the stage kind and
 config. Which stages ask for GPUs: on the embedded cluster the machine is known, so only where it
