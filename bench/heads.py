@@ -152,7 +152,11 @@ def prepare(args) -> tuple[list[tuple[PlannedRun, Stage]], Path, float]:
             raise SystemExit(f"{p.spec.method} is not a head on cached features (its evaluate input is {h.kind})")
     cache = plan.cache
     prereqs = list({s.key: s for _, h in pairs for s in h.inputs}.values())
-    infos = execute(prereqs, cache, progress=not args.quiet)
+    ex = execute(prereqs, cache, progress=not args.quiet)
+    if ex.failures:
+        raise SystemExit("a prerequisite failed: " + "; ".join(f"{f.describe()}: {f.error} (log {f.log})"
+                                                             for f in ex.failures.values()))
+    infos = ex.infos
     extraction = sum(i["elapsed_s"] for i in infos.values() if i["kind"] in ("features", "text_features"))
     return pairs, cache, extraction
 

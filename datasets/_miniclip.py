@@ -26,6 +26,7 @@ from ltrbench.data.batched import BatchLoader
 from ltrbench.data.images import open_rgb
 from ltrbench.data.samplers import InstanceSampler
 from ltrbench.datasets._world import WorldSpec, generate_world
+from ltrbench.devices import stage_device
 from ltrbench.paths import cache_root
 from ltrbench.registry import BACKBONES, WEIGHTS
 from ltrbench.stages import StageContext
@@ -114,7 +115,7 @@ def pretrain_mini_clip(ctx: StageContext, backbone: str, builtin: Mapping[str, A
     loader = BatchLoader(images, tokens, batch_size=cfg.batch_size, sampler=InstanceSampler(np.zeros(len(images)), seed),
                          augment=recipe["augment"], image_size=bspec.image_size, eval_resize=bspec.eval_resize,
                          mean=bspec.mean, std=bspec.std, drop_last=True)
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = stage_device()  # what the executor allows this stage (it asked for a GPU where GPUs exist)
     model.to(dev)
     res = ctx.train(ClipTask(model), loader, cfg, device=dev, seed=seed, desc="mini-CLIP pretraining")
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out)
@@ -125,6 +126,7 @@ class MiniClipWeights:
     """The ``builtin`` weights source: mini-CLIP pretrained on the configured world's captions."""
 
     backbones = ("mini-clip",)
+    gpus = 1.0  # it trains: the clip_weights stage asks for a GPU where GPUs are used
 
     def key(self, cfg: BenchConfig) -> dict[str, Any]:
         """What the weights depend on (part of the clip_weights stage key): the world and the recipe."""

@@ -6,6 +6,9 @@ these two functions.
     df = ltrbench.run(["baseline", "zeroshot"], "synthetic_lt", seeds=[0, 1])
     df[["method", "seed", "overall", "few"]]
 
+A stage that keeps failing fails only the runs that need it; :func:`run` returns (or, by default,
+raises with) the completed runs and a summary of the failed ones.
+
 A request is methods × seeds on one data set (or every row of a paper table, ``table=N``), with
 the configuration resolved as the CLI does: data set YAML → ``config_files`` → ``overrides``
 (``section.field=value``). Every stage is cached under ``$LTRBENCH_CACHE`` by content, so a second
@@ -22,8 +25,8 @@ from typing import Sequence
 import pandas as pd
 
 from . import fingerprints, validate
-from .errors import ConfigError
-from .execute import EXECUTORS, execute
+from .errors import ConfigError, RunFailedError
+from .execute import EXECUTORS, StageFailure, execute
 from .paths import cache_root
 from .plan import PlannedRun, RunSpec, plan_runs, resolve_configs
 from .registry import DATASETS, METHODS
@@ -90,6 +93,8 @@ def plan(methods: Sequence[str] | None, dataset: str | None, *, backbone: str | 
     ``progress``: bars for the world's generation and the image check.
     """
     specs = _specs(methods, dataset, backbone, seeds, table)
+    if data_root:  # absolute: a Ray worker may run in another folder (the shipped code's)
+        data_root = str(Path(data_root).expanduser().absolute())
     resolved = resolve_configs(specs, files=[str(f) for f in config_files], overrides=list(overrides),
                                data_root=data_root)
     cache = cache_root()
@@ -105,14 +110,26 @@ def plan(methods: Sequence[str] | None, dataset: str | None, *, backbone: str | 
 def run(methods: Sequence[str] | None, dataset: str | None, *, backbone: str | None = None,
         seeds: Sequence[int] = (0,), overrides: Sequence[str] = (), config_files: Sequence[str | Path] = (),
         data_root: str | None = None, out: str | Path | None = None, executor: str = "inline",
-        ray_address: str | None = None, table: int | None = None, progress: bool = False) -> pd.DataFrame:
+        ray_address: str | None = None, table: int | None = None, progress: bool = False, retries: int = 2,
+        device: str = "auto", ship_code: bool = True, cpus_per_stage: int | None = None,
+        raise_on_failure: bool = True) -> pd.DataFrame:
     """Plan, execute and collect: one row per run (the :func:`~ltrbench.results.load_results` frame).
 
     With ``out`` every run's result JSON is also written to ``<out>/runs/`` (the folder is checked
-    for writing before any work, and created only when the results are written). ``executor="ray"``
-    (implied by ``ray_address``) runs the stages as Ray tasks. ``df.attrs["execution"]`` holds the
-    counts of stages needed and executed and the wall time; ``df.attrs["records"]`` the full result
-    records (per-class accuracy, config, images replaced under ``data.allow_corrupt`` …).
+    for writing before any work, and created only when the results are written). ``executor="ray"`` (implied by ``ray_address``) runs the stages
+    as Ray tasks: on an embedded local Ray, or on the cluster at ``ray_address``. ``retries``: more
+    attempts for a failing stage; ``device``: ``auto``, ``cpu`` (everywhere) or ``cuda``;
+    ``ship_code``: send this code to the Ray workers; ``cpus_per_stage``: CPUs per Ray task (default:
+    the stage's loader workers + 1). See :mod:`ltrbench.execute`.
+
+    A stage that fails on every attempt fails only the runs that need it: every other run completes
+    (and is written to ``out``). ``df.attrs["failures"]`` lists the failed runs (method, variant,
+    dataset, backbone, seed, stage kind, label, key, error, log, worker_log, attempts); with
+    ``raise_on_failure`` (the default) a failure then raises :class:`~ltrbench.errors.RunFailedError`,
+    whose ``frame`` is the frame of the runs that completed and whose message is the summary (the CLI
+    prints it and exits 1). ``df.attrs["execution"]`` holds the counts of stages needed, executed and
+    failed and the wall time; ``df.attrs["records"]`` the full result records (per-class accuracy,
+    config, images replaced under ``data.allow_corrupt`` …).
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"Unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}.")
@@ -121,15 +138,45 @@ def run(methods: Sequence[str] | None, dataset: str | None, *, backbone: str | N
     p = plan(methods, dataset, backbone=backbone, seeds=seeds, overrides=overrides, config_files=config_files,
              data_root=data_root, table=table, progress=progress)
     t0 = time.time()
-    infos = execute(p.targets, p.cache, executor="ray" if ray_address else executor, progress=progress,
-                    ray_address=ray_address)
-    records = [build_record(r, infos, p.cache) for r in p.runs]
+    ex = execute(p.targets, p.cache, executor="ray" if ray_address else executor, progress=progress,
+                 ray_address=ray_address, retries=retries, device=device, ship_code=ship_code,
+                 cpus_per_stage=cpus_per_stage, out=Path(out) if out is not None else None)
+    records, failures = [], []
+    for r in p.runs:
+        failed = ex.failure_of(r.target)
+        if failed is None:
+            records.append(build_record(r, ex.infos, p.cache))
+        else:
+            failures.append(_failure_row(r, failed))
     if out is not None:
         for rec in records:
             write_result(Path(out), rec)
     df = load_results(records)
-    executed = sum(bool(i["ran"]) for i in infos.values())
-    df.attrs["execution"] = {"stages": len(infos), "executed": executed, "cached": len(infos) - executed,
+    df.attrs["execution"] = {"stages": len(ex.stages), "executed": ex.executed, "cached": len(ex.infos) - ex.executed,
+                             "failed_stages": len(ex.failures), "failed_runs": len(failures),
                              "seconds": round(time.time() - t0, 1)}
     df.attrs["records"] = records
+    df.attrs["failures"] = failures
+    if failures and raise_on_failure:
+        raise RunFailedError(failure_summary(failures, len(p.runs), retries), frame=df, failures=failures)
     return df
+
+
+def _failure_row(run: PlannedRun, f: StageFailure) -> dict:
+    return {"method": run.spec.method, "variant": run.spec.variant, "dataset": run.spec.dataset,
+            "backbone": run.cfg.backbone.name, "seed": run.spec.seed, "stage": f.kind, "label": f.label, "key": f.key,
+            "error": f.error, "log": f.log, "worker_log": f.worker_log, "attempts": f.attempts, "where": f.where}
+
+
+def failure_summary(failures: Sequence[dict], runs: int, retries: int) -> str:
+    """The end summary of failed runs: a line per run (method, data set, backbone, seed, the stage that
+    failed with its key, the error's last line) and where its logs are."""
+    lines = [f"{len(failures)} of {runs} runs failed (a stage they need failed {retries + 1} times or with a user "
+             f"error; every other run completed and its result was written):"]
+    for f in failures:
+        name = f["method"] + (f"[{f['variant']}]" if f.get("variant") else "")
+        lines.append(f"  {name} · {f['dataset']} · {f['backbone']} · seed {f['seed']}: stage {f['stage']}"
+                     f"[{f['label'] or f['key'][:8]}] key {f['key']}, {f['attempts']} attempt(s): {f['error']}")
+        where = f" (worker log on {f['where']}: {f['worker_log']})" if f.get("worker_log") else ""
+        lines.append(f"      log: {f['log']}{where}")
+    return "\n".join(lines)

@@ -1,10 +1,12 @@
-"""The command line: ``run_bench.py [run] …``, ``list``, ``check-data``, ``tables``, ``diff``, ``report``.
+"""The command line: ``run_bench.py [run] …``, ``sweep``, ``list``, ``check-data``, ``tables``, ``diff``,
+``report``.
 
 Each command is argparse → the library (:func:`ltrbench.run`, :func:`ltrbench.results.load_results`,
 :func:`ltrbench.checkdata.check_data`) → rendering. Bad input (an unknown method or data set, a bad
 ``--set``, an unwritable output folder, a data root that fails its checks) is one paragraph on
 stderr and exit status 2, before any work starts and with nothing half-written; ``--debug`` adds
-the traceback (and ltrbench's log at DEBUG level).
+the traceback (and ltrbench's log at DEBUG level). A run whose stage failed on every attempt is
+reported in an end summary on stderr (exit status 1); the other runs' results are written.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from .metrics import CONVENTION_NOTE, CONVENTIONS
 from .registry import BACKBONES, DATASETS, METHODS
 from .report import build_report, summary_of
 from .results import load_results
-from .tables import TOLERANCE, available_tables, load_table, render_diff, render_table, summary_table
+from .tables import TOLERANCE, available_tables, load_table, markdown as render, render_diff, render_table, summary_table
 
 DEFAULT_DATASET = "synthetic_lt"
 DEFAULT_BASELINE = "baseline"  # what `report` measures per-class gains against (the paper's Figure 4)
@@ -43,10 +45,26 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="results", help="output folder for result JSONs and tables (default: results/)")
     p.add_argument("--executor", choices=("inline", "ray"), default="inline",
                    help="run stages in this process in order (inline) or as Ray tasks (ray)")
-    p.add_argument("--ray-address", default=None, help="join an existing Ray cluster (implies --executor ray)")
     p.add_argument("--table", type=int, default=None,
                    help="run every row of a paper table (1-4, 8-10) on --dataset (default: the paper's data sets)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_execution_args(p)
+
+
+def _add_execution_args(p: argparse.ArgumentParser) -> None:
+    """What both ``run`` and ``sweep`` take: where and how stages execute."""
+    p.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                   help="join an existing Ray cluster (implies --executor ray); token auth is used when a token "
+                        "is present (~/.ray/auth_token, RAY_AUTH_TOKEN)")
+    p.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="attempts after a stage's first failure (default: 2); a training stage resumes from its checkpoint")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: CUDA where a stage reserved a GPU and sees one; cpu: the CPU everywhere; cuda: "
+                        "fail where a GPU stage sees no CUDA (default: auto)")
+    p.add_argument("--cpus-per-stage", type=int, default=None, metavar="N",
+                   help="CPUs each Ray task asks for (default: the stage's data.num_workers + 1)")
+    p.add_argument("--no-ship-code", dest="ship_code", action="store_false",
+                   help="do not send this checkout's code to the Ray workers (they import their own ltrbench)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,12 +87,34 @@ def build_parser() -> argparse.ArgumentParser:
                     help="look for and decode only N random listed images per split (default: all)")
     cd.add_argument("--allow-corrupt", action="store_true", help="count unreadable images instead of failing")
     cd.add_argument("--quiet", action="store_true", help="no progress bars")
+    sw = sub.add_parser("sweep", parents=[common], help="a hyperparameter sweep of one method on Ray Tune (val split), ranked")
+    sw.add_argument("--method", required=True)
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                    help="values of one config key (repeatable; the grid is their product)")
+    sw.add_argument("--search", choices=("grid", "random"), default="grid",
+                    help="every grid point (grid) or --samples points drawn at random (random)")
+    sw.add_argument("--samples", type=int, default=1, help="trials of a random search (default: 1)")
+    sw.add_argument("--seeds", default="0", help="comma-separated seeds per trial (default: 0)")
+    sw.add_argument("--metric", choices=("overall", "many", "medium", "few"), default="overall",
+                    help="what ranks the trials (default: overall)")
+    sw.add_argument("--split", default="val", help="the split trials are evaluated on (default: val, never test)")
+    sw.add_argument("--scheduler", choices=("none", "asha"), default="none",
+                    help="asha: stop trials whose first seeds rank low (a trial's iterations are its seeds)")
+    sw.add_argument("--rules", action="store_true", help="a row per inference rule (VL-LTR: fusion rules, branches)")
+    sw.add_argument("--dataset", default=DEFAULT_DATASET, help=f"data set name (default: {DEFAULT_DATASET})")
+    sw.add_argument("--backbone", default=None, help="backbone name (default: the data set config's)")
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a fixed config value for every trial (repeatable)")
+    sw.add_argument("--config", dest="files", action="append", default=[], metavar="FILE")
+    sw.add_argument("--data-root", default=None, help="the data set's root folder")
+    sw.add_argument("--out", default="results", help="the sweep's folder is <out>/sweeps/<name>/ (default: results/)")
+    _add_execution_args(sw)
     tb = sub.add_parser("tables", parents=[common],
                         help="print the summary tables of a results folder, or a paper table with diffs")
     tb.add_argument("--out", default="results")
     tb.add_argument("--table", type=int, default=None, help="render paper table N: ours, the paper's, the difference")
     tb.add_argument("--dataset", default=None, help="with --table: compare the results on this data set")
-    df = sub.add_parser("diff", help="ours against the paper's numbers, row by row; --strict exits 1 on a gap")
+    df = sub.add_parser("diff", parents=[common], help="ours against the paper's numbers, row by row; --strict exits 1 on a gap")
     df.add_argument("--table", type=int, default=None, help="paper table N (default: every table, 1-4 and 8-10)")
     df.add_argument("--dataset", default=None,
                     help="compare the results on this data set (default: where the table's rows ran, else the paper's)")
@@ -83,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"points ours may differ from the paper's (default: {TOLERANCE:g})")
     df.add_argument("--strict", action="store_true",
                     help="exit 1 when a runnable row has no result or differs by more than the tolerance")
-    rp = sub.add_parser("report", help="write <out>/report/: report.md, a self-contained report.html, PNG figures, CSV")
+    rp = sub.add_parser("report", parents=[common], help="write <out>/report/: report.md, a self-contained report.html, PNG figures, CSV")
     rp.add_argument("--out", default="results", help="the results folder (default: results/); the report goes "
                     "to <out>/report/")
     rp.add_argument("--dataset", default=None, help="only this data set (default: every data set in the results)")
@@ -113,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_diff(args)
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "sweep":
+            return cmd_sweep(args)
         return cmd_run(args)
     except LtrBenchError as e:
         if getattr(args, "debug", False):
@@ -154,11 +196,15 @@ def _csv(s: str | None) -> list[str]:
     return [x.strip() for x in (s or "").split(",") if x.strip()]
 
 
-def cmd_run(args) -> int:
+def _seeds(text: str) -> list[int]:
     try:
-        seeds = [int(s) for s in _csv(args.seeds)]
+        return [int(s) for s in _csv(text)]
     except ValueError:
-        raise LtrBenchError(f"--seeds must be comma-separated integers, got {args.seeds!r}.") from None
+        raise LtrBenchError(f"--seeds must be comma-separated integers, got {text!r}.") from None
+
+
+def cmd_run(args) -> int:
+    seeds = _seeds(args.seeds)
     methods = None if args.methods is None or args.table is not None else _csv(args.methods)
     if args.table is not None and args.methods is not None:
         raise LtrBenchError("--table runs the rows of a paper table; leave out --methods.")
@@ -167,9 +213,17 @@ def cmd_run(args) -> int:
         os.environ["TQDM_DISABLE"] = "1"  # also silences bars in plugins (world generation) and workers
     df = api.run(methods, dataset, backbone=args.backbone, seeds=seeds, overrides=args.overrides,
                  config_files=args.files, data_root=args.data_root, out=args.out, executor=args.executor,
-                 ray_address=args.ray_address, table=args.table, progress=not args.quiet)
+                 ray_address=args.ray_address, table=args.table, progress=not args.quiet, retries=args.retries,
+                 device=args.device, ship_code=args.ship_code, cpus_per_stage=args.cpus_per_stage,
+                 raise_on_failure=False)
     ex = df.attrs["execution"]
-    print(f"stages: {ex['stages']} needed, {ex['executed']} executed, {ex['cached']} cached ({ex['seconds']:.0f}s)")
+    failed = f", {ex['failed_stages']} failed" if ex["failed_stages"] else ""
+    print(f"stages: {ex['stages']} needed, {ex['executed']} executed, {ex['cached']} cached{failed} "
+          f"({ex['seconds']:.0f}s)")
+    failures = df.attrs["failures"]
+    if df.empty:  # every run failed: nothing to tabulate
+        print(api.failure_summary(failures, len(failures), args.retries), file=sys.stderr)
+        return 1
     if args.table is not None:
         spec = load_table(args.table)
         md = "\n".join(render_table(spec, df, conv) for conv in CONVENTIONS)
@@ -185,7 +239,29 @@ def cmd_run(args) -> int:
     tmp.write_text(md)
     os.replace(tmp, tables / name)
     print(f"results: {Path(args.out) / 'runs'}  table: {tables / name}")
+    if failures:
+        print(api.failure_summary(failures, len(df) + len(failures), args.retries), file=sys.stderr)
+        return 1
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from . import sweep  # here, not at the top: importing Ray Tune takes seconds, which other commands never need
+
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    table, path = sweep.sweep(args.method, args.dataset, sweep.parse_grid(args.grid), search=args.search,
+                              samples=args.samples, seeds=_seeds(args.seeds), metric=args.metric, split=args.split,
+                              scheduler=args.scheduler, backbone=args.backbone, overrides=args.overrides,
+                              config_files=args.files, data_root=args.data_root, out=args.out,
+                              ray_address=args.ray_address, device=args.device, retries=args.retries,
+                              ship_code=args.ship_code, cpus_per_stage=args.cpus_per_stage, rules=args.rules,
+                              progress=not args.quiet)
+    print(f"\n### sweep of {args.method} on {args.dataset}: {args.split} accuracy (%), ranked by {args.metric}, "
+          f"{CONVENTION_NOTE['paper']}\n")
+    print(render(table))
+    print(f"\ntable: {path}")
+    return 0 if not table["status"].str.startswith("failed").any() else 1
 
 
 def cmd_tables(args) -> int:

@@ -29,3 +29,21 @@ class PluginError(LtrBenchError):
 
 class CacheError(LtrBenchError):
     """A cached artifact is not (or no longer) a verified, loadable artifact of ltrbench."""
+
+
+class ClusterError(LtrBenchError):
+    """A Ray cluster cannot be reached or used (address, token authentication, shared storage)."""
+
+
+class RunFailedError(LtrBenchError):
+    """Some runs failed (a stage kept failing after its retries); the others completed.
+
+    ``frame`` is what :func:`ltrbench.run` would have returned (the successful runs' rows, with
+    ``frame.attrs["failures"]``); ``failures`` lists each failed run (method, seed, stage, key,
+    error, log). The message is the summary the CLI prints.
+    """
+
+    def __init__(self, message: str, frame=None, failures=None) -> None:
+        super().__init__(message)
+        self.frame = frame
+        self.failures = list(failures or [])

@@ -334,7 +334,7 @@ def head_methods() -> dict[str, type[HeadMethod]]:
 # --------------------------------------------------------------------------- the head stage
 
 
-@stage_kind("head", version="1", gpus=0.25)
+@stage_kind("head", version="1", gpus=0.25, memory_gb=2.0)
 def head(ctx: StageContext) -> dict[str, Any]:
     method: HeadMethod = METHODS.get(ctx.config["method"])()
     cfg = from_dict(method.config_cls, ctx.config["config"])

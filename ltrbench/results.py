@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
-import torch
 
+from .devices import machine
+from .errors import LtrBenchError
 from .metrics import BUCKETS, CONVENTIONS
 from .plan import PlannedRun
 from .stages import artifact_dir, topological
@@ -59,10 +60,13 @@ def versions() -> dict[str, str]:
     return out
 
 
-def device_description() -> str:
-    if torch.cuda.is_available():
-        return f"cuda:{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
-    return f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+def run_device(stages: Sequence[Mapping[str, Any]]) -> str:
+    """The devices that computed a run, from its stages' records (in stage order, each once).
+
+    Stages cached by a version that did not record devices leave it to this machine's description,
+    marked as such."""
+    seen = list(dict.fromkeys(s["device"] for s in stages if s.get("device")))
+    return " + ".join(seen) if seen else f"unrecorded (stages cached before devices were recorded; driver: {machine()})"
 
 
 def result_filename(rec: Mapping[str, Any]) -> str:
@@ -127,13 +131,14 @@ def build_record(run: PlannedRun, infos: Mapping[str, Mapping[str, Any]], cache:
         "config": run.cfg.to_dict(),
         "overrides": list(run.spec.overrides),
         "effective": effective,
-        "stages": [{"kind": s.kind, "key": s.key, "label": s.label, "elapsed_s": infos[s.key]["elapsed_s"]}
+        "stages": [{"kind": s.kind, "key": s.key, "label": s.label, "elapsed_s": infos[s.key]["elapsed_s"],
+                    **{k: infos[s.key][k] for k in ("host", "node", "device") if infos[s.key].get(k) is not None}}
                    for s in stages],
         "run_key": run.target.key,
         "wall_time_s": round(sum(infos[s.key]["elapsed_s"] for s in stages), 2),
         "git_revision": git_revision(),
         "versions": versions(),
-        "device": device_description(),
+        "device": run_device([infos[s.key] for s in stages]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

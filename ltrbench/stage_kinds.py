@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from .backbones import BACKBONES, convert_to_state_dict, resolve_pretrained, tokenizer
 from .config import TrainConfig, from_dict
 from .data.loaders import DatasetRef, ImageSettings, eval_loader, open_dataset, train_loader
+from .devices import stage_device
 from .errors import LtrBenchError
 from .fingerprints import file_sha256
 from .metrics import summarize
@@ -39,7 +40,9 @@ log = logging.getLogger(__name__)
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device of the stage running in this process: what the executor allows it
+    (:func:`ltrbench.devices.stage_device`; a stage that reserved no GPU computes on the CPU)."""
+    return stage_device()
 
 
 def dataset_of(ctx: StageContext):
@@ -61,7 +64,13 @@ def load_array(folder: Path, name: str, mmap: bool = True) -> np.ndarray:
 # --------------------------------------------------------------------------- clip_weights
 
 
-@stage_kind("clip_weights", version="1")
+def _clip_weights_gpus(config: Mapping[str, Any]) -> float:
+    """A tag or a file is only converted (no GPU); a generated source that trains asks for its share."""
+    src = config.get("pretrained")
+    return float(getattr(WEIGHTS.get(src), "gpus", 0.0)) if src in WEIGHTS else 0.0
+
+
+@stage_kind("clip_weights", version="1", gpus=_clip_weights_gpus, memory_gb=3.0)
 def clip_weights(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.config
     out = ctx.out / "weights.pt"
@@ -109,7 +118,7 @@ class ClassifierTask:
         return None
 
 
-@stage_kind("finetune", version="1", gpus=1.0, reads=lambda c: Reads(splits=("train",)))
+@stage_kind("finetune", version="1", gpus=1.0, memory_gb=4.0, loader=True, reads=lambda c: Reads(splits=("train",)))
 def finetune(ctx: StageContext) -> dict[str, Any]:
     cfg = from_dict(TrainConfig, ctx.config["train"])
     loss = ctx.config.get("loss", {"name": "ce"})
@@ -169,7 +178,7 @@ def first_per_class(labels: np.ndarray, n: int | None) -> np.ndarray | None:
     return np.asarray(keep, dtype=np.int64)
 
 
-@stage_kind("features", version="1", gpus=0.5, reads=lambda c: Reads(splits=(c["split"],)))
+@stage_kind("features", version="1", gpus=0.5, memory_gb=3.0, loader=True, reads=lambda c: Reads(splits=(c["split"],)))
 def features(ctx: StageContext) -> dict[str, Any]:
     """The split's images once through the evaluation loader (the feature cache), or, with a
     ``draw`` in the config, one pass of a training loader over them: N draws by ``draw.sampler``
@@ -214,7 +223,7 @@ def encode_texts(clip: nn.Module, backbone: str, sentences: list[str], dev: torc
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
-@stage_kind("text_features", version="1", gpus=0.5, reads=lambda c: Reads(corpus=c["source"]))
+@stage_kind("text_features", version="1", gpus=0.5, memory_gb=3.0, reads=lambda c: Reads(corpus=c["source"]))
 def text_features(ctx: StageContext) -> dict[str, Any]:
     ds = dataset_of(ctx)
     corpus = ds.corpus(ctx.config["source"])
@@ -250,7 +259,7 @@ class Prediction:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-@stage_kind("evaluate", version="1", gpus=0.25)
+@stage_kind("evaluate", version="1", gpus=0.25, memory_gb=2.0)
 def evaluate(ctx: StageContext) -> dict[str, Any]:
     method = METHODS.get(ctx.config["method"])()
     ds = dataset_of(ctx)

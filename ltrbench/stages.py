@@ -35,6 +35,15 @@ never trusted) is reported in one warning naming its kind, key and folder, moved
 the cache is ever unpickled (:mod:`ltrbench.train`, :mod:`ltrbench.models` load tensors only), so
 someone who can write a shared cache can change numbers, which the manifest catches when it is
 accidental, but cannot run code.
+
+``stage.json`` also records where and when the stage ran, from the view of the process that ran it:
+``host``, ``device`` (:mod:`ltrbench.devices`), ``started`` and ``finished`` (unix seconds), ``pid``,
+the process's peak memory, and what the executor passes (``attempt``, a Ray ``node``, the task's
+``resources``). None of it is part of the key.
+
+Fault injection for tests and drills: ``LTRBENCH_FAIL_STAGE=<kind>[:<n>][,...]`` makes every stage
+of that kind fail its first n attempts (every attempt without n), counted across processes in
+``<cache>/.faults/<key>.count`` (:func:`inject_fault`).
 """
 from __future__ import annotations
 
@@ -54,11 +63,14 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 try:
     import fcntl
+    import resource
 except ImportError:  # pragma: no cover - not POSIX: stages are built without a lock
     fcntl = None  # type: ignore[assignment]
+    resource = None  # type: ignore[assignment]
 
 from .data.images import recording_replacements
-from .errors import CacheError
+from .devices import describe, stage_device
+from .errors import CacheError, LtrBenchError
 from .fingerprints import sha256_file
 from .registry import STAGES
 from .train import FitResult, TrainTask, fit, seed_everything
@@ -87,24 +99,45 @@ class Reads:
 @dataclass(frozen=True)
 class StageKind:
     """A registered stage kind: the function, its code version, the resources it asks for, and
-    what it reads of its data set (``reads(config) -> Reads``; None: nothing but the lists)."""
+    what it reads of its data set (``reads(config) -> Reads``; None: nothing but the lists).
+
+    ``gpus`` is the share of a GPU the kind asks of a scheduler where GPUs are used: a number, or a
+    function of the stage's config (a kind whose work depends on its config, e.g. ``clip_weights``
+    trains only for a generated weights source). ``memory_gb`` is a rough estimate of the host memory
+    of one stage of the kind on the real data sets, loader workers aside (the executor adds those).
+    ``loader``: whether the kind reads images through a DataLoader (and so uses ``data.num_workers``
+    worker processes besides its own), again a bool or a function of the config. None of it is part
+    of a stage's key.
+    """
 
     name: str
     fn: Callable[["StageContext"], Mapping[str, Any] | None]
     version: str = "1"
-    gpus: float = 0.0  # fraction of a GPU asked of the scheduler when GPUs exist
+    gpus: float | Callable[[Mapping[str, Any]], float] = 0.0
+    memory_gb: float = 2.0
+    loader: bool | Callable[[Mapping[str, Any]], bool] = False
     reads: Callable[[Mapping[str, Any]], Reads] | None = None
 
+    def gpus_for(self, config: Mapping[str, Any]) -> float:
+        """The GPU share a stage of this kind with ``config`` asks for where GPUs are used."""
+        return float(self.gpus(config) if callable(self.gpus) else self.gpus)
 
-def stage_kind(name: str, version: str = "1", gpus: float = 0.0,
+    def uses_loader(self, config: Mapping[str, Any]) -> bool:
+        """Whether a stage of this kind with ``config`` runs DataLoader worker processes."""
+        return bool(self.loader(config) if callable(self.loader) else self.loader)
+
+
+def stage_kind(name: str, version: str = "1", gpus: float | Callable[[Mapping[str, Any]], float] = 0.0,
+               memory_gb: float = 2.0, loader: bool | Callable[[Mapping[str, Any]], bool] = False,
                reads: Callable[[Mapping[str, Any]], Reads] | None = None):
     """Decorator registering ``fn(ctx) -> info`` as the stage kind ``name``.
 
-    Bump ``version`` when the code's output changes, so cached artifacts are not reused.
+    Bump ``version`` when the code's output changes, so cached artifacts are not reused. ``gpus``,
+    ``memory_gb`` and ``loader``: what the kind asks of a scheduler (:class:`StageKind`).
     """
 
     def deco(fn):
-        STAGES.add(name, StageKind(name, fn, version, gpus, reads))
+        STAGES.add(name, StageKind(name, fn, version, gpus, memory_gb, loader, reads))
         return fn
 
     return deco
@@ -351,12 +384,15 @@ def topological(targets: Iterable[Stage]) -> list[Stage]:
     return order
 
 
-def run_stage(stage: Stage, cache: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
+def run_stage(stage: Stage, cache: str | os.PathLike, progress: bool = True,
+              record: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Build one stage's artifact unless a verified one exists; return its ``stage.json`` info.
 
     A plain function of picklable arguments: the inline executor calls it directly and the Ray
     executor calls it inside a task (the stage registry loads the plugins, whose kinds it needs).
-    An artifact that fails verification is moved aside and rebuilt (see the module docstring).
+    ``record``: what the caller knows about where the stage runs (a Ray node id, the attempt),
+    written into ``stage.json`` beside what the engine records itself. An artifact that fails
+    verification is moved aside and rebuilt (see the module docstring).
     """
     cache = Path(cache)
     final = artifact_dir(cache, stage)
@@ -369,7 +405,7 @@ def run_stage(stage: Stage, cache: str | os.PathLike, progress: bool = True) -> 
             return read_info(cache, stage)
         if found.aside:
             _quarantine(final, stage, found)
-        return _build(stage, cache, final, progress)
+        return _build(stage, cache, final, progress, dict(record or {}))
 
 
 def _say(msg: str) -> None:
@@ -503,7 +539,7 @@ def _clear_partial(partial: Path) -> None:
             child.unlink()
 
 
-def _build(stage: Stage, cache: Path, final: Path, progress: bool) -> dict[str, Any]:
+def _build(stage: Stage, cache: Path, final: Path, progress: bool, record: dict[str, Any]) -> dict[str, Any]:
     partial = final.with_name(final.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     _clear_partial(partial)
@@ -515,8 +551,9 @@ def _build(stage: Stage, cache: Path, final: Path, progress: bool) -> dict[str, 
                              f"({artifact_dir(cache, s)}) is not a verified artifact: {problem}. Run again: "
                              "the input is then checked and rebuilt first.")
     kind = STAGES.get(stage.kind)
+    dev = stage_device()  # before any work: --device cuda on a host without CUDA fails here
     with stage_log(partial / "log.txt"):
-        log.info("stage %s: computing (key %s)", stage.describe(), stage.key)
+        log.info("stage %s: computing (key %s) on %s", stage.describe(), stage.key, dev)
         # Every stage starts from generators seeded by its own key, so its result never depends on
         # what ran before it in the same process (e.g. a head's initialisation after mini-CLIP).
         seed_everything(int(stage.key[:8], 16))
@@ -524,8 +561,9 @@ def _build(stage: Stage, cache: Path, final: Path, progress: bool) -> dict[str, 
         ctx = StageContext(stage, partial, cache, inputs, progress)
         with recording_replacements() as replaced:
             extra = kind.fn(ctx) or {}
-        elapsed = time.time() - t0
-        log.info("stage %s: done in %.1f s", stage.describe(), elapsed)
+        t1 = time.time()
+        log.info("stage %s: done in %.1f s", stage.describe(), t1 - t0)
+    inject_fault(stage, cache)  # the drill's failure: after the work, before the artifact is committed
     shutil.rmtree(ctx.work, ignore_errors=True)  # resume checkpoints: only needed until done
     t_hash = time.perf_counter()
     files = file_manifest(partial)
@@ -536,9 +574,15 @@ def _build(stage: Stage, cache: Path, final: Path, progress: bool) -> dict[str, 
         "version": kind.version,
         "config": stage.config,
         "inputs": [s.key for s in stage.inputs],
-        "elapsed_s": round(elapsed, 3),
+        "elapsed_s": round(t1 - t0, 3),
+        # Where and when it ran (unix seconds): the worker's view, for progress, placement and overlap.
         "host": socket.gethostname(),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "device": describe(dev),
+        "started": round(t0, 3),
+        "finished": round(t1, 3),
+        "pid": os.getpid(),
+        "process_peak_rss_mb": _peak_rss_mb(),
+        **record,
         **dict(extra),
         **({"replaced_images": [replaced[p] for p in sorted(replaced)]} if replaced else {}),
         "files": files,
@@ -559,3 +603,62 @@ def _build(stage: Stage, cache: Path, final: Path, progress: bool) -> dict[str, 
         return read_info(cache, stage)
     _VERIFIED.add((str(final), info["stage_sha256"]))  # hashed just now
     return info
+
+
+def _peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far (a reused worker's includes its earlier stages)."""
+    if resource is None:  # pragma: no cover - not POSIX
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)  # bytes on macOS, KiB on Linux
+
+
+# --------------------------------------------------------------------------- fault injection
+
+#: ``<kind>[:<n>][,<kind>[:<n>]...]``: every stage of that kind fails its first n attempts (always without n).
+FAULT_ENV = "LTRBENCH_FAIL_STAGE"
+
+
+class InjectedFault(RuntimeError):
+    """The failure raised by the fault-injection switch :data:`FAULT_ENV` (tests and drills)."""
+
+
+def fault_plan(spec: str | None = None) -> dict[str, int | None]:
+    """``{kind: n}`` of :data:`FAULT_ENV` (``None``: every attempt fails)."""
+    spec = os.environ.get(FAULT_ENV, "") if spec is None else spec
+    plan: dict[str, int | None] = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        kind, _, n = item.partition(":")
+        try:
+            plan[kind.strip()] = int(n) if n.strip() else None
+        except ValueError:
+            raise LtrBenchError(f"{FAULT_ENV}={spec!r}: {item!r} is not <kind>[:<n>] with an integer n, "
+                                f"e.g. {FAULT_ENV}=finetune:1 (each finetune stage fails its first attempt).") from None
+    return plan
+
+
+def inject_fault(stage: Stage, cache: Path) -> None:
+    """Raise :class:`InjectedFault` if :data:`FAULT_ENV` says this attempt of ``stage`` fails.
+
+    The attempts of each stage are counted in ``<cache>/.faults/<key>.count`` under a lock, so the
+    count holds across processes (Ray workers, retries, a rerun). The switch fires after the stage
+    function has returned and before the artifact is committed, as a crash at the worst moment would:
+    a training stage's retry then resumes from its last checkpoint.
+    """
+    plan = fault_plan()
+    if stage.kind not in plan:
+        return
+    limit = plan[stage.kind]
+    counter = Path(cache) / ".faults" / f"{stage.key}.count"
+    counter.parent.mkdir(parents=True, exist_ok=True)
+    with open(counter, "a+") as fh:
+        if fcntl is not None:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        count = int(fh.read().strip() or 0) + 1
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(count))
+    if limit is None or count <= limit:
+        raise InjectedFault(f"{FAULT_ENV}={os.environ[FAULT_ENV]}: injected failure of stage {stage.describe()} "
+                            f"(key {stage.key}), attempt {count}" + ("" if limit is None else f" of the first {limit}"))

@@ -167,13 +167,15 @@ class FitResult:
     @property
     def info(self) -> dict[str, Any]:
         """What a training stage records in its ``stage.json``: the per-epoch history, the training
-        time, the effective lr and batch size (after linear scaling), and the best epoch when the
-        recipe selects one on val."""
+        time, the effective lr and batch size (after linear scaling), the best epoch when the
+        recipe selects one on val, and the epoch it resumed from after a crash."""
         out: dict[str, Any] = {"history": self.history, "train_seconds": round(self.seconds, 3),
                                "effective_lr": self.effective_lr, "effective_batch_size": self.effective_batch_size,
                                "amp": self.amp}
         if self.selected_best:
             out.update(best_epoch=self.best_epoch, best_val_acc=self.best_score)
+        if self.resumed_from is not None:  # a retry after a crash: epochs before this one were not rerun
+            out["resumed_after_epoch"] = self.resumed_from
         return out
 
 

@@ -121,7 +121,7 @@ class CVLPTask:
         return None
 
 
-@stage_kind("cvlp", version="1", gpus=1.0,
+@stage_kind("cvlp", version="1", gpus=1.0, memory_gb=6.0, loader=True,
             reads=lambda c: Reads(splits=("train",), corpus=c["cvlp"]["source"]))
 def cvlp(ctx: StageContext) -> dict[str, Any]:
     c = from_dict(CVLPConfig, ctx.config["cvlp"])

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -121,7 +121,7 @@ class LGRConfig:
 # --------------------------------------------------------------------------- anss
 
 
-@stage_kind("anss", version="1", gpus=0.25)
+@stage_kind("anss", version="1", gpus=0.25, memory_gb=3.0)
 def anss(ctx: StageContext) -> dict[str, Any]:
     conf = ctx.config
     text_dir = ctx.input("text_features")
@@ -251,13 +251,18 @@ def _fit_on_images(ctx: StageContext, c: LGRConfig, seed: int) -> tuple[HeadFit,
     return HeadFit(z_img, info, {"z_img": z_img, "z_txt": z_txt, "labels": labels}), module
 
 
+def _lgr_on_images(config: Mapping[str, Any]) -> bool:
+    """LGR reads images (through a DataLoader) only when it trains through the encoder."""
+    return from_dict(LGRConfig, config["lgr"]).through_encoder
+
+
 def _lgr_reads(conf) -> Reads:
     """Through the encoder LGR reads the training and evaluation images; from the cache, none."""
     c = from_dict(LGRConfig, conf["lgr"])
     return Reads(splits=("train", conf["eval_split"])) if c.through_encoder else Reads()
 
 
-@stage_kind("lgr", version="1", gpus=1.0, reads=_lgr_reads)
+@stage_kind("lgr", version="1", gpus=1.0, memory_gb=4.0, loader=_lgr_on_images, reads=_lgr_reads)
 def lgr(ctx: StageContext) -> dict[str, Any]:
     """VL-LTR's stage 2 (§3): the LGR head on its anchors, trained from the feature cache or on
     images. Writes both branches' eval-split logits (``z_img``, ``z_txt``, with ``labels``) for the

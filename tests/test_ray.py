@@ -1,23 +1,31 @@
-"""The Ray executor runs the same stage DAG as the inline one, into the same cache."""
+"""The Ray executor: the embedded local cluster through the CLI, and a simulated cluster
+(``ray.cluster_utils.Cluster``: a head and two nodes of one logical GPU each, token authentication
+on) joined with --ray-address: stages placed one per node at once, a stage failing once retried, a
+stage failing always failing only its runs, a killed driver rerun without redoing finished stages,
+and a sweep on Ray Tune."""
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY, run_cli, tiny_set
+import ltrbench
+from conftest import REPO, TINY, run_cli, tiny_set
+from ltrbench.stages import FAULT_ENV, is_done, read_info, topological
 
-pytestmark = pytest.mark.slow  # a CLI subprocess starting an embedded Ray
+pytestmark = pytest.mark.slow  # a Ray cluster per module, CLI subprocesses
 
 FAST = ["cvlp.train.epochs=1", "lgr.train.epochs=1", "cvlp.train.batch_size=64", "lgr.train.batch_size=64"]
 
 
 def test_ray_executor_runs_vlltr_and_baseline_into_the_shared_cache(tmp_path):
-    import ltrbench
-    from ltrbench.stages import topological
-
-    r = run_cli("--methods", "baseline,vlltr", "--executor", "ray", "--out", str(tmp_path), "--quiet",
-                *tiny_set(FAST))
+    r = run_cli("--methods", "baseline,vlltr", "--executor", "ray", "--out", str(tmp_path), *tiny_set(FAST),
+                env={"TQDM_DISABLE": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     recs = {json.loads(f.read_text())["method"]: json.loads(f.read_text()) for f in (tmp_path / "runs").glob("*.json")}
     assert set(recs) == {"baseline", "vlltr"}
@@ -27,4 +35,128 @@ def test_ray_executor_runs_vlltr_and_baseline_into_the_shared_cache(tmp_path):
         recorded = {s["key"] for s in recs[p.spec.method]["stages"]}
         assert recorded == planned  # the Ray path ran exactly the planned DAG ...
         for s in recs[p.spec.method]["stages"]:  # ... and its workers wrote every stage to the cache
-            assert (cache / s["kind"] / s["key"] / "stage.json").is_file(), s
+            info = json.loads((cache / s["kind"] / s["key"] / "stage.json").read_text())
+            if info.get("executor") == "ray":  # (some were cached by earlier tests)
+                # this machine has no CUDA: no stage asked for a GPU, and the workers ran this checkout
+                assert info["resources"].get("GPU", 0) == 0 and info["cuda_visible_devices"] == ""
+                assert info["code"] == str(REPO / "ltrbench") and info["device"].startswith("cpu")
+    assert recs["vlltr"]["device"].startswith("cpu")  # the result's device: its stages'
+    # live progress: the cluster, then a line per stage start (node, device) and finish, with counts
+    assert "Ray: embedded local cluster" in r.stdout
+    assert any(line.startswith("· cvlp[") and " on " in line and "running" in line for line in r.stdout.splitlines())
+    assert any(line.startswith("✓ cvlp[") for line in r.stdout.splitlines())
+
+
+# --------------------------------------------------------------------------- a two-node cluster
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head (no GPU) and two nodes of 2 CPUs and one logical GPU each, with token authentication."""
+    import ray
+    from ray._raylet import Config
+    from ray.cluster_utils import Cluster
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("RAY_AUTH_MODE", raising=False)  # restored when the module is done
+        mp.setenv("RAY_AUTH_MODE", "token")  # the cluster's processes start with token authentication
+        mp.setenv("RAY_AUTH_TOKEN", uuid.uuid4().hex)
+        Config.initialize("")  # (Ray reads the mode into this process's config)
+        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+        try:
+            nodes = [c.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]
+            c.wait_for_nodes()
+            mp.delenv("RAY_AUTH_MODE")  # the driver finds out itself that the cluster wants a token
+            Config.initialize("")
+            yield c, {n.node_id for n in nodes}
+        finally:
+            ray.shutdown()
+            c.shutdown()
+    Config.initialize("")
+
+
+def _stage_info(kind: str, stages) -> list[dict]:
+    cache = Path(os.environ["LTRBENCH_CACHE"])
+    return [json.loads((cache / kind / s["key"] / "stage.json").read_text()) for s in stages if s["kind"] == kind]
+
+
+def test_two_training_stages_run_at_once_one_per_node(cluster):
+    c, gpu_nodes = cluster
+    sets = [*TINY, "baseline.train.epochs=6"]
+    df = ltrbench.run(["baseline"], "synthetic_lt", seeds=[0, 1], overrides=sets, ray_address=c.address)
+    assert list(df["seed"]) == [0, 1]
+    a, b = [_stage_info("finetune", rec["stages"])[0] for rec in df.attrs["records"]]
+    assert {a["node"], b["node"]} == gpu_nodes  # one per GPU node (both nodes share this host's name)
+    assert a["started"] < b["finished"] and b["started"] < a["finished"]  # at the same time
+    for info in (a, b):
+        assert info["resources"]["GPU"] == 1.0 and info["cuda_visible_devices"] == "0"  # its reserved GPU
+        assert info["executor"] == "ray" and info["attempt"] == 1
+        assert "working_dir_files" in info["code"]  # this checkout, shipped as the job's working_dir
+
+
+def test_a_stage_failing_once_is_retried_and_the_run_succeeds(cluster, monkeypatch):
+    c, _ = cluster
+    monkeypatch.setenv(FAULT_ENV, "finetune:1")  # forwarded to the workers; counted in the cache
+    df = ltrbench.run(["baseline"], "synthetic_lt", seeds=[2], overrides=[*TINY, "baseline.train.epochs=2"],
+                      ray_address=c.address)
+    assert len(df) == 1 and not df.attrs["failures"]
+    (ft,) = _stage_info("finetune", df.attrs["records"][0]["stages"])
+    assert ft["attempt"] == 2 and ft["resumed_after_epoch"] == 2  # the retry resumed from the checkpoint
+    log = (Path(os.environ["LTRBENCH_CACHE"]) / "finetune" / f"{ft['key']}.log").read_text()
+    assert "attempt 1 of finetune[baseline]" in log and "InjectedFault" in log and "attempt 2 of" in log
+
+
+def test_a_stage_failing_always_fails_only_its_runs(cluster, tmp_path):
+    c, _ = cluster
+    r = run_cli("--methods", "baseline,zeroshot", "--seeds", "3", "--ray-address", c.address, "--retries", "1",
+                "--out", str(tmp_path), *tiny_set(["baseline.train.epochs=2"]),
+                env={FAULT_ENV: "finetune", "TQDM_DISABLE": "1"})
+    assert r.returncode == 1, r.stderr[-3000:]
+    methods = [json.loads(p.read_text())["method"] for p in (tmp_path / "runs").glob("*.json")]
+    assert methods == ["zeroshot"]  # the other run completed and wrote its result
+    err = r.stderr[r.stderr.index("1 of 2 runs failed"):]
+    assert "baseline · synthetic_lt · mini-clip · seed 3: stage finetune[baseline] key " in err
+    assert "2 attempt(s): ltrbench.stages.InjectedFault" in err and "worker log on " in err
+    assert "Traceback" not in r.stderr  # the tracebacks are in the stage's log, not on the terminal
+    assert "✗ finetune[baseline] attempt 1/2 failed" in r.stdout and "giving up" in r.stdout
+    assert "auth token" in r.stdout and "node(s) see the cache and --out" in r.stdout
+
+
+def test_the_driver_killed_mid_plan_and_rerun_redoes_no_finished_stage(cluster, tmp_path):
+    c, _ = cluster
+    sets = [*TINY, "baseline.train.epochs=4"]
+    plan = ltrbench.plan(["baseline"], "synthetic_lt", seeds=[4, 5], overrides=sets)
+    proc = subprocess.Popen([sys.executable, str(REPO / "run_bench.py"), "--methods", "baseline", "--seeds", "4,5",
+                             "--ray-address", c.address, "--out", str(tmp_path), "--quiet",
+                             *[a for t in sets for a in ("--set", t)]], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not any(s.kind == "finetune" and is_done(plan.cache, s) for s in plan.stages):
+            assert proc.poll() is None and time.time() < deadline, "no training stage finished in time"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finished = {s.key: read_info(plan.cache, s)["started"] for s in plan.stages if is_done(plan.cache, s)}
+    assert 0 < len(finished) < len(plan.stages)
+    df = ltrbench.run(["baseline"], "synthetic_lt", seeds=[4, 5], overrides=sets, ray_address=c.address)
+    assert list(df["seed"]) == [4, 5]
+    for s in plan.stages:
+        if s.key in finished:  # not recomputed: the same artifact, started before the kill
+            assert read_info(plan.cache, s)["started"] == finished[s.key]
+    assert df.attrs["execution"]["executed"] <= len(plan.stages) - len(finished)
+
+
+def test_a_sweep_on_the_cluster_prints_its_ranked_table(cluster, tmp_path):
+    c, _ = cluster
+    r = run_cli("sweep", "--method", "baseline", "--grid", "baseline.train.lr=0.001,0.003", "--seeds", "0",
+                "--ray-address", c.address, "--out", str(tmp_path), *tiny_set(), env={"TQDM_DISABLE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = r.stdout[r.stdout.index("| rank"):].split("\n\n")[0].strip().splitlines()
+    assert len(table) == 4 and "baseline.train.lr" in table[0] and "val overall" in table[0]
+    scores = [float(line.split("|")[5].split("±")[0]) for line in table[2:]]
+    assert scores == sorted(scores, reverse=True)  # ranked
+    (written,) = (tmp_path / "sweeps").glob("*/table.md")
+    assert written.read_text().strip().splitlines() == table
+    assert len(list((tmp_path / "sweeps").glob("*/runs/*.json"))) == 2  # a val result per trial

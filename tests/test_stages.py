@@ -1,4 +1,6 @@
 import json
+import socket
+import time
 
 import pytest
 
@@ -37,19 +39,19 @@ def test_equal_stages_of_two_runs_execute_once(tmp_path):
     r1 = Stage("test_write", {"name": "r1"}, (Stage("test_write", {"name": "s"}),))
     r2 = Stage("test_write", {"name": "r2"}, (shared,))
     assert len(topological([r1, r2])) == 3
-    infos = execute([r1, r2], tmp_path, progress=False)
+    infos = execute([r1, r2], tmp_path, progress=False).infos
     assert CALLS == ["s", "r1", "r2"]
     assert all(i["ran"] for i in infos.values())
     assert (artifact_dir(tmp_path, r2) / "out.txt").read_text() == "r2s"
     CALLS.clear()
-    infos = execute([r1, r2], tmp_path, progress=False)
+    infos = execute([r1, r2], tmp_path, progress=False).infos
     assert CALLS == [] and not any(i["ran"] for i in infos.values())
 
 
 def test_failed_stage_leaves_no_finished_artifact(tmp_path):
     s = Stage("test_fail", {"x": 1})
-    with pytest.raises(RuntimeError):
-        execute([s], tmp_path, progress=False)
+    ex = execute([s], tmp_path, progress=False, retries=0)
+    assert set(ex.failures) == {s.key} and ex.failures[s.key].error == "RuntimeError: boom"
     assert not is_done(tmp_path, s)
     assert not artifact_dir(tmp_path, s).exists()
     assert artifact_dir(tmp_path, s).with_name(s.key + ".partial").exists()
@@ -61,6 +63,10 @@ def test_stage_json_records_config_and_inputs(tmp_path):
     execute([b], tmp_path, progress=False)
     info = json.loads((artifact_dir(tmp_path, b) / "stage.json").read_text())
     assert info["config"] == {"name": "b"} and info["inputs"] == [a.key] and info["n"] == 2
+    # where and when it ran, in unix seconds, and on which device (the worker's view)
+    assert info["host"] == socket.gethostname() and info["device"].startswith("cpu")
+    assert time.time() - 60 < info["started"] <= info["finished"] <= time.time()
+    assert info["attempt"] == 1 and info["executor"] == "inline"
 
 
 @stage_kind("test_slow", version="1")

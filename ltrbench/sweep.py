@@ -1,0 +1,226 @@
+"""Hyperparameter sweeps on Ray Tune: a grid (or random samples) of ``--set`` values for one method,
+each trial one plan on the val split, sharing the stage cache; a ranked markdown table at the end.
+
+Part of the execution layer (it imports Ray Tune, so the CLI imports this module only for ``sweep``). :func:`sweep` connects to Ray as a run does
+(:func:`ltrbench.cluster.connect`: the embedded local cluster, or ``ray_address``), checks every
+value on the driver before any trial starts, and runs a ``tune.Tuner`` whose trials each call
+:func:`ltrbench.run` inline, one seed after the other, reporting the running mean of the chosen
+metric after each seed (a trial's iterations are its seeds). So ``scheduler="asha"`` stops a
+trial whose first seeds rank low in its rung, and shared stages (the world, the CLIP weights, a
+CVLP model that the swept key does not touch) are built once: a trial that needs a stage another
+trial is building waits for it on the stage's lock, then reads it.
+
+A trial asks Tune for what its plan's largest stage asks (:func:`ltrbench.execute.stage_resources`):
+the CPUs of its loader workers + 1, its memory estimate, a GPU where GPUs are used. Trials run on
+the val split (``data.eval_split``, never test), and write their result JSONs under
+``<out>/sweeps/<name>/runs/``; the table is built from those files, one row per point (and per
+inference rule with ``rules=True``), mean ± std over its seeds, ranked by the metric, and written to
+``<out>/sweeps/<name>/table.md``. Tune's own state goes to ``<out>/sweeps/<name>/`` too.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+from ray import tune
+from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler
+
+from . import api
+from .cluster import connect, forwarded_env, probe
+from .errors import ConfigError
+from .execute import ExecOptions, gpu_policy, stage_resources
+from .paths import cache_root
+from .results import load_results, read_results
+from .tables import METRICS, markdown, mean_std
+
+log = logging.getLogger(__name__)
+
+SEARCHES = ("grid", "random")
+SCHEDULERS = ("none", "asha")
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
+    """``["a.b=1,2", "c=x"]`` → ``{"a.b": ["1", "2"], "c": ["x"]}`` (values stay strings: the config
+    parses them, with its errors)."""
+    grid: dict[str, list[str]] = {}
+    for g in items:
+        key, sep, values = g.partition("=")
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key.strip() or not vals:
+            raise ConfigError(f"--grid {g!r}: expected KEY=V1,V2,..., e.g. --grid baseline.train.lr=0.001,0.003")
+        if key.strip() in grid:
+            raise ConfigError(f"--grid {key.strip()!r} is given twice; put all its values in one --grid.")
+        grid[key.strip()] = vals
+    if not grid:
+        raise ConfigError("A sweep needs at least one --grid KEY=V1,V2,...")
+    return grid
+
+
+@dataclass(frozen=True)
+class _TrialSpec:
+    """What every trial shares (passed once through Ray's object store)."""
+
+    method: str
+    dataset: str
+    backbone: str | None
+    seeds: tuple[int, ...]
+    overrides: tuple[str, ...]
+    config_files: tuple[str, ...]
+    data_root: str | None
+    out: str
+    metric: str
+    report: str  # the name of the reported metric, e.g. val_overall
+    retries: int
+    device: str
+    env: dict[str, str]
+
+
+def _trial(config: dict[str, Any], spec: _TrialSpec) -> None:
+    """One Tune trial: the plan of one point, one seed after the other, reporting the running mean."""
+    os.environ.update(spec.env)  # the driver's cache and variables, whatever this process served before
+    point = [f"{k}={v}" for k, v in config.items()]
+    scores: list[float] = []
+    keys: list[str] = []
+    errors: list[str] = []
+    for i, seed in enumerate(spec.seeds):
+        df = api.run([spec.method], spec.dataset, backbone=spec.backbone, seeds=[seed],
+                     overrides=[*spec.overrides, *point], config_files=spec.config_files, data_root=spec.data_root,
+                     out=spec.out, retries=spec.retries, device=spec.device, raise_on_failure=False)
+        errors += [f["error"] for f in df.attrs["failures"]]
+        if not df.empty:
+            scores.append(float(df[spec.metric].iloc[0]))
+            keys.append(str(df["run_key"].iloc[0]))
+        if not scores and i == len(spec.seeds) - 1:
+            raise RuntimeError(f"every seed of {' '.join(point)} failed: {errors[-1]}")
+        valid = [s for s in scores if s == s]  # NaN: an empty shot bucket
+        tune.report({spec.report: sum(valid) / len(valid) if valid else float("nan"), "seeds_done": i + 1,
+                     "run_keys": ",".join(keys), "errors": " | ".join(errors)})
+
+
+def _plans(points: list[list[str]], spec: _TrialSpec) -> list[Any]:
+    """The plan of every point given (seed of the first), made on the driver: a bad key or value is
+    one error here, before any trial starts."""
+    return [api.plan([spec.method], spec.dataset, backbone=spec.backbone, seeds=spec.seeds[:1],
+                     overrides=[*spec.overrides, *point], config_files=spec.config_files, data_root=spec.data_root)
+            for point in points]
+
+
+def _resources(plans: list[Any], opts: ExecOptions, gpus_used: bool, caps: dict[str, float] | None) -> dict[str, float]:
+    """A trial's share: the most any stage of its plans asks (:func:`ltrbench.execute.stage_resources`)."""
+    asks = [stage_resources(s, gpus_used=gpus_used, cpus_per_stage=opts.cpus_per_stage, caps=caps)
+            for p in plans for s in p.stages]
+    return {"cpu": max(a["num_cpus"] for a in asks), "gpu": 1.0 if any(a["num_gpus"] > 0 for a in asks) else 0.0,
+            "memory": float(max(a["memory"] for a in asks))}
+
+
+def sweep(method: str, dataset: str, grid: dict[str, list[str]], *, search: str = "grid", samples: int = 1,
+          seeds: Sequence[int] = (0,), metric: str = "overall", split: str = "val", scheduler: str = "none",
+          backbone: str | None = None, overrides: Sequence[str] = (), config_files: Sequence[str | Path] = (),
+          data_root: str | None = None, out: str | Path = "results", ray_address: str | None = None,
+          device: str = "auto", retries: int = 2, ship_code: bool = True, cpus_per_stage: int | None = None,
+          rules: bool = False, progress: bool = True) -> tuple[pd.DataFrame, Path]:
+    """Run the sweep; return the ranked table (a frame of display strings) and where it was written."""
+    if search not in SEARCHES:
+        raise ConfigError(f"Unknown search {search!r}; use one of {', '.join(SEARCHES)}.")
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"Unknown scheduler {scheduler!r}; use one of {', '.join(SCHEDULERS)}.")
+    if metric not in METRICS:
+        raise ConfigError(f"Unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
+    if samples < 1:
+        raise ConfigError(f"--samples must be at least 1, got {samples}.")
+    name = f"{method}__{dataset}__{time.strftime('%Y%m%d-%H%M%S')}"
+    root = Path(out).expanduser().absolute() / "sweeps" / name
+    cache = cache_root()
+    opts = ExecOptions("ray", ray_address, retries, device, ship_code, cpus_per_stage, progress, root).check()
+    spec = _TrialSpec(method, dataset, backbone, tuple(int(x) for x in seeds), (*overrides, f"data.eval_split={split}"),
+                      tuple(str(f) for f in config_files),
+                      str(Path(data_root).expanduser().absolute()) if data_root else None, str(root), metric,
+                      f"{split}_{metric}", retries, device, forwarded_env(cache))
+    points = [list(c) for c in itertools.product(*[[f"{k}={v}" for v in vs] for k, vs in grid.items()])]
+    # each grid point is planned here; for random samples, each value on its own
+    plans = _plans(points if search == "grid" else [[f"{k}={v}"] for k, vs in grid.items() for v in vs], spec)
+    api.check_writable(root)
+    conn = connect(ray_address, cache, ship_code=ship_code)
+    if progress:
+        print(conn.describe(), flush=True)
+    if not conn.embedded or conn.by_caller:
+        probe(conn, cache, root)
+    gpus_used, caps = gpu_policy(conn, opts)
+    res = _resources(plans, opts, gpus_used, caps)
+    if scheduler == "asha" and len(spec.seeds) == 1:
+        log.warning("--scheduler asha stops trials between seeds; with one seed it stops none")
+    if progress:
+        trials = len(points) if search == "grid" else samples
+        print(f"Tune: {trials} trial(s) of {method} on {dataset} ({split} split, seeds "
+              f"{','.join(map(str, spec.seeds))}), each asking {res['cpu']:g} CPU, {res['gpu']:g} GPU, "
+              f"{res['memory'] / 2**30:.1f} GiB; state and results in {root}", flush=True)
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(_trial, spec=spec), res),
+        param_space={k: (tune.grid_search(vs) if search == "grid" else tune.choice(vs)) for k, vs in grid.items()},
+        tune_config=tune.TuneConfig(
+            metric=spec.report, mode="max", num_samples=1 if search == "grid" else samples, reuse_actors=True,
+            scheduler=ASHAScheduler(max_t=len(spec.seeds), grace_period=1, reduction_factor=2)
+            if scheduler == "asha" else None),
+        run_config=tune.RunConfig(name=name, storage_path=str(root.parent), verbose=0,
+                                  callbacks=[_Lines(spec.report)] if progress else None),
+    )
+    table = _table(tuner.fit(), grid, spec, rules)
+    (root / "table.md").write_text(markdown(table) + "\n")
+    return table, root / "table.md"
+
+
+def _table(results, grid: dict[str, list[str]], spec: _TrialSpec, rules: bool) -> pd.DataFrame:
+    """One row per trial (and rule), mean ± std over its seeds from its result files, best first."""
+    recs = {r["run_key"]: r for r in read_results(Path(spec.out))}
+    rows = []
+    for res in results:
+        m = res.metrics or {}
+        keys = [k for k in str(m.get("run_keys", "")).split(",") if k]
+        base = {k: str(res.config.get(k)) for k in grid}
+        done = int(m.get("seeds_done", 0))
+        status = "ok" if done == len(spec.seeds) else f"stopped after {done} of {len(spec.seeds)} seeds"
+        if res.error is not None:
+            status = "failed: " + str(res.error).strip().splitlines()[-1][:160]
+        elif m.get("errors"):
+            status += f"; failed seeds: {m['errors'][:160]}"
+        frame = load_results([recs[k] for k in keys if k in recs], rules=rules)
+        if not rules:
+            frame["rule"] = "primary"
+        if frame.empty:
+            rows.append({**base, "rule": "—", "seeds": "0", "_score": float("-inf"), "status": status,
+                         **{mm: "—" for mm in METRICS}})
+            continue
+        for rule, g in frame.groupby("rule", sort=False):
+            score = g[spec.metric].mean()
+            rows.append({**base, "rule": rule, "seeds": str(g["seed"].nunique()),
+                         "_score": float("-inf") if pd.isna(score) else score, "status": status,
+                         **{mm: mean_std(g[mm]) for mm in METRICS}})
+    df = pd.DataFrame(rows).sort_values("_score", ascending=False, kind="stable").drop(columns="_score")
+    df.insert(0, "rank", [str(i + 1) for i in range(len(df))])
+    df = df.rename(columns={mm: f"{spec.report.split('_')[0]} {mm}" for mm in METRICS})
+    return df if rules else df.drop(columns="rule")
+
+
+class _Lines(Callback):
+    """A Tune callback printing a line per trial result and end (the driver prints; trials do not)."""
+
+    def __init__(self, report: str) -> None:
+        self.report = report
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        point = " ".join(f"{k}={v}" for k, v in trial.config.items())
+        print(f"· trial {trial.trial_id} {point}: {result.get('seeds_done')} seed(s) done, "
+              f"{self.report} {result.get(self.report, float('nan')):.1f}", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        print(f"✓ trial {trial.trial_id} finished", flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        print(f"✗ trial {trial.trial_id} failed (its status in the table says why)", flush=True)
