@@ -231,7 +231,7 @@ class _Progress:
 # --------------------------------------------------------------------------- one attempt, anywhere
 
 
-def stage_log(cache: Path, stage: Stage) -> Path:
+def attempts_log(cache: Path, stage: Stage) -> Path:
     """The log of a stage's attempts: beside its artifact, on the storage every node sees."""
     return artifact_dir(cache, stage).with_name(stage.key + ".log")
 
@@ -290,7 +290,7 @@ def attempt_stage(stage: Stage, cache: Path, attempt: int, where: Mapping[str, A
     returned is the exception's last line; ``retry`` is False for user errors, which another attempt
     would only repeat.
     """
-    path = stage_log(cache, stage)
+    path = attempts_log(cache, stage)
     place = ", ".join(f"{k} {v}" for k, v in where.items() if k in ("host", "node", "executor", "worker_log") and v)
     _append(path, f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt {attempt} of {stage.describe()} "
                   f"(key {stage.key}) on {place}, {_device_name()}\n")
@@ -513,7 +513,7 @@ class _RayRun:
             self.submit(s)
             return
         self.failures[s.key] = StageFailure(s.kind, s.label, s.key, msg["error"],
-                                            msg.get("log") or str(stage_log(self.cache, s)), attempts,
+                                            msg.get("log") or str(attempts_log(self.cache, s)), attempts,
                                             msg.get("where", ""), msg.get("worker_log"))
         self.dag.fail(s.key)
 

@@ -23,7 +23,6 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from .devices import machine
-from .errors import LtrBenchError
 from .metrics import BUCKETS, CONVENTIONS
 from .plan import PlannedRun
 from .stages import artifact_dir, topological

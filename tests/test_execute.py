@@ -21,7 +21,7 @@ from ltrbench import cli
 from ltrbench.cluster import check_shared, forwarded_env, runtime_env
 from ltrbench.devices import DEVICE_ENV, stage_device
 from ltrbench.errors import ConfigError, LtrBenchError, RunFailedError
-from ltrbench.execute import _task_env, execute, stage_log, stage_resources
+from ltrbench.execute import _task_env, execute, attempts_log, stage_resources
 from ltrbench.stages import FAULT_ENV, Stage, artifact_dir, fault_plan, is_done, stage_kind
 
 CALLS: list[str] = []
@@ -54,7 +54,7 @@ def test_a_failed_stage_fails_only_the_stages_that_need_it(tmp_path):
     f = ex.failures[bad.key]
     assert (f.kind, f.attempts, f.error) == ("test_exec_write", 2, "second line of the message")
     assert ex.failure_of(after_bad) is f and ex.failure_of(other) is None
-    log = stage_log(tmp_path, bad).read_text()  # every attempt, with where it ran and its traceback
+    log = attempts_log(tmp_path, bad).read_text()  # every attempt, with where it ran and its traceback
     assert log.count(f"attempt 1 of {bad.describe()}") == 1 and log.count("attempt 2 of") == 1
     assert log.count("RuntimeError: boom in bad") == 2 and f"host {socket.gethostname()}" in log
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import torch
 import ltrbench
 from conftest import TINY, write_evil_pickle
 from ltrbench import cli, stages
-from ltrbench.errors import CacheError
+from ltrbench.errors import CacheError, RunFailedError
 from ltrbench.execute import execute
 from ltrbench.stages import Stage, artifact_dir, is_done, run_stage, stage_kind, verify
 
@@ -88,7 +89,7 @@ def test_a_damaged_artifact_is_moved_aside_and_rebuilt(tmp_path, caplog, damage)
     _forget_verified()
     assert not verify(tmp_path, s)
     with caplog.at_level(logging.WARNING, logger="ltrbench.stages"):
-        infos = execute([s], tmp_path, progress=False)
+        infos = execute([s], tmp_path, progress=False).infos
     assert CALLS == [damage, damage] and infos[s.key]["ran"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     if damage == "no_stage_json":
@@ -239,8 +240,10 @@ def test_a_malicious_finished_artifact_with_a_matching_manifest_never_runs(tmp_p
     for s in plan.stages:  # every stage after it must read it again
         if target in s.inputs:
             shutil.rmtree(artifact_dir(cache_copy, s))
-    with pytest.raises(CacheError, match=f"Delete {folder}"):
+    # A CacheError in the stage that reads it: a user error, so not retried; the run fails with it.
+    with pytest.raises(RunFailedError, match=f"CacheError: .*Delete {re.escape(str(folder))}") as e:
         ltrbench.run(["baseline"], "synthetic_lt", overrides=TINY)
+    assert e.value.failures[0]["attempts"] == 1
     assert not marker.exists()
 
 
