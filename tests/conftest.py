@@ -76,3 +76,26 @@ def write_evil_pickle(path: Path, marker: Path, wrap: str | None = None) -> Path
     payload = _Evil(marker)
     torch.save({wrap: payload} if wrap else payload, path)
     return path
+
+
+class ToyTask:
+    """A :class:`ltrbench.train.TrainTask` over ``module`` on ``(x, y)`` batches with cross-entropy;
+    ``validate()`` gives ``score`` (None: the recipe does not validate)."""
+
+    def __init__(self, module, score=None):
+        self.module, self.score = module, score
+
+    def param_groups(self):
+        return [{"params": list(self.module.named_parameters())}]
+
+    def set_mode(self):
+        self.module.train()
+
+    def loss(self, batch):
+        import torch.nn.functional as F  # torch only where a test trains
+
+        x, y = batch
+        return F.cross_entropy(self.module(x), y)
+
+    def validate(self):
+        return self.score

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import ltrbench
+from conftest import ToyTask
 from ltrbench.config import TrainConfig
 from ltrbench.execute import execute
 from ltrbench.stages import EpochEvents, Stage, artifact_dir, read_info, stage_kind
@@ -44,24 +45,6 @@ def read_events(folder: Path) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-class _Task:
-    def __init__(self, module, validates: bool):
-        self.module, self.validates = module, validates
-
-    def param_groups(self):
-        return [{"params": list(self.module.named_parameters())}]
-
-    def set_mode(self):
-        self.module.train()
-
-    def loss(self, batch):
-        x, y = batch
-        return nn.functional.cross_entropy(self.module(x), y)
-
-    def validate(self):
-        return 50.0 if self.validates else None
-
-
 @stage_kind("test_train_logs", version="1")
 def _train_logs(ctx):
     logging.getLogger("ltrbench.tests").info("an info line of the stage")
@@ -69,7 +52,7 @@ def _train_logs(ctx):
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(32, 4, generator=g), torch.randint(0, 3, (32,), generator=g))
     cfg = TrainConfig(epochs=3, lr=0.1, batch_size=8, warmup_epochs=0, select_best=ctx.config["validates"])
-    res = ctx.train(_Task(nn.Linear(4, 3), ctx.config["validates"]), DataLoader(data, batch_size=8), cfg,
+    res = ctx.train(ToyTask(nn.Linear(4, 3), 50.0 if ctx.config["validates"] else None), DataLoader(data, batch_size=8), cfg,
                     device=torch.device("cpu"), seed=0)
     return res.info
 

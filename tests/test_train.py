@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import ToyTask
 from ltrbench.config import TrainConfig
 from ltrbench.data.samplers import ClassAwareSampler, InstanceSampler, SqrtSampler
 from ltrbench.train import fit, lr_schedule
@@ -34,22 +35,7 @@ def test_decoupling_schedule_last_epoch_runs_at_zero():
     assert got[-1] == pytest.approx(0.0, abs=1e-12)
 
 
-class _Task:
-    def __init__(self, module):
-        self.module = module
-
-    def param_groups(self):
-        return [{"params": list(self.module.named_parameters())}]
-
-    def set_mode(self):
-        self.module.train()
-
-    def loss(self, batch):
-        x, y = batch
-        return nn.functional.cross_entropy(self.module(x), y)
-
-    def validate(self):
-        return None
+_Task = ToyTask
 
 
 def _loader(seed=0):
