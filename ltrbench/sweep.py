@@ -1,8 +1,9 @@
 """Hyperparameter sweeps on Ray Tune: a grid (or random samples) of ``--set`` values for one method,
 each trial one plan on the val split, sharing the stage cache; a ranked markdown table at the end.
 
-Part of the execution layer (it imports Ray Tune, so the CLI imports this module only for ``sweep``). :func:`sweep` connects to Ray as a run does
-(:func:`ltrbench.cluster.connect`: the embedded local cluster, or ``ray_address``), checks every
+Part of the execution layer (it imports Ray Tune, so the CLI imports this module only for
+``sweep``). :func:`sweep` connects to Ray as a run does (:func:`ltrbench.cluster.connect`: the
+embedded local cluster, or ``ray_address``), checks every
 value on the driver before any trial starts, and runs a ``tune.Tuner`` whose trials each call
 :func:`ltrbench.run` inline, one seed after the other, reporting the running mean of the chosen
 metric after each seed (a trial's iterations are its seeds). So ``scheduler="asha"`` stops a
