@@ -44,8 +44,9 @@ FORWARD_NAMES = ("TORCH_HOME",)
 #: environment), never in one that a CPU stage used before (see ltrbench.execute on reuse). (The job's
 #: environment cannot hide GPUs from the other tasks: Ray then finds no GPU to give a GPU task.)
 GPU_TASK_ENV: dict[str, Any] = {"env_vars": {"LTRBENCH_WORKER_POOL": "gpu"}}
-_WORKING_DIR_EXCLUDES = [".git", "**/__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", "results", "build",
-                         "dist"]
+# results/: run outputs stay, the paper's numbers travel (the tables module reads them).
+_WORKING_DIR_EXCLUDES = [".git", "**/__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", "results/*",
+                         "!results/paper_numbers.csv", "build", "dist"]
 _PREFLIGHT_TIMEOUT_S = 2.0
 #: The authentication mode the user chose (``RAY_AUTH_MODE`` before ltrbench or an embedded Ray set it).
 _USER_AUTH_MODE = os.environ.get("RAY_AUTH_MODE")

@@ -42,12 +42,15 @@ TABLE_DIR = CONFIG_DIR / "tables"
 
 def _paper_numbers() -> Path:
     """``results/paper_numbers.csv``: beside the package in a checkout or an editable install, inside it
-    (ltrbench/paper/, mapped by pyproject) in a wheel."""
+    (ltrbench/paper/, mapped by pyproject) in a wheel.
+
+    The checkout's path when neither exists: only reading the paper's numbers then fails
+    (:func:`load_paper_numbers`), never an import (a Ray worker's shipped code, a copied tree)."""
     pkg = Path(__file__).resolve().parent
     for cand in (pkg / "paper" / "paper_numbers.csv", pkg.parent / "results" / "paper_numbers.csv"):
         if cand.is_file():
             return cand
-    raise RuntimeError(f"ltrbench: results/paper_numbers.csv was not found beside {pkg}; reinstall ltrbench.")
+    return pkg.parent / "results" / "paper_numbers.csv"
 
 
 PAPER_NUMBERS = _paper_numbers()
@@ -190,7 +193,8 @@ def available_tables() -> list[int]:
 def load_paper_numbers(path: Path = PAPER_NUMBERS) -> pd.DataFrame:
     """results/paper_numbers.csv as a frame (:data:`PAPER_COLUMNS`), checked for its columns."""
     if not path.is_file():
-        raise ConfigError(f"The paper's numbers are missing: {path} does not exist (it is part of the repository).")
+        raise ConfigError(f"The paper's numbers are missing: {path} does not exist (it is part of the repository, "
+                          "and of an installed ltrbench as ltrbench/paper/paper_numbers.csv); reinstall ltrbench.")
     frame = pd.read_csv(path, dtype={"ref": str, "source": str, "note": str, "convention": str}, keep_default_na=False)
     missing = [c for c in PAPER_COLUMNS if c not in frame.columns]
     if missing:

@@ -244,3 +244,24 @@ def test_which_stages_ask_for_gpus_depends_on_the_cluster_not_its_gpus_now():
     assert _stage_device(ft, ExecOptions("ray", device="cuda"), gpus_used=True) == "cuda"
     assert _stage_device(ft, ExecOptions("ray", device="auto"), gpus_used=False) == "cpu"
     assert _stage_device(converted, ExecOptions("ray", device="cuda"), gpus_used=True) == "cpu"  # reserved none
+
+
+def test_shipped_code_holds_the_paper_numbers_and_no_run_outputs(tmp_path):
+    """An external cluster's workers get the checkout as working_dir: the code and
+    results/paper_numbers.csv (the tables module reads it), not results/runs/ or the cache."""
+    from ray._private.runtime_env.packaging import _get_excludes
+
+    from ltrbench.cluster import project_root, runtime_env
+
+    root = project_root()
+    env, _how = runtime_env(root / ".cache-in-checkout", embedded=False, ship_code=True)
+    excluded = _get_excludes(root, env["excludes"])
+
+    def shipped(rel: str) -> bool:  # Ray skips an excluded folder's whole subtree
+        parts = Path(rel).parts
+        return not any(excluded(root / Path(*parts[:i])) for i in range(1, len(parts) + 1))
+
+    assert shipped("ltrbench/tables.py") and shipped("methods/vlltr.py") and shipped("configs/tables/table1.yaml")
+    assert shipped("results/paper_numbers.csv")
+    assert not shipped("results/runs/a.json") and not shipped("results/report/report.html")
+    assert not shipped(".cache-in-checkout/finetune/x/model.pt") and not shipped(".git/HEAD")
