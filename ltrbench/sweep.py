@@ -33,7 +33,7 @@ from ray import tune
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler
 
-from . import api
+from . import api, validate
 from .cluster import connect, forwarded_env, probe
 from .errors import ConfigError
 from .execute import ExecOptions, gpu_policy, stage_resources
@@ -147,7 +147,7 @@ def sweep(method: str, dataset: str, grid: dict[str, list[str]], *, search: str 
     points = [list(c) for c in itertools.product(*[[f"{k}={v}" for v in vs] for k, vs in grid.items()])]
     # each grid point is planned here; for random samples, each value on its own
     plans = _plans(points if search == "grid" else [[f"{k}={v}"] for k, vs in grid.items() for v in vs], spec)
-    api.check_writable(root)
+    validate.check_output(root)
     conn = connect(ray_address, cache, ship_code=ship_code)
     if progress:
         print(conn.describe(), flush=True)
