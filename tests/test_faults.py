@@ -85,8 +85,10 @@ def test_sigkill_mid_epoch_resumes_to_identical_metrics(tmp_path, seeded):
 
 def test_sigint_exits_130_with_one_line(tmp_path, seeded):
     cache = _copy(seeded, tmp_path / "cache")
-    proc = _start("--methods", "baseline", "--quiet", "--out", str(tmp_path / "out"), *tiny_set(EPOCHS), cache=cache)
-    _wait_for("finetune/*.partial", cache, proc)
+    # Many epochs, interrupted after the first: on an idle machine 3 tiny epochs can end before the signal.
+    proc = _start("--methods", "baseline", "--quiet", "--out", str(tmp_path / "out"),
+                  *tiny_set(["baseline.train.epochs=500"]), cache=cache)
+    _wait_for("finetune/*.partial/work/ckpt/last.pt", cache, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
