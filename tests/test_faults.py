@@ -41,10 +41,17 @@ def _copy(seeded: Path, dest: Path) -> Path:
     return dest
 
 
+def _default_sigint() -> None:
+    # A suite started in the background of a non-interactive shell (nohup …&, some CI runners)
+    # inherits SIGINT ignored, and so would the run: give the child the default disposition, as a
+    # terminal's Ctrl-C would find it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(*args: str, cache: Path) -> subprocess.Popen:
     env = {**os.environ, "LTRBENCH_CACHE": str(cache)}
     return subprocess.Popen([sys.executable, str(REPO / "run_bench.py"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
 def _wait_for(pattern: str, root: Path, proc: subprocess.Popen, timeout: float = 600) -> Path:
