@@ -32,9 +32,7 @@ LTRBENCH_CACHE is set.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 import threading
 import time
@@ -209,7 +207,7 @@ def _gib(b: int | None) -> str:
     return "-" if b is None else f"{b / 2**30:.2f}"
 
 
-def print_stages(rows: list[Row], fraction: float) -> None:
+def print_stages(rows: list[Row]) -> None:
     print(f"\n| stage | images | seconds | images/s | peak RSS (GiB) | peak PSS with workers (GiB) | cache written (MB) "
           f"| est. s at F = 1 |")
     print("|---|---|---|---|---|---|---|---|")
@@ -282,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = build_stages(plan, info.to_dict())
     df = ltrbench.run(methods, args.dataset, backbone=ARCH, overrides=overrides, data_root=str(args.root),
                       out=args.out)
-    print_stages(rows, args.fraction)
+    print_stages(rows)
     print(f"\n{len(df)} results written to {args.out / 'runs'} (random weights: chance accuracy):")
     print(df[["method", "overall", "many", "medium", "few"]].to_string(index=False))
 
