@@ -188,8 +188,9 @@ def check_weights(resolved: Sequence[tuple[RunSpec, BenchConfig]], cache: Path) 
         if is_weights_path(b.pretrained):
             if not path.is_file():
                 raise LtrBenchError(f"backbone.pretrained={b.pretrained}: CLIP weights file {path} does not exist. "
-                                    f"Pass an OpenAI TorchScript release (e.g. {b.name}.pt), an open_clip state dict "
-                                    "or a .safetensors file with --set backbone.pretrained=FILE.")
+                                    f"Pass an existing file of {b.name} weights (an open_clip state dict, a .safetensors "
+                                    "file or OpenAI's TorchScript release) with --set backbone.pretrained=FILE, or an "
+                                    "open_clip tag.")
             if verify(cache, clip_weights_stage(cfg)):  # its key holds the file's SHA-256
                 continue
             check_weights_file(path, trust_torchscript=b.trust_torchscript)
