@@ -25,6 +25,7 @@ from .metrics import CONVENTION_NOTE, CONVENTIONS
 from .registry import BACKBONES, DATASETS, METHODS
 from .report import build_report, summary_of
 from .results import load_results
+from .safeio import real_dir, write_atomic
 from .tables import TOLERANCE, available_tables, load_table, markdown as render, render_diff, render_table, summary_table
 
 DEFAULT_DATASET = "synthetic_lt"
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--out", default="results")
     tb.add_argument("--table", type=int, default=None, help="render paper table N: ours, the paper's, the difference")
     tb.add_argument("--dataset", default=None, help="with --table: compare the results on this data set")
+    tb.add_argument("--strict", action="store_true", help="exit 1 when a file of the folder is not a readable result")
     df = sub.add_parser("diff", parents=[common], help="ours against the paper's numbers, row by row; --strict exits 1 on a gap")
     df.add_argument("--table", type=int, default=None, help="paper table N (default: every table, 1-4 and 8-10)")
     df.add_argument("--dataset", default=None,
@@ -122,13 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("--tolerance", type=float, default=TOLERANCE,
                     help=f"points ours may differ from the paper's (default: {TOLERANCE:g})")
     df.add_argument("--strict", action="store_true",
-                    help="exit 1 when a runnable row has no result or differs by more than the tolerance")
+                    help="exit 1 when a runnable row has no result or differs by more than the tolerance, or a "
+                         "file of the folder is not a readable result")
     rp = sub.add_parser("report", parents=[common], help="write <out>/report/: report.md, a self-contained report.html, PNG figures, CSV")
     rp.add_argument("--out", default="results", help="the results folder (default: results/); the report goes "
                     "to <out>/report/")
     rp.add_argument("--dataset", default=None, help="only this data set (default: every data set in the results)")
     rp.add_argument("--baseline", default=DEFAULT_BASELINE,
                     help=f"the method per-class gains are measured against (default: {DEFAULT_BASELINE})")
+    rp.add_argument("--strict", action="store_true", help="exit 1 when a file of the folder is not a readable result")
     return p
 
 
@@ -233,11 +237,8 @@ def cmd_run(args) -> int:
                        for conv in CONVENTIONS)
         name = f"summary__{dataset}__{'-'.join(sorted(df['method'].unique()))}.md"
     print("\n" + md)
-    tables = Path(args.out) / "tables"
-    tables.mkdir(parents=True, exist_ok=True)
-    tmp = tables / f".{name}.{os.getpid()}.tmp"  # atomic: two runs into one --out never mix a table
-    tmp.write_text(md)
-    os.replace(tmp, tables / name)
+    tables = real_dir(Path(args.out) / "tables", Path(args.out), "the tables folder", create=True)
+    write_atomic(tables / name, md, "the table")  # atomic: two runs into one --out never mix a table
     print(f"results: {Path(args.out) / 'runs'}  table: {tables / name}")
     if failures:
         print(api.failure_summary(failures, len(df) + len(failures), args.retries), file=sys.stderr)
@@ -264,19 +265,35 @@ def cmd_sweep(args) -> int:
     return 0 if not table["status"].str.startswith("failed").any() else 1
 
 
-def cmd_tables(args) -> int:
+def _results(args):
+    """The results folder's frame, each file that is not a readable result said in one line on stderr."""
     df = load_results(Path(args.out))
+    for s in df.attrs["skipped"]:
+        print(s.line(), file=sys.stderr)
+    return df
+
+
+def _skipped_status(args, skipped: int) -> int:
+    """1 with ``--strict`` when files were left out (said on stderr), else 0."""
+    if skipped:
+        print(f"{skipped} file(s) of {Path(args.out) / 'runs'} left out (not readable results)"
+              + ("" if getattr(args, "strict", False) else "; --strict would exit 1"), file=sys.stderr)
+    return 1 if skipped and getattr(args, "strict", False) else 0
+
+
+def cmd_tables(args) -> int:
+    df = _results(args)
     if args.table is not None:
         spec = load_table(args.table)
         for conv in CONVENTIONS:
             print(render_table(spec, df, conv, dataset=args.dataset))
-        return 0
+        return _skipped_status(args, len(df.attrs["skipped"]))
     if df.empty:
         raise LtrBenchError(f"No result JSONs under {Path(args.out) / 'runs'}; run `python run_bench.py` first.")
     for conv in CONVENTIONS:
         print(f"### top-1 accuracy (%), {CONVENTION_NOTE[conv]}\n")
         print(summary_table(df, conv) + "\n")
-    return 0
+    return _skipped_status(args, len(df.attrs["skipped"]))
 
 
 def cmd_diff(args) -> int:
@@ -286,7 +303,7 @@ def cmd_diff(args) -> int:
     """
     if args.tolerance < 0:
         raise LtrBenchError(f"--tolerance must be 0 or more points, got {args.tolerance:g}.")
-    df = load_results(Path(args.out))
+    df = _results(args)
     numbers = [args.table] if args.table is not None else available_tables()
     failures = 0
     for n in numbers:
@@ -300,10 +317,12 @@ def cmd_diff(args) -> int:
     else:
         print(f"no runnable row is missing or outside ±{args.tolerance:g} points in {where} (an order of rows on a "
               "data set without paper numbers is reported above, not judged)")
-    return 1 if args.strict and failures else 0
+    return max(1 if args.strict and failures else 0, _skipped_status(args, len(df.attrs["skipped"])))
 
 
 def cmd_report(args) -> int:
     rep = build_report(Path(args.out), dataset=args.dataset, baseline=args.baseline)
+    for s in rep.skipped:
+        print(s.line(), file=sys.stderr)
     print(summary_of(rep))
-    return 0
+    return _skipped_status(args, len(rep.skipped))

@@ -55,6 +55,7 @@ from .cluster import FORWARD_NAMES, FORWARD_PREFIXES, GPU_TASK_ENV, Connection, 
 from .devices import DEVICE_CHOICES, DEVICE_ENV, describe, stage_device
 from .errors import ConfigError, LtrBenchError
 from .registry import STAGES
+from .safeio import StorageError, open_append
 from .stages import Stage, artifact_dir, read_info, run_stage, topological, verify
 
 log = logging.getLogger(__name__)
@@ -239,9 +240,9 @@ def attempts_log(cache: Path, stage: Stage) -> Path:
 def _append(path: Path, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as fh:
+        with open_append(path, "the attempts log") as fh:  # never through a link planted in a shared cache
             fh.write(text)
-    except OSError as e:  # a log must never fail the stage
+    except (OSError, StorageError) as e:  # a log must never fail the stage (a planted link does: UnsafePathError)
         log.warning("cannot write the stage log %s: %s", path, e)
 
 

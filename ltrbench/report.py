@@ -41,13 +41,15 @@ import pandas as pd
 from .errors import LtrBenchError
 from .metrics import BUCKETS, CONVENTION_NOTE, CONVENTIONS, shot_buckets
 from .paths import cache_root
-from .results import load_results, metric_columns, read_results
+from .results import Skipped, load_results, metric_columns, scan_results
+from .safeio import real_dir, refuse_link, write_atomic, write_with
 from .tables import METRICS, available_tables, load_table, markdown, render_diff, summary_frame, summary_table
 
 log = logging.getLogger(__name__)
 
 DPI = 100  # a figure of W × H inches is W·100 × H·100 pixels: what a screen shows at 100 % zoom
-STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9.5,
+STYLE = {"text.parse_math": False,  # names from result files are plain text in figures, never mathtext
+         "font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9.5,
          "xtick.labelsize": 9.5, "ytick.labelsize": 9.5, "figure.dpi": DPI, "savefig.dpi": DPI}
 BUCKET_COLORS = {"many": "#dbe9f6", "medium": "#fdf0d5", "few": "#f9dcdc"}
 BUCKET_RANGE = {"many": " (≥ 100 images)", "medium": "", "few": " (≤ 20 images)"}  # the paper convention
@@ -94,6 +96,7 @@ class Report:
     figures: list[Path]
     csvs: list[Path]
     notes: list[str]
+    skipped: list[Skipped] = field(default_factory=list)  # files of <out>/runs that are not readable results
 
 
 # --------------------------------------------------------------------------- the entry point
@@ -108,7 +111,8 @@ def build_report(out: Path, *, dataset: str | None = None, baseline: str | None 
     artifacts are read (default: ``$LTRBENCH_CACHE``).
     """
     out = Path(out)
-    records = read_results(out)
+    scan = scan_results(out)
+    records = scan.records
     if not records:
         raise LtrBenchError(f"No result JSONs under {out / 'runs'}; run `python run_bench.py --out {out}` first.")
     present = sorted({r["dataset"] for r in records})
@@ -117,35 +121,88 @@ def build_report(out: Path, *, dataset: str | None = None, baseline: str | None 
     cache = Path(cache) if cache is not None else cache_root()
     folder = out / "report"
     figdir, csvdir = folder / "figures", folder / "tables"
-    for d, pattern in ((figdir, "*.png"), (csvdir, "*.csv")):
-        d.mkdir(parents=True, exist_ok=True)
-        for old in d.glob(pattern):  # a report is rebuilt whole: no figure of an earlier one stays
-            old.unlink()
+    for name in ("report.md", "report.html"):  # refused before anything is drawn or deleted
+        refuse_link(folder / name, "the report file")
+    for d, suffix in ((figdir, ".png"), (csvdir, ".csv")):
+        real_dir(d, out, "the report's folder", create=True)  # a link here: refused, its target untouched
+        for old in sorted(d.iterdir()):  # a report is rebuilt whole: no figure of an earlier one stays
+            if old.name.endswith(suffix) and (old.is_symlink() or old.is_file()):
+                old.unlink()  # a link is removed itself, never its target
     sections = [_section(ds, [r for r in records if r["dataset"] == ds], baseline, cache, figdir, csvdir)
                 for ds in ([dataset] if dataset else present)]
     md = _document(out, records, sections)
-    (folder / "report.md").write_text(md, encoding="utf-8")
-    (folder / "report.html").write_text(to_html(md, folder), encoding="utf-8")
+    drawn = {f"figures/{f}": figdir / f for s in sections for f in s.figures}  # what this report drew, only
+    write_atomic(folder / "report.md", md, "the report file")
+    write_atomic(folder / "report.html", to_html(md, drawn), "the report file")
     return Report(folder, folder / "report.md", folder / "report.html",
                   [figdir / f for s in sections for f in s.figures], [csvdir / c for s in sections for c in s.csvs],
-                  [n for s in sections for n in s.notes])
+                  [n for s in sections for n in s.notes], scan.skipped)
 
 
 def _document(out: Path, records: Sequence[Mapping[str, Any]], sections: Sequence[Section]) -> str:
-    revisions = sorted({str(r.get("git_revision")) for r in records})
-    created = sorted(str(r.get("created", "")) for r in records if r.get("created"))
+    revisions = sorted({md_text(r.get("git_revision")) for r in records})
+    created = sorted(md_text(r.get("created", "")) for r in records if r.get("created"))
     made = "" if not created else f", made {created[0]}" + (f" to {created[-1]}" if created[-1] != created[0] else "")
     lines = ["# ltrbench report", "",
-             f"{len(records)} runs from `{out / 'runs'}` on {', '.join(s.dataset for s in sections)}{made}"
+             f"{len(records)} runs from `{_code(out / 'runs')}` on {', '.join(md_text(s.dataset) for s in sections)}{made}"
              + f"; code revision(s): {', '.join(revisions)}. Accuracies are top-1 %, on each run's evaluation "
                "split; mean ± sample std over seeds where there are several.", ""]
     for s in sections:
-        lines += [f"## {s.dataset}", ""]
+        lines += [f"## {md_text(s.dataset)}", ""]
         for block in s.blocks:
             lines += [block.rstrip(), ""]
         if s.notes:
-            lines += ["Left out:", "", *(f"- {n}" for n in s.notes), ""]
+            lines += ["Left out:", "", *(f"- {md_text(n)}" for n in s.notes), ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+# --------------------------------------------------------------------------- text from result files
+
+#: What markdown (and the report's HTML) would read as markup in a line of text.
+_MD_SPECIAL = re.compile(r"([\\`*\[\]()!|<>&#~])")
+
+
+def md_text(value: Any) -> str:
+    """Free text from a result file (a name, a revision, a note naming them) as one line of plain
+    markdown: line breaks become spaces and every markup character is backslash-escaped, so no
+    image, link, HTML tag, table cell or heading can come from data."""
+    text = re.sub(r"[\r\n\t\v\f\x00-\x08\x0b-\x1f\x7f]+", " ", str(value))
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def _code(value: Any) -> str:
+    """Text for inside a code span (no backtick or line break can end it)."""
+    return re.sub(r"[`\r\n]+", "'", str(value))
+
+
+def _escaped(df: pd.DataFrame) -> pd.DataFrame:
+    """The frame with its free-text columns as :func:`md_text` (for markdown tables only)."""
+    df = df.copy()
+    for c in ("method", "variant", "dataset", "backbone"):
+        if c in df:
+            df[c] = df[c].map(lambda v: v if v is None or (isinstance(v, float) and v != v) else md_text(v))
+    return df
+
+
+#: A cell a spreadsheet would run as a formula (OWASP "CSV injection").
+_FORMULA = re.compile(r"^[=+\-@\t\r]")
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with every text cell that a spreadsheet would take for a formula prefixed with ``'``
+    (numbers, and text that is a plain number, are kept)."""
+    def cell(v: Any) -> Any:
+        if isinstance(v, str) and _FORMULA.match(v) and not _NUMBER.match(v):
+            return "'" + v
+        return v
+
+    out = frame.copy()
+    for c in out.columns:
+        if not pd.api.types.is_numeric_dtype(out[c]):
+            out[c] = out[c].map(cell)
+    out.columns = [cell(str(c)) for c in out.columns]
+    return out
 
 
 # --------------------------------------------------------------------------- one data set
@@ -173,6 +230,7 @@ def _section(dataset: str, records: list[Mapping[str, Any]], baseline: str | Non
     df = load_results(kept)
     _summary_tables(sec, df, csvdir)
     _paper_tables(sec, df, csvdir)
+    shown = md_text(dataset)
 
     import matplotlib  # matplotlib takes ~0.6 s to import: only the report draws
 
@@ -185,24 +243,24 @@ def _section(dataset: str, records: list[Mapping[str, Any]], baseline: str | Non
             sec.notes.append(f"the per-class gain figure: {base.name} is the only method on {dataset}.")
         else:
             _add(sec, figdir, f"gain__{dataset}", _gain_figure(dataset, series, base, counts),
-                 f"Per-class accuracy gain over {base.name} on {dataset}, classes sorted by training images "
+                 f"Per-class accuracy gain over {md_text(base.name)} on {shown}, classes sorted by training images "
                  "(most to fewest, as in the paper's Figure 4)")
         _add(sec, figdir, f"shots__{dataset}", _shots_figure(dataset, series, df),
-             f"Many/medium/few accuracy per method on {dataset} ({CONVENTION_NOTE['paper']}), seed error bars")
+             f"Many/medium/few accuracy per method on {shown} ({CONVENTION_NOTE['paper']}), seed error bars")
         _add(sec, figdir, f"accuracy_vs_count__{dataset}", _count_figure(dataset, series, counts),
-             f"Per-class accuracy against training images on {dataset} (log scale)")
+             f"Per-class accuracy against training images on {shown} (log scale)")
         corpus = _corpus(kept, cache)
         if corpus is None:
             sec.notes.append(f"the corpus figure: no run on {dataset} has an anchor selection stage whose artifacts "
                              f"are in the cache {cache} (mask.npy, and its corpus' class_ids.npy).")
         else:
             _add(sec, figdir, f"corpus__{dataset}", _corpus_figure(dataset, corpus, counts),
-                 f"Text corpus per class on {dataset}: sentences, and how many the anchor selection kept")
+                 f"Text corpus per class on {shown}: sentences, and how many the anchor selection kept")
             _corpus_table(sec, dataset, corpus, csvdir)
         curves = _histories(kept, cache)
         if curves:
             _add(sec, figdir, f"training__{dataset}", _curves_figure(dataset, curves),
-                 f"Training curves of the runs' training stages on {dataset} (TensorBoard has the same per stage)")
+                 f"Training curves of the runs' training stages on {shown} (TensorBoard has the same per stage)")
         else:
             sec.notes.append(f"the training curves: no training stage of the runs on {dataset} is in the cache {cache}.")
     return sec
@@ -210,7 +268,7 @@ def _section(dataset: str, records: list[Mapping[str, Any]], baseline: str | Non
 
 def _add(sec: Section, figdir: Path, name: str, fig, caption: str) -> None:
     path = figdir / f"{_safe(name)}.png"
-    fig.savefig(path, dpi=DPI)
+    write_with(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"), "the report's figure")
     sec.figures.append(path.name)
     sec.blocks.append(f"![{caption}](figures/{path.name})\n\n*{caption}.*")
 
@@ -221,7 +279,7 @@ def _safe(name: str) -> str:
 
 def _csv(sec: Section, csvdir: Path, name: str, frame: pd.DataFrame) -> str:
     path = csvdir / f"{_safe(name)}.csv"
-    frame.to_csv(path, index=False)
+    write_with(path, lambda tmp: csv_safe(frame).to_csv(tmp, index=False), "the report's table")
     sec.csvs.append(path.name)
     return f"(as numbers: `tables/{path.name}`)"
 
@@ -232,7 +290,7 @@ def _csv(sec: Section, csvdir: Path, name: str, frame: pd.DataFrame) -> str:
 def _summary_tables(sec: Section, df: pd.DataFrame, csvdir: Path) -> None:
     for conv in CONVENTIONS:
         where = _csv(sec, csvdir, f"summary__{sec.dataset}__{conv}", summary_frame(df, conv))
-        sec.blocks.append(f"### Top-1 accuracy, {CONVENTION_NOTE[conv]}\n\n{summary_table(df, conv)}\n\n{where}")
+        sec.blocks.append(f"### Top-1 accuracy, {CONVENTION_NOTE[conv]}\n\n{summary_table(_escaped(df), conv)}\n\n{where}")
 
 
 def _paper_tables(sec: Section, df: pd.DataFrame, csvdir: Path) -> None:
@@ -243,6 +301,7 @@ def _paper_tables(sec: Section, df: pd.DataFrame, csvdir: Path) -> None:
         if not df["variant"].isin([spec.variant(r) for r in spec.runs]).any():
             continue
         rep = render_diff(spec, df, dataset=sec.dataset)
+        shown = render_diff(spec, _escaped(df), dataset=md_text(sec.dataset)).markdown  # the same, for markdown
         if len(rep.values):
             where = _csv(sec, csvdir, f"table{n}__diff__{sec.dataset}", rep.values)
         else:
@@ -251,7 +310,7 @@ def _paper_tables(sec: Section, df: pd.DataFrame, csvdir: Path) -> None:
                 "rows": len(o.rows), "kendall_tau": o.tau, "p_value": o.p_value, "flipped_pairs": len(o.flips),
                 "pairs": o.pairs, "flips": " ".join(f"{a}>{b}" for a, b in o.flips),
                 "missing_rows": " ".join(map(str, o.missing))} for o in rep.orders]))
-        sec.blocks.append(f"{rep.markdown}\n{where}")
+        sec.blocks.append(f"{shown}\n{where}")
 
 
 # --------------------------------------------------------------------------- figures
@@ -395,27 +454,52 @@ class Corpus:
     source: str  # the corpus stage, as "<kind> <label>"
 
 
-def _artifact(cache: Path, stage: Mapping[str, Any]) -> Path:
-    return cache / stage["kind"] / stage["key"]
+_KIND = re.compile(r"[A-Za-z0-9_]+")
+_KEY = re.compile(r"[0-9a-f]{16}")
+
+
+def _artifact(cache: Path, stage: Any) -> Path | None:
+    """A stage's artifact folder in the cache, from a result file's ``stages`` entry; None when the
+    entry is not a stage's kind and key (a result file never names a path the report reads)."""
+    if not isinstance(stage, Mapping):
+        return None
+    kind, key = stage.get("kind"), stage.get("key")
+    if not (isinstance(kind, str) and _KIND.fullmatch(kind) and isinstance(key, str) and _KEY.fullmatch(key)):
+        return None
+    return cache / kind / key
+
+
+def _json(path: Path) -> Any:
+    """A cached JSON file's content; None when it cannot be read as JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
 
 
 def _corpus(records: Sequence[Mapping[str, Any]], cache: Path) -> Corpus | None:
     """The corpus and anchor selection of the first run that has both in the cache (see the module
     docstring: found by their artifacts, not by method)."""
     for rec in records:
-        by_key = {s["key"]: s for s in rec["stages"]}
-        for s in rec["stages"]:
+        stages = [s for s in rec.get("stages") or [] if _artifact(cache, s) is not None]
+        by_key = {s["key"]: s for s in stages}
+        for s in stages:
             folder = _artifact(cache, s)
             if not (folder / "mask.npy").is_file() or not (folder / "stage.json").is_file():
                 continue
-            inputs = json.loads((folder / "stage.json").read_text()).get("inputs", [])
-            for key in inputs:
-                src = by_key.get(key)
+            meta = _json(folder / "stage.json")
+            inputs = meta.get("inputs", []) if isinstance(meta, dict) else []
+            for key in inputs if isinstance(inputs, list) else []:
+                src = by_key.get(key) if isinstance(key, str) else None
                 if src and (_artifact(cache, src) / "class_ids.npy").is_file():
-                    mask = np.load(folder / "mask.npy")
-                    ids = np.load(_artifact(cache, src) / "class_ids.npy")
-                    return Corpus(np.bincount(ids, minlength=mask.shape[0]), mask.sum(1), int(mask.shape[1]),
-                                  f"{s['kind']} {s['label']}", f"{src['kind']} {src['label']}")
+                    try:
+                        mask = np.load(folder / "mask.npy")
+                        ids = np.load(_artifact(cache, src) / "class_ids.npy")
+                        sentences = np.bincount(ids, minlength=mask.shape[0])
+                    except (OSError, ValueError, TypeError, IndexError):  # not the arrays a selection writes
+                        continue
+                    return Corpus(sentences, mask.sum(1), int(mask.shape[1]),
+                                  f"{s['kind']} {s.get('label')}", f"{src['kind']} {src.get('label')}")
     return None
 
 
@@ -450,7 +534,7 @@ def _corpus_table(sec: Section, dataset: str, corpus: Corpus, csvdir: Path) -> N
                           {"per class": f"kept as anchors (M = {corpus.capacity})", **stats(corpus.kept)}])
     where = _csv(sec, csvdir, f"corpus__{dataset}", frame)
     shown = frame.astype(str)
-    sec.blocks.append(f"### Text corpus ({corpus.source}; anchors: {corpus.selection})\n\n"
+    sec.blocks.append(f"### Text corpus ({md_text(corpus.source)}; anchors: {md_text(corpus.selection)})\n\n"
                       f"Sentences per class, as the paper's Table 7 counts them.\n\n{markdown(shown)}\n\n{where}")
 
 
@@ -469,21 +553,31 @@ def _histories(records: Sequence[Mapping[str, Any]], cache: Path) -> list[Curve]
     """Every training stage of the runs with a per-epoch history, each key once."""
     seen, out = set(), []
     for rec in records:
-        for s in rec["stages"]:
-            if s["key"] in seen:
+        for s in rec.get("stages") or []:
+            folder = _artifact(cache, s)
+            if folder is None or s["key"] in seen:
                 continue
             seen.add(s["key"])
-            folder = _artifact(cache, s)
-            info = folder / "stage.json"
-            if not info.is_file():
+            meta = _json(folder / "stage.json")
+            if not isinstance(meta, dict):
                 continue
-            meta = json.loads(info.read_text())
             history = meta.get("history")
-            if history is None and (folder / "head.json").is_file():
-                history = json.loads((folder / "head.json").read_text()).get("history")
-            if history:
-                out.append(Curve(s["kind"], s["label"] or s["kind"], meta.get("config", {}).get("seed"), history))
+            if history is None:
+                head = _json(folder / "head.json")
+                history = head.get("history") if isinstance(head, dict) else None
+            if _is_history(history):
+                config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+                out.append(Curve(s["kind"], str(s.get("label") or s["kind"]), config.get("seed"), history))
     return out
+
+
+def _is_history(history: Any) -> bool:
+    """Per-epoch rows as a training stage writes them (epoch, loss and lr numbers)."""
+    num = (int, float)
+    return bool(history) and isinstance(history, list) and all(
+        isinstance(h, dict) and isinstance(h.get("epoch"), num) and isinstance(h.get("loss"), num)
+        and isinstance(h.get("lr"), num) and (h.get("val_acc") is None or isinstance(h["val_acc"], num))
+        for h in history)
 
 
 def _curves_figure(dataset: str, curves: Sequence[Curve]):
@@ -537,20 +631,35 @@ figure{margin:1.2em 0}figure img{max-width:100%;border:1px solid #ddd}figcaption
 code{background:#f4f4f4;padding:0 3px}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}"""
 
 
+_ESCAPE = re.compile(r"\\([\\`*_\[\]()!|<>&#~{}+.-])")
+
+
 def _inline(text: str) -> str:
-    out = html.escape(text)
+    """One line of the report's markdown as HTML: escaped characters stay literal, `code` and *em*."""
+    literal: list[str] = []
+
+    def hold(m: re.Match) -> str:
+        literal.append(m.group(1))
+        return f"\ue000{len(literal) - 1}\ue001"
+
+    out = html.escape(_ESCAPE.sub(hold, text))
     out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
-    return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", out)
+    out = re.sub(r"\*([^*]+)\*", r"<em>\1</em>", out)
+    return re.sub("\ue000(\\d+)\ue001", lambda m: html.escape(literal[int(m.group(1))]), out)
 
 
 def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().removeprefix("|").removesuffix("|"))]
 
 
-def to_html(md: str, folder: Path) -> str:
+def to_html(md: str, figures: Mapping[str, Path]) -> str:
     """The report's markdown as one self-contained HTML page: headings, paragraphs, lists, pipe
-    tables as HTML tables, and every ``![caption](figures/x.png)`` embedded as a data URI (only
-    the subset of markdown the report writes)."""
+    tables as HTML tables, and its figures embedded as data URIs (only the subset of markdown the
+    report writes).
+
+    ``figures`` maps each link the report wrote (``figures/x.png``) to the file it drew: only those
+    are read and embedded. A figure line naming anything else is shown as text; no file named by
+    the markdown (and so by data) is ever read."""
     body: list[str] = []
     lines = md.splitlines()
     i = 0
@@ -563,9 +672,10 @@ def to_html(md: str, folder: Path) -> str:
             n = len(m.group(1))
             body.append(f"<h{n}>{_inline(m.group(2))}</h{n}>")
             i += 1
-        elif m := re.fullmatch(r"!\[(.*)\]\((.*)\)", line.strip()):
-            data = base64.b64encode((folder / m.group(2)).read_bytes()).decode("ascii")
-            body.append(f'<figure><img alt="{html.escape(m.group(1))}" src="data:image/png;base64,{data}">'
+        elif (m := re.fullmatch(r"!\[(.*)\]\(([^()\s]*)\)", line.strip())) and m.group(2) in figures:
+            data = base64.b64encode(Path(figures[m.group(2)]).read_bytes()).decode("ascii")
+            alt = html.escape(_ESCAPE.sub(r"\1", m.group(1)))
+            body.append(f'<figure><img alt="{alt}" src="data:image/png;base64,{data}">'
                         f"<figcaption>{_inline(m.group(1))}</figcaption></figure>")
             i += 1
         elif line.startswith("|"):
@@ -584,7 +694,8 @@ def to_html(md: str, folder: Path) -> str:
                 i += 1
             body.append("<ul>" + "".join(items) + "</ul>")
         else:
-            para = []
+            para = [line]  # (a figure line naming no figure of this report is shown as text)
+            i += 1
             while i < len(lines) and lines[i].strip() and not re.match(r"(#{1,6} |\||- |!\[)", lines[i]):
                 para.append(lines[i])
                 i += 1

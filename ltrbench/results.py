@@ -7,24 +7,28 @@ written once, atomically (temp file + rename), at
 with the same name is the same run and is left alone. :func:`load_results` flattens records (a
 folder of them, or a list) into one pandas DataFrame, one row per run: the paper convention's
 overall/many/medium/few, and the decoupling convention's buckets as ``decoupling_many`` etc.
+
+:func:`scan_results` is the one reader of a results folder, for every command: it skips hidden
+and temporary files and leaves out, by name and with why, every file it cannot read as a record.
+Result files are written through :mod:`ltrbench.safeio` (never through a planted link; mode from
+the umask, so collaborators sharing ``--out`` can read them).
 """
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import pandas as pd
 
 from .devices import machine
 from .metrics import BUCKETS, CONVENTIONS
 from .plan import PlannedRun
+from .safeio import real_dir, refuse_link, write_atomic
 from .stages import artifact_dir, topological
 from .version import __version__
 
@@ -80,19 +84,106 @@ def write_result(out: Path, rec: Mapping[str, Any]) -> Path:
     if missing:
         raise ValueError(f"result record lacks {missing}")
     path = Path(out) / "runs" / result_filename(rec)
+    real_dir(path.parent, Path(out), "the results folder", create=True)
+    refuse_link(path, "the result file")
     if path.exists():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(rec, f, indent=1, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(rec, indent=1, sort_keys=True, default=str), "the result file")
     return path
 
 
+class Skipped(NamedTuple):
+    """A file of a results folder that is not a result ltrbench can read, and why."""
+
+    path: Path
+    why: str
+
+    def line(self) -> str:
+        return f"skipped {self.path}: {self.why}"
+
+
+class ResultScan(NamedTuple):
+    """What :func:`scan_results` found: the records, and the files left out."""
+
+    records: list[dict[str, Any]]
+    skipped: list[Skipped]
+
+
+def runs_folder(folder: Path) -> Path:
+    """``<folder>/runs`` when there is one, else ``folder`` itself (a folder of result JSONs)."""
+    return Path(folder) / "runs" if (Path(folder) / "runs").is_dir() else Path(folder)
+
+
+def _number(x: Any) -> bool:
+    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+
+
+def record_problem(rec: Any) -> str | None:
+    """Why ``rec`` (a parsed JSON document) is not a result record; None when it is one."""
+    if not isinstance(rec, dict):
+        return f"it holds a JSON {type(rec).__name__}, not a result record (an object)"
+    missing = [k for k in REQUIRED_KEYS if k not in rec]
+    if missing:
+        return f"it is not an ltrbench result (no {', '.join(missing[:4])}{' …' if len(missing) > 4 else ''})"
+    for k in ("method", "dataset", "backbone"):
+        if not isinstance(rec[k], str):
+            return f"its {k} is not a string"
+    if rec.get("variant") is not None and not isinstance(rec["variant"], str):
+        return "its variant is not a string"
+    if not isinstance(rec["seed"], int) or isinstance(rec["seed"], bool):
+        return "its seed is not an integer"
+    if not isinstance(rec["metrics"], dict) or not all(
+            isinstance(v, dict) and all(_number(x) for x in v.values()) for v in rec["metrics"].values()):
+        return "its metrics are not a mapping of conventions to numbers"
+    for k in ("per_class_accuracy", "train_counts"):
+        if not isinstance(rec[k], list) or not all(_number(x) for x in rec[k]):
+            return f"its {k} is not a list of numbers"
+    if not isinstance(rec.get("stages", []), list):
+        return "its stages are not a list"
+    return None
+
+
+def scan_results(folder: Path) -> ResultScan:
+    """Every result record of a results folder (:func:`runs_folder`), in file-name order.
+
+    The one reader of result files (``tables``, ``diff``, ``report``, ``sweep``): hidden files (an
+    interrupted write's ``.tmp-*``) and links are not looked at; a file that cannot be read as a
+    result record (truncated, empty, not JSON, another program's JSON, nested too deep) is left out
+    and listed in ``skipped`` with why, so the command goes on and can say so.
+    """
+    runs = runs_folder(folder)
+    records, skipped = [], []
+    for p in sorted(runs.glob("*.json")):
+        if p.name.startswith("."):
+            continue
+        if p.is_symlink() or not p.is_file():
+            skipped.append(Skipped(p, "not a regular file (a link or a folder)"))
+            continue
+        try:
+            rec = json.loads(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            skipped.append(Skipped(p, "not UTF-8 text"))
+            continue
+        except RecursionError:
+            skipped.append(Skipped(p, "its JSON is nested too deep"))
+            continue
+        except ValueError as e:
+            skipped.append(Skipped(p, "empty" if not p.stat().st_size else f"not valid JSON ({e})"))
+            continue
+        except OSError as e:
+            skipped.append(Skipped(p, f"cannot be read ({e.strerror or e})"))
+            continue
+        problem = record_problem(rec)
+        if problem:
+            skipped.append(Skipped(p, problem))
+        else:
+            records.append(rec)
+    return ResultScan(records, skipped)
+
+
 def read_results(folder: Path) -> list[dict[str, Any]]:
-    runs = Path(folder) / "runs" if (Path(folder) / "runs").is_dir() else Path(folder)
-    return [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
+    """The records of :func:`scan_results` (files it cannot read are left out)."""
+    return scan_results(folder).records
 
 
 def build_record(run: PlannedRun, infos: Mapping[str, Mapping[str, Any]], cache: Path) -> dict[str, Any]:
@@ -170,7 +261,8 @@ def load_results(folder: Path | Iterable[Mapping[str, Any]], *, rules: bool = Fa
     ``primary`` (the run's result) and every rule the method recorded (VL-LTR: each fusion rule
     and each branch alone).
     """
-    recs = read_results(folder) if isinstance(folder, (str, Path)) else list(folder)
+    scan = scan_results(Path(folder)) if isinstance(folder, (str, Path)) else ResultScan(list(folder), [])
+    recs = scan.records
     rows = []
     for r in recs:
         base = {"method": r["method"], "variant": r.get("variant", ""), "dataset": r["dataset"],
@@ -185,4 +277,5 @@ def load_results(folder: Path | Iterable[Mapping[str, Any]], *, rules: bool = Fa
     df = pd.DataFrame(rows, columns=cols)
     metric_cols = [c for conv in CONVENTIONS for c in metric_columns(conv).values()]
     df[list(dict.fromkeys(metric_cols))] = df[list(dict.fromkeys(metric_cols))].astype(float)
+    df.attrs["skipped"] = scan.skipped  # files of the folder that are not readable results
     return df

@@ -73,6 +73,7 @@ from .devices import describe, stage_device
 from .errors import CacheError, LtrBenchError
 from .fingerprints import sha256_file
 from .registry import STAGES
+from .safeio import links_inside, open_update, real_dir, refuse_link, write_atomic
 from .train import FitResult, TrainTask, fit, seed_everything
 
 log = logging.getLogger(__name__)
@@ -269,6 +270,22 @@ def artifact_dir(cache: Path, stage: Stage) -> Path:
     return Path(cache) / stage.kind / stage.key
 
 
+def check_stage_paths(cache: Path, stage: Stage) -> None:
+    """Raise :class:`~ltrbench.safeio.UnsafePathError` when a name the engine writes or renames for
+    ``stage`` is a symbolic link (one planted in a shared cache): its folder ``<cache>/<kind>``, its
+    artifact, its ``.partial`` folder, its lock file and its log (:mod:`ltrbench.safeio`)."""
+    for what, p in stage_paths(cache, stage).items():
+        refuse_link(p, f"{what} of stage {stage.describe()}")
+
+
+def stage_paths(cache: Path, stage: Stage) -> dict[str, Path]:
+    """The names the engine creates for ``stage`` in the cache, by what they are."""
+    final = artifact_dir(cache, stage)
+    return {"the kind's folder": final.parent, "the artifact folder": final,
+            "the build folder": final.with_name(f"{stage.key}.partial"),
+            "the lock file": final.with_name(f"{stage.key}.lock"), "the attempts log": final.with_name(f"{stage.key}.log")}
+
+
 def is_done(cache: Path, stage: Stage) -> bool:
     """Whether the stage's artifact is complete as far as cheap checks tell (its ``stage.json``
     and manifest, and every file's size); no hashing, no side effect (``Plan.to_frame``)."""
@@ -326,7 +343,7 @@ def check_artifact(cache: Path, stage: Stage, *, full: bool) -> ArtifactCheck:
         return ArtifactCheck("not built")
     try:
         info = json.loads(meta.read_text())
-    except (OSError, ValueError) as e:  # ValueError: not UTF-8, not JSON
+    except (OSError, ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deep
         return ArtifactCheck(f"its stage.json cannot be read ({e})", "corrupt")
     files = info.get("files") if isinstance(info, dict) else None
     if not isinstance(files, dict) or "stage_sha256" not in info:
@@ -396,9 +413,10 @@ def run_stage(stage: Stage, cache: str | os.PathLike, progress: bool = True,
     """
     cache = Path(cache)
     final = artifact_dir(cache, stage)
+    check_stage_paths(cache, stage)
     if verify(cache, stage):
         return read_info(cache, stage)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    real_dir(final.parent, cache, "the stage folder", create=True)
     with _build_lock(final.with_name(final.name + ".lock"), stage):
         found = check_artifact(cache, stage, full=True)
         if found.problem is None:  # another process built it while we waited
@@ -434,7 +452,7 @@ def _build_lock(path: Path, stage: Stage):
     if fcntl is None:
         yield
         return
-    with open(path, "a+") as fh:
+    with open_update(path, f"the lock file of stage {stage.describe()}") as fh:
         try:
             _acquire(fh, stage)
         except OSError as e:  # a file system without locks (some network mounts): build unlocked
@@ -541,7 +559,10 @@ def _clear_partial(partial: Path) -> None:
 
 def _build(stage: Stage, cache: Path, final: Path, progress: bool, record: dict[str, Any]) -> dict[str, Any]:
     partial = final.with_name(final.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
+    real_dir(partial, cache, f"the build folder of stage {stage.describe()}", create=True)
+    links = links_inside(partial)
+    if links:  # nothing below a build folder is a link ltrbench made: never write or delete through one
+        refuse_link(links[0], f"a file in the build folder of stage {stage.describe()}")
     _clear_partial(partial)
     inputs = [artifact_dir(cache, s) for s in stage.inputs]
     for s in stage.inputs:
@@ -590,9 +611,7 @@ def _build(stage: Stage, cache: Path, final: Path, progress: bool, record: dict[
     }
     info = json.loads(json.dumps(info, default=str))  # exactly what is read back, hashed below
     info["stage_sha256"] = _info_hash(info)
-    tmp = partial / (STAGE_JSON + ".tmp")
-    tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
-    os.replace(tmp, partial / STAGE_JSON)
+    write_atomic(partial / STAGE_JSON, json.dumps(info, indent=1, sort_keys=True), "the stage.json of a build")
     try:
         os.replace(partial, final)
     except OSError:
@@ -650,8 +669,8 @@ def inject_fault(stage: Stage, cache: Path) -> None:
         return
     limit = plan[stage.kind]
     counter = Path(cache) / ".faults" / f"{stage.key}.count"
-    counter.parent.mkdir(parents=True, exist_ok=True)
-    with open(counter, "a+") as fh:
+    real_dir(counter.parent, Path(cache), "the fault counters' folder", create=True)
+    with open_update(counter, "the fault counter") as fh:
         if fcntl is not None:
             fcntl.flock(fh, fcntl.LOCK_EX)
         fh.seek(0)

@@ -103,7 +103,7 @@ def test_markdown_to_html_subset(tmp_path):
     (tmp_path / "figures" / "a.png").write_bytes(png)
     md = ("# Title\n\nSome `code` & <b>text</b>.\n\n| a | b |\n|:--|:--|\n| 1 | x<y |\n\n- one\n- two\n\n"
           "![A caption (with parens)](figures/a.png)\n\n*A caption (with parens).*\n")
-    page = to_html(md, tmp_path)
+    page = to_html(md, {"figures/a.png": tmp_path / "figures" / "a.png"})
     assert "<h1>Title</h1>" in page and "<code>code</code> &amp; &lt;b&gt;text&lt;/b&gt;." in page
     assert "<td>x&lt;y</td>" in page and "<li>two</li>" in page
     assert f'src="data:image/png;base64,{base64.b64encode(png).decode()}"' in page
