@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ltrbench.errors import ConfigError
+from ltrbench.errors import ConfigError, DataError
+from ltrbench.safeio import refuse_link
 
 log = logging.getLogger(__name__)
 
@@ -555,10 +556,16 @@ def generate_world(root: Path, spec: WorldSpec, progress: bool = True) -> Path:
     """
     root = Path(root)
     final = root / spec.dirname()
+    refuse_link(final, "the built-in world's folder")  # in a shared cache: never read or replaced through a link
     if (final / "DONE").is_file():
         return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+    except OSError as e:
+        raise DataError(f"The built-in world cannot be generated into {root}: {e.strerror or e}. Pass a writable "
+                        "--data-root DIR (or leave it out: the world then goes into the cache), or generate it there "
+                        "once as a user who may write it.") from None
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the world may live on shared storage
     log.info("generating the built-in world into %s", final)
     try:

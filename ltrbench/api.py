@@ -26,7 +26,7 @@ import pandas as pd
 
 from . import fingerprints, validate
 from .errors import ConfigError, RunFailedError
-from .execute import EXECUTORS, StageFailure, execute
+from .execute import EXECUTORS, ExecOptions, StageFailure, execute
 from .paths import cache_root
 from .plan import PlannedRun, RunSpec, plan_runs, resolve_configs
 from .registry import DATASETS, METHODS
@@ -92,16 +92,19 @@ def plan(methods: Sequence[str] | None, dataset: str | None, *, backbone: str | 
     generated when its data set is first read, after the configuration and weights checked out).
     ``progress``: bars for the world's generation and the image check.
     """
+    validate.check_request(methods, seeds)
     specs = _specs(methods, dataset, backbone, seeds, table)
     if data_root:  # absolute: a Ray worker may run in another folder (the shipped code's)
         data_root = str(Path(data_root).expanduser().absolute())
     resolved = resolve_configs(specs, files=[str(f) for f in config_files], overrides=list(overrides),
                                data_root=data_root)
     cache = cache_root()
+    validate.check_storage(resolved, cache)
     validate.check_configs(resolved)
     validate.check_weights(resolved, cache)
     runs = plan_runs(resolved, progress=progress)
     stages = topological([r.target for r in runs])
+    validate.check_stage_paths(stages, cache)
     validate.check_data(stages, cache, progress=progress)
     fingerprints.flush()  # remember the weights files' hashes only once the request is valid
     return Plan(runs, stages, cache)
@@ -133,6 +136,8 @@ def run(methods: Sequence[str] | None, dataset: str | None, *, backbone: str | N
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"Unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}.")
+    validate.check_execution(ExecOptions("ray" if ray_address else executor, ray_address, retries, device, ship_code,
+                                         cpus_per_stage))  # before planning writes anything (the world)
     if out is not None:
         validate.check_output(Path(out))
     p = plan(methods, dataset, backbone=backbone, seeds=seeds, overrides=overrides, config_files=config_files,

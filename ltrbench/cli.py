@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Sequence
@@ -146,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("ltrbench").setLevel(logging.DEBUG)
     # timm warns that a 1-epoch cosine is constant; tiny test runs do that on purpose.
     logging.getLogger("timm.scheduler.cosine_lr").setLevel(logging.ERROR)
+    previous = _terminate_like_interrupt()
     try:
         if args.command == "list":
             return cmd_list()
@@ -168,9 +171,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the output was piped into a program that stopped reading (head)
         sys.stderr.close()
         return 0
+    except Terminated:
+        print("terminated (SIGTERM); finished stages are kept in the cache and a rerun resumes", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("interrupted; finished stages are kept in the cache and a rerun resumes", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that a run ends as on Ctrl-C: running stages stopped
+    (Ray tasks cancelled), finished ones kept, one line, exit status 143 (128 + SIGTERM)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+_on_sigterm.ltrbench = True  # ltrbench.cluster puts it back after ray.init installed Ray's own
+
+
+def _terminate_like_interrupt():
+    """Install :func:`_on_sigterm` (main thread only); return the handler it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return previous
 
 
 def cmd_list() -> int:

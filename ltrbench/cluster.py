@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import signal
 import socket
 import threading
 import uuid
@@ -137,6 +139,9 @@ def connect(address: str | None, cache: Path, *, ship_code: bool = True) -> Conn
             _refresh(_current)
             return _current
         ray.shutdown()
+    # Ray installs its own SIGTERM handler (exit 1, and a native stack dump on the way out); a handler
+    # the CLI set (SIGTERM ends the run like Ctrl-C, exit 143) is put back once Ray is up.
+    on_term = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     if address is None:
         env, code = runtime_env(cache, embedded=True, ship_code=ship_code)
         ray.init(address="local", include_dashboard=False, log_to_driver=True, runtime_env=env)
@@ -149,6 +154,8 @@ def connect(address: str | None, cache: Path, *, ship_code: bool = True) -> Conn
             raise ClusterError(f"Could not join the Ray cluster at {address}: {_last_line(e)}. Check the address "
                                f"(`ray status` on the head node prints it) and that this machine runs the cluster's "
                                f"Ray and Python versions.") from None
+    if callable(on_term) and getattr(on_term, "ltrbench", False):
+        signal.signal(signal.SIGTERM, on_term)
     _current = Connection(address=address, auth=_auth_mode(), code=code)
     _refresh(_current)
     return _current
@@ -182,6 +189,40 @@ def _split_address(address: str) -> tuple[str, int] | None:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+_HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|")
+_ADDRESS_FORMS = ("HOST:PORT (the GCS address `ray start --head` printed, e.g. 10.0.0.5:6379), auto (the cluster "
+                  "this machine joined with `ray start`), or ray://HOST:PORT (Ray Client)")
+
+
+def check_address(address: str) -> None:
+    """Fail with one paragraph unless ``address`` is a Ray address ltrbench can use: ``auto``,
+    ``ray://HOST:PORT`` or ``HOST:PORT`` with a port in 1..65535, and, for ``HOST:PORT``, something
+    listens there (checked within seconds; what it is, the preflight of :func:`connect` asks)."""
+    from .errors import clip  # here: cluster imports no more than it needs at import time
+
+    text = address.strip()
+    if text == "auto":
+        return
+    body = text[len("ray://"):] if text.startswith("ray://") else text
+    host, sep, port = body.rpartition(":")
+    if not sep or not port.isdigit() or not _HOST.fullmatch(host) or "://" in body:
+        raise ClusterError(f"--ray-address {clip(address)!r} is not a Ray address; pass {_ADDRESS_FORMS}.")
+    if not 1 <= int(port) <= 65535:
+        raise ClusterError(f"--ray-address {clip(address)!r}: port {clip(port)} is outside 1..65535; pass "
+                           f"{_ADDRESS_FORMS}.")
+    if text.startswith("ray://"):
+        return
+    hp = (host.strip("[]") or "127.0.0.1", int(port))
+    try:
+        socket.create_connection(hp, timeout=_PREFLIGHT_TIMEOUT_S).close()
+    except OSError as e:
+        raise ClusterError(
+            f"Cannot reach a Ray cluster at {address} ({e.strerror or type(e).__name__}). Start one on the head "
+            f"machine with `ray start --head --port {hp[1]}` (add `--num-gpus N` for GPUs), or pass the address "
+            f"that `ray start --head` printed (the GCS port, 6379 by default; not the dashboard's 8265 or the "
+            f"client's 10001) as --ray-address HOST:PORT, and check that no firewall blocks it.") from None
+
+
 def _token_here() -> bool:
     """Whether this machine has a Ray token where Ray looks (read here: asking Ray's own loader
     caches the token, which a driver joining a cluster without authentication must not send)."""
@@ -197,17 +238,10 @@ def _token_here() -> bool:
 def _preflight(address: str) -> None:
     """Fail within seconds, with what to set, where ``ray.init`` would retry for half a minute; set
     this driver's authentication mode to the cluster's."""
+    check_address(address)  # the format, the port, something listening (again: time has passed since planning)
     hp = _split_address(address)
     if hp is None:  # "auto", a ray:// client address: Ray resolves those itself
         return
-    try:
-        socket.create_connection(hp, timeout=_PREFLIGHT_TIMEOUT_S).close()
-    except OSError as e:
-        raise ClusterError(
-            f"Cannot reach a Ray cluster at {address} ({e.strerror or type(e).__name__}). Start one on the head "
-            f"machine with `ray start --head --port {hp[1]}` (add `--num-gpus N` for GPUs), or pass the address "
-            f"that `ray start --head` printed (the GCS port, 6379 by default; not the dashboard's 8265 or the "
-            f"client's 10001) as --ray-address HOST:PORT, and check that no firewall blocks it.") from None
     try:
         from ray._raylet import AuthenticationTokenLoader, Config, GcsClient  # here: see connect()
         from ray.exceptions import AuthenticationError  # here: see connect()

@@ -21,7 +21,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, clip
 from .registry import SECTIONS
 
 def _config_dir() -> Path:
@@ -139,7 +139,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.amp not in (True, False, "bf16", "fp16", "off"):  # from_dict bypasses _coerce
-            raise ConfigError(f"train.amp must be bf16, fp16 or off (true = bf16, false = off), got {self.amp!r}.")
+            raise ConfigError(f"train.amp must be bf16, fp16 or off (true = bf16, false = off), got {clip(repr(self.amp))}.")
         canonical = {"bf16": True, "off": False}.get(self.amp, self.amp) if isinstance(self.amp, str) else self.amp
         object.__setattr__(self, "amp", canonical)
 
@@ -205,17 +205,72 @@ def load_config(
         secs["backbone"] = replace(secs["backbone"], name=backbone)
     for item in overrides:
         path, value = _split_override(item)
-        secs = _apply_override(secs, path, value, f"--set {item}")
+        secs = _apply_override(secs, path, value, f"--set {clip(item)}")
     return BenchConfig(sections=secs)
+
+
+#: The most nodes a YAML document may expand to, aliases followed (a config file has a few hundred;
+#: 338 bytes of nested aliases expand to billions, the "billion laughs").
+MAX_YAML_NODES = 100_000
+
+
+def _expanded_size(node: yaml.Node, where: str) -> int:
+    """The number of nodes ``node`` stands for with every alias expanded, without expanding them;
+    :class:`ConfigError` for a structure that contains itself or grows beyond :data:`MAX_YAML_NODES`."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        if id(n) in active:
+            raise ConfigError(f"{where}: an alias refers to the node that contains it (a recursive structure); "
+                              "a config file is a plain tree of values.")
+        active.add(id(n))
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            total += sum(size(c) for c in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in n.value)
+        active.discard(id(n))
+        sizes[id(n)] = total
+        if total > MAX_YAML_NODES:
+            raise ConfigError(f"{where}: the document expands to more than {MAX_YAML_NODES:,} values once its aliases "
+                              "(*name) are followed; a config file needs a few hundred. Write the values out, "
+                              "without nested aliases.")
+        return total
+
+    return size(node)
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """YAML ``text`` as plain data: no tags that build objects (``yaml.SafeLoader``), and no alias
+    structure that expands beyond :data:`MAX_YAML_NODES` (checked before anything is built)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, where)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist.")
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = safe_yaml(path.read_text(encoding="utf-8"), f"Config file {path}") or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"Config file {path} is not UTF-8 text (byte {e.start}: {e.reason}); a config file is "
+                          "YAML text.") from None
+    except OSError as e:
+        raise ConfigError(f"Config file {path} cannot be read: {e.strerror or e}.") from None
+    except RecursionError:
+        raise ConfigError(f"Config file {path} is nested too deep to be a config file.") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"Config file {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"Config file {path} is not valid YAML: {clip(e, 300)}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"Config file {path} must hold a mapping of sections, got {type(doc).__name__}.")
     return doc
@@ -224,14 +279,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _split_override(item: str) -> tuple[list[str], str]:
     if "=" not in item:
         raise ConfigError(
-            f"Bad --set {item!r}: expected key=value, e.g. --set baseline.train.lr=0.001 "
+            f"Bad --set {clip(item)!r}: expected key=value, e.g. --set baseline.train.lr=0.001 "
             f"(sections: {', '.join(sorted(SECTIONS.names()))})."
         )
     key, value = item.split("=", 1)
     path = [p for p in key.strip().split(".")]
     if len(path) < 2 or not all(path):
         raise ConfigError(
-            f"Bad --set {item!r}: the key must be section.field (e.g. data.root), "
+            f"Bad --set {clip(item)!r}: the key must be section.field (e.g. data.root), "
             f"sections: {', '.join(sorted(SECTIONS.names()))}."
         )
     return path, value.strip()
@@ -240,7 +295,7 @@ def _split_override(item: str) -> tuple[list[str], str]:
 def _apply_mapping(secs: dict[str, Any], sec_name: str, values: Any, where: str) -> Any:
     if sec_name not in secs:
         raise ConfigError(
-            f"{where}: unknown config section {sec_name!r}. Known sections: {', '.join(sorted(secs))}."
+            f"{where}: unknown config section {clip(sec_name)!r}. Known sections: {', '.join(sorted(secs))}."
         )
     if not isinstance(values, Mapping):
         raise ConfigError(f"{where}: section {sec_name!r} must be a mapping of fields.")
@@ -265,7 +320,7 @@ def _merge(obj: Any, values: Mapping[str, Any], path: str, where: str) -> Any:
 def _apply_override(secs: dict[str, Any], path: list[str], raw: str, where: str) -> dict[str, Any]:
     sec_name = path[0]
     if sec_name not in secs:
-        raise ConfigError(f"{where}: unknown config section {sec_name!r}. Known sections: {', '.join(sorted(secs))}.")
+        raise ConfigError(f"{where}: unknown config section {clip(sec_name)!r}. Known sections: {', '.join(sorted(secs))}.")
     value: Any = raw
     for key in reversed(path[1:]):
         value = {key: value}
@@ -297,15 +352,15 @@ def _merge_raw(obj: Any, values: Mapping[str, Any], path: str, where: str) -> An
 
 def _parse_cli_value(raw: str) -> Any:
     try:
-        return yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
+        return safe_yaml(raw, f"--set value {clip(raw)!r}") if raw != "" else ""
+    except (yaml.YAMLError, RecursionError):
         return raw
 
 
 def _unknown_key(where: str, key: str, names: list[str]) -> str:
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], names, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return f"{where}: unknown config key {key!r}.{hint} Allowed fields: {', '.join(names)}."
+    return f"{where}: unknown config key {clip(key)!r}.{hint} Allowed fields: {', '.join(names)}."
 
 
 def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
@@ -325,29 +380,29 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
                 return _coerce(value, a, key, where)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}.")
+        raise ConfigError(f"{where}: {key} must be {_type_name(tp)}, got {clip(repr(value))}.")
     if origin is tuple:
         (inner, *_rest) = typing.get_args(tp) or (Any,)
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: {key} must be a list of {_type_name(inner)}, got {value!r}.")
+            raise ConfigError(f"{where}: {key} must be a list of {_type_name(inner)}, got {clip(repr(value))}.")
         return tuple(_coerce(v, inner, key, where) for v in value)
     if origin is Literal:
         allowed = typing.get_args(tp)
         if isinstance(value, str) and value in allowed:
             return value
-        raise ConfigError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}.")
+        raise ConfigError(f"{where}: {key} must be {_type_name(tp)}, got {clip(repr(value))}.")
     if tp is Any:
         return value
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: {key} must be true or false, got {value!r}.")
+        raise ConfigError(f"{where}: {key} must be true or false, got {clip(repr(value))}.")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: {key} must be an integer, got {value!r}.")
+        raise ConfigError(f"{where}: {key} must be an integer, got {clip(repr(value))}.")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -356,11 +411,11 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: {key} must be a number, got {value!r}.")
+        raise ConfigError(f"{where}: {key} must be a number, got {clip(repr(value))}.")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{where}: {key} must be a string, got {value!r}.")
+        raise ConfigError(f"{where}: {key} must be a string, got {clip(repr(value))}.")
     raise ConfigError(f"{where}: {key} has an unsupported type {tp!r}.")
 
 

@@ -6,6 +6,20 @@ line, config key, class) and what to do. Programming errors stay ordinary except
 """
 from __future__ import annotations
 
+from typing import Any
+
+#: The most characters of a value a message quotes (a value is never printed longer than a line).
+CLIP = 80
+
+
+def clip(value: Any, n: int = CLIP) -> str:
+    """``value`` as text of at most ``n`` characters, on one line (its middle cut, its length said)."""
+    text = " ".join(str(value).split()) if not isinstance(value, str) else value.replace("\n", "\\n").replace("\r", "\\r")
+    if len(text) <= n:
+        return text
+    keep = max(n - 24, 8)
+    return f"{text[:keep]}… ({len(text):,} characters)"
+
 
 class LtrBenchError(Exception):
     """A user-facing error: the message is shown as is, the process exits with status 2."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,8 @@ from .cluster import connect, forwarded_env, probe
 from .errors import ConfigError
 from .execute import ExecOptions, gpu_policy, stage_resources
 from .paths import cache_root
-from .results import load_results, read_results
+from .results import load_results, scan_results
+from .safeio import write_atomic
 from .tables import METRICS, markdown, mean_std
 
 log = logging.getLogger(__name__)
@@ -140,14 +142,18 @@ def sweep(method: str, dataset: str, grid: dict[str, list[str]], *, search: str 
     root = Path(out).expanduser().absolute() / "sweeps" / name
     cache = cache_root()
     opts = ExecOptions("ray", ray_address, retries, device, ship_code, cpus_per_stage, progress, root).check()
+    validate.check_execution(opts)  # the Ray address (format, port, reachability) before any plan
+    validate.check_output(root)
+    if split == "test":
+        log.warning("sweep --split test: the trials are ranked on the test split, so the chosen point is tuned on "
+                    "the numbers a paper reports; use --split val (the default) to choose a recipe")
     spec = _TrialSpec(method, dataset, backbone, tuple(int(x) for x in seeds), (*overrides, f"data.eval_split={split}"),
                       tuple(str(f) for f in config_files),
                       str(Path(data_root).expanduser().absolute()) if data_root else None, str(root), metric,
                       f"{split}_{metric}", retries, device, forwarded_env(cache))
     points = [list(c) for c in itertools.product(*[[f"{k}={v}" for v in vs] for k, vs in grid.items()])]
-    # each grid point is planned here; for random samples, each value on its own
-    plans = _plans(points if search == "grid" else [[f"{k}={v}"] for k, vs in grid.items() for v in vs], spec)
-    validate.check_output(root)
+    # every point of the grid is planned here (random samples are drawn from these same points)
+    plans = _plans(points, spec)
     conn = connect(ray_address, cache, ship_code=ship_code)
     if progress:
         print(conn.describe(), flush=True)
@@ -173,13 +179,17 @@ def sweep(method: str, dataset: str, grid: dict[str, list[str]], *, search: str 
                                   callbacks=[_Lines(spec.report)] if progress else None),
     )
     table = _table(tuner.fit(), grid, spec, rules)
-    (root / "table.md").write_text(markdown(table) + "\n")
+    root.mkdir(parents=True, exist_ok=True)
+    write_atomic(root / "table.md", markdown(table) + "\n", "the sweep's table")
     return table, root / "table.md"
 
 
 def _table(results, grid: dict[str, list[str]], spec: _TrialSpec, rules: bool) -> pd.DataFrame:
     """One row per trial (and rule), mean ± std over its seeds from its result files, best first."""
-    recs = {r["run_key"]: r for r in read_results(Path(spec.out))}
+    scan = scan_results(Path(spec.out) / "runs")  # the trials' result files only, never Tune's own state
+    for s in scan.skipped:
+        print(s.line(), file=sys.stderr)
+    recs = {r["run_key"]: r for r in scan.records}
     rows = []
     for res in results:
         m = res.metrics or {}

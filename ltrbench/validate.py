@@ -22,7 +22,11 @@ In order (each a function called by :mod:`ltrbench.api`):
 from __future__ import annotations
 
 import dataclasses
+import errno
+import math
+import operator
 import os
+import stat
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -33,10 +37,11 @@ from .data.lists import missing_images
 from .data.loaders import DatasetRef, open_dataset
 from .data.samplers import SAMPLERS
 from .data.transforms import AUGMENTS
-from .errors import ConfigError, DataError, LtrBenchError
+from .errors import ConfigError, DataError, LtrBenchError, clip
 from .plan import RunSpec, clip_weights_stage
 from .registry import BACKBONES, STAGES, WEIGHTS
-from .stages import Stage, verify
+from .safeio import UnsafePathError
+from .stages import Stage, stage_paths, verify
 from .train import OPTIMIZERS
 
 _SHOWN = 5  # examples quoted per problem
@@ -75,7 +80,7 @@ def train_problems(t: TrainConfig, path: str) -> list[str]:
     out = []
 
     def bad(field: str, value: Any, why: str) -> None:
-        out.append(f"{path}.{field}={value}: {why}")
+        out.append(f"{path}.{field}={clip(value)}: {why}")
 
     if t.epochs < 1:
         bad("epochs", t.epochs, "must be at least 1")
@@ -134,6 +139,7 @@ def config_problems(cfg: BenchConfig) -> list[str]:
     """Every problem of one resolved configuration (an empty list when it is valid)."""
     out: list[str] = []
     for name, sec in sorted(cfg.sections.items()):
+        out += nonfinite_problems(sec, name)
         if name == "data":
             out += _data_problems(sec)
         for path, t in _walk(sec, name):
@@ -261,3 +267,131 @@ def _check_wiki(ds: Any) -> None:
         more = f" ({len(bad) - _SHOWN} more like these)" if len(bad) > _SHOWN else ""
         raise DataError(f"{len(bad)} wiki files of {ds.name} cannot be used, nothing was run: "
                         + " ".join(bad[:_SHOWN]) + more)
+
+
+# --------------------------------------------------------------------------- before any work (issue 23)
+#
+# What is checked before anything is planned or written, so that every bad input of a request
+# fails in seconds with one paragraph and leaves nothing in the cache or the output folder: the
+# request itself (seeds, names), the execution options and the Ray address, the cache and data
+# root folders. Every numeric config value is finite (config_problems); a planted link at a name
+# the engine writes for a stage is refused before any stage runs (check_stage_paths).
+
+#: Seeds are what every generator ltrbench seeds accepts: numpy's legacy seeding takes 0 ≤ seed < 2**32
+#: (torch takes more, Python's ``random`` anything), so that is the range.
+SEED_RANGE = (0, 2**32)
+
+
+def check_request(methods: Sequence[str] | None, seeds: Sequence[Any]) -> None:
+    """The seeds are integers in :data:`SEED_RANGE`, none twice; no method is named twice."""
+    lo, hi = SEED_RANGE
+    for s in seeds:
+        try:
+            value = operator.index(s) if not isinstance(s, bool) else None  # an int (numpy's too), never 1.5
+        except TypeError:
+            value = None
+        if value is None:
+            raise ConfigError(f"Seed {clip(repr(s))} is not an integer; seeds are integers from {lo} to {hi - 1} "
+                              "(--seeds 0,1,2).")
+        if not lo <= value < hi:
+            raise ConfigError(f"Seed {clip(value)} is outside {lo}..{hi - 1}, the seeds numpy and torch both accept; "
+                              "pass seeds in that range (--seeds 0,1,2).")
+    dup = sorted({int(s) for s in seeds if [int(x) for x in seeds].count(int(s)) > 1})
+    if dup:
+        raise ConfigError(f"Seed {', '.join(map(str, dup))} is given more than once; each seed is one replicate, so a "
+                          "repeated seed would count the same run twice. Pass each seed once.")
+    if methods is not None:
+        twice = sorted({m for m in methods if list(methods).count(m) > 1})
+        if twice:
+            raise ConfigError(f"Method {', '.join(clip(m) for m in twice)} is named more than once; name each method "
+                              "once (--methods a,b).")
+
+
+def nonfinite_problems(obj: Any, path: str) -> list[str]:
+    """Every float field of a config section (nested ones too) that is NaN or infinite, by key path."""
+    out = []
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            out += nonfinite_problems(v, f"{path}.{f.name}")
+        elif isinstance(v, float) and not math.isfinite(v):
+            out.append(f"{path}.{f.name}={v}: must be a finite number")
+        elif isinstance(v, tuple):
+            out += [f"{path}.{f.name}={clip(v)}: every value must be a finite number"
+                    for _ in [0] if any(isinstance(x, float) and not math.isfinite(x) for x in v)]
+    return out
+
+
+def check_execution(opts: Any) -> None:
+    """The execution options (:class:`ltrbench.execute.ExecOptions`: retries, device, CPUs per stage)
+    and the Ray address (:func:`ltrbench.cluster.check_address`: form, port, something listening)."""
+    from .cluster import check_address  # the address check imports no Ray
+
+    opts.check()
+    if opts.address is not None:
+        check_address(opts.address)
+
+
+def _folder_problem(path: Path, *, write: bool) -> str | None:
+    """Why ``path`` cannot serve as a folder ltrbench reads (and, with ``write``, writes); None if it can."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"{path} is a link to {os.readlink(path)!r}, which does not exist"
+        if not write:
+            return None  # the data set's own check says what a missing root needs
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            return f"it cannot be created: {parent} is a file, not a folder"
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return f"it cannot be created: {parent} is not writable by this user"
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f"{path} is a loop of symbolic links"
+        if e.errno == errno.ENOTDIR:
+            return f"a part of {path} is a file, not a folder"
+        return f"{path} cannot be reached ({e.strerror or e})"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is a file, not a folder"
+    if not os.access(path, os.R_OK | os.X_OK):
+        return f"{path} is not readable by this user"
+    if write and not os.access(path, os.W_OK):
+        return f"{path} is not writable by this user (or on a read-only file system)"
+    return None
+
+
+def check_storage(resolved: Sequence[tuple[RunSpec, BenchConfig]], cache: Path) -> None:
+    """The cache can be created or is a writable folder; every data root given is a readable folder
+    (a data set that generates its data, the built-in world, says itself when it cannot write it)."""
+    problem = _folder_problem(Path(cache), write=True)
+    if problem:
+        raise LtrBenchError(f"The cache {cache} cannot be used: {problem}. Set LTRBENCH_CACHE to a writable folder "
+                            "(it is created if missing), e.g. export LTRBENCH_CACHE=~/.cache/ltrbench.")
+    for root in sorted({cfg.data.root for _spec, cfg in resolved if cfg.data.root}):
+        problem = _folder_problem(Path(root).expanduser(), write=False)
+        if problem:
+            raise DataError(f"The data root {root} cannot be used: {problem}. Pass the folder holding the data set "
+                            "with --data-root DIR (or data.root in a config file).")
+
+
+def check_stage_paths(stages: Sequence[Stage], cache: Path) -> None:
+    """No name the engine writes for a stage to run is a planted link (:mod:`ltrbench.safeio`):
+    every one is named in one paragraph."""
+    planted = []
+    for s in stages:
+        for what, p in stage_paths(cache, s).items():
+            if os.path.islink(p):
+                planted.append(f"{p} ({what} of stage {s.describe()}, a link to {os.readlink(p)!r})")
+    faults = Path(cache) / ".faults"
+    if os.path.islink(faults):
+        planted.append(f"{faults} (the fault counters' folder, a link to {os.readlink(faults)!r})")
+    if planted:
+        raise UnsafePathError(
+            f"Refusing to run: {len(planted)} name(s) in the cache {cache} that ltrbench writes are symbolic links: "
+            + "; ".join(dict.fromkeys(planted)) + ". ltrbench never writes through a link in a shared cache (whoever "
+            "can write the cache could point one at your files); nothing was run. Delete them if you did not make "
+            "them (`ls -l` shows who did), then run again.")

@@ -122,6 +122,8 @@ def _parse_line(line: str, num_classes: int | None) -> tuple[str | None, Pair | 
         return f"negative label {lab} (labels are 0-based class indices)", None
     if not _UINT.fullmatch(lab):
         return f"the label {lab!r} is not a non-negative integer", None
+    if len(lab) > 18:  # beyond any class count, and beyond int64 (the label arrays' type)
+        return f"the label {_clip(lab, 40)} is too large to be a class index", None
     label = int(lab)
     if num_classes is not None and label >= num_classes:
         return (
