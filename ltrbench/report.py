@@ -42,7 +42,7 @@ from .errors import LtrBenchError
 from .metrics import BUCKETS, CONVENTION_NOTE, CONVENTIONS, shot_buckets
 from .paths import cache_root
 from .results import Skipped, load_results, metric_columns, scan_results
-from .safeio import real_dir, refuse_link, write_atomic, write_with
+from .safeio import real_dir, refuse_links, write_atomic, write_with
 from .tables import METRICS, available_tables, load_table, markdown, render_diff, summary_frame, summary_table
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,9 @@ def build_report(out: Path, *, dataset: str | None = None, baseline: str | None 
     cache = Path(cache) if cache is not None else cache_root()
     folder = out / "report"
     figdir, csvdir = folder / "figures", folder / "tables"
-    for name in ("report.md", "report.html"):  # refused before anything is drawn or deleted
-        refuse_link(folder / name, "the report file")
+    refuse_links([("the report folder", folder), ("the report file", folder / "report.md"),  # before any work
+                  ("the report file", folder / "report.html"), ("the figures folder", figdir),
+                  ("the tables folder", csvdir)], f"the results folder {out}")
     for d, suffix in ((figdir, ".png"), (csvdir, ".csv")):
         real_dir(d, out, "the report's folder", create=True)  # a link here: refused, its target untouched
         for old in sorted(d.iterdir()):  # a report is rebuilt whole: no figure of an earlier one stays

@@ -94,6 +94,18 @@ def refuse_link(path: Path, what: str = "file") -> None:
         raise _planted(Path(path), what, f"it is a symbolic link to {os.readlink(path)!r}")
 
 
+def refuse_links(named: list[tuple[str, Path]], where: str, then: str = "nothing was written") -> None:
+    """One :class:`UnsafePathError` naming every one of ``named`` (what, path) that is a symbolic
+    link; ``where`` is the shared folder they are in."""
+    planted = [f"{p} ({what}, a link to {os.readlink(p)!r})" for what, p in named if os.path.islink(p)]
+    if planted:
+        raise UnsafePathError(
+            f"Refusing to run: {len(planted)} name(s) that ltrbench writes in {where} are symbolic links: "
+            + "; ".join(dict.fromkeys(planted)) + f". ltrbench never writes or deletes through a link in a shared "
+            f"folder (whoever can write the folder could point one at your files); {then}. Delete them if you did "
+            "not make them (`ls -l` shows who did), then run again.")
+
+
 def _open_regular(path: Path, flags: int, what: str) -> int:
     """``os.open`` without following a link at the last component; only a regular file with one link."""
     path = Path(path)

@@ -142,6 +142,7 @@ def sweep(method: str, dataset: str, grid: dict[str, list[str]], *, search: str 
     root = Path(out).expanduser().absolute() / "sweeps" / name
     cache = cache_root()
     opts = ExecOptions("ray", ray_address, retries, device, ship_code, cpus_per_stage, progress, root).check()
+    validate.check_request([method], list(seeds))  # every trial runs every seed: one check here
     validate.check_execution(opts)  # the Ray address (format, port, reachability) before any plan
     validate.check_output(root)
     if split == "test":

@@ -40,7 +40,7 @@ from .data.transforms import AUGMENTS
 from .errors import ConfigError, DataError, LtrBenchError, clip
 from .plan import RunSpec, clip_weights_stage
 from .registry import BACKBONES, STAGES, WEIGHTS
-from .safeio import UnsafePathError
+from .safeio import refuse_links
 from .stages import Stage, stage_paths, verify
 from .train import OPTIMIZERS
 
@@ -381,17 +381,6 @@ def check_storage(resolved: Sequence[tuple[RunSpec, BenchConfig]], cache: Path) 
 def check_stage_paths(stages: Sequence[Stage], cache: Path) -> None:
     """No name the engine writes for a stage to run is a planted link (:mod:`ltrbench.safeio`):
     every one is named in one paragraph."""
-    planted = []
-    for s in stages:
-        for what, p in stage_paths(cache, s).items():
-            if os.path.islink(p):
-                planted.append(f"{p} ({what} of stage {s.describe()}, a link to {os.readlink(p)!r})")
-    faults = Path(cache) / ".faults"
-    if os.path.islink(faults):
-        planted.append(f"{faults} (the fault counters' folder, a link to {os.readlink(faults)!r})")
-    if planted:
-        raise UnsafePathError(
-            f"Refusing to run: {len(planted)} name(s) in the cache {cache} that ltrbench writes are symbolic links: "
-            + "; ".join(dict.fromkeys(planted)) + ". ltrbench never writes through a link in a shared cache (whoever "
-            "can write the cache could point one at your files); nothing was run. Delete them if you did not make "
-            "them (`ls -l` shows who did), then run again.")
+    named = [(f"{what} of stage {s.describe()}", p) for s in stages for what, p in stage_paths(cache, s).items()]
+    refuse_links([*named, ("the fault counters' folder", Path(cache) / ".faults")], f"the cache {cache}",
+                 "nothing was run")
