@@ -79,6 +79,25 @@ def _specs(methods: Sequence[str] | None, dataset: str | None, backbone: str | N
     return specs
 
 
+def check(methods: Sequence[str] | None, dataset: str | None, *, backbone: str | None = None,
+          seeds: Sequence[int] = (0,), overrides: Sequence[str] = (), config_files: Sequence[str | Path] = (),
+          data_root: str | None = None, table: int | None = None) -> tuple[list, Path]:
+    """What :func:`plan` checks before it reads any data set (which may generate the built-in world):
+    the request (names, seeds), every run's resolved configuration, the cache and data root folders,
+    the weights. Writes nothing; returns the resolved ``(spec, config)`` pairs and the cache."""
+    validate.check_request(methods, seeds)
+    specs = _specs(methods, dataset, backbone, seeds, table)
+    if data_root:  # absolute: a Ray worker may run in another folder (the shipped code's)
+        data_root = str(Path(data_root).expanduser().absolute())
+    resolved = resolve_configs(specs, files=[str(f) for f in config_files], overrides=list(overrides),
+                               data_root=data_root)
+    cache = cache_root()
+    validate.check_storage(resolved, cache)
+    validate.check_configs(resolved)
+    validate.check_weights(resolved, cache)
+    return resolved, cache
+
+
 def plan(methods: Sequence[str] | None, dataset: str | None, *, backbone: str | None = None,
          seeds: Sequence[int] = (0,), overrides: Sequence[str] = (), config_files: Sequence[str | Path] = (),
          data_root: str | None = None, table: int | None = None, progress: bool = False) -> Plan:
@@ -92,16 +111,8 @@ def plan(methods: Sequence[str] | None, dataset: str | None, *, backbone: str | 
     generated when its data set is first read, after the configuration and weights checked out).
     ``progress``: bars for the world's generation and the image check.
     """
-    validate.check_request(methods, seeds)
-    specs = _specs(methods, dataset, backbone, seeds, table)
-    if data_root:  # absolute: a Ray worker may run in another folder (the shipped code's)
-        data_root = str(Path(data_root).expanduser().absolute())
-    resolved = resolve_configs(specs, files=[str(f) for f in config_files], overrides=list(overrides),
-                               data_root=data_root)
-    cache = cache_root()
-    validate.check_storage(resolved, cache)
-    validate.check_configs(resolved)
-    validate.check_weights(resolved, cache)
+    resolved, cache = check(methods, dataset, backbone=backbone, seeds=seeds, overrides=overrides,
+                            config_files=config_files, data_root=data_root, table=table)
     runs = plan_runs(resolved, progress=progress)
     stages = topological([r.target for r in runs])
     validate.check_stage_paths(stages, cache)

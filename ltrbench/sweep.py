@@ -109,7 +109,10 @@ def _trial(config: dict[str, Any], spec: _TrialSpec) -> None:
 
 def _plans(points: list[list[str]], spec: _TrialSpec) -> list[Any]:
     """The plan of every point given (seed of the first), made on the driver: a bad key or value is
-    one error here, before any trial starts."""
+    one error here, before any trial starts, and before any is planned (planning may write the world)."""
+    for point in points:
+        api.check([spec.method], spec.dataset, backbone=spec.backbone, seeds=spec.seeds,
+                  overrides=[*spec.overrides, *point], config_files=spec.config_files, data_root=spec.data_root)
     return [api.plan([spec.method], spec.dataset, backbone=spec.backbone, seeds=spec.seeds[:1],
                      overrides=[*spec.overrides, *point], config_files=spec.config_files, data_root=spec.data_root)
             for point in points]
