@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +79,11 @@ def flush() -> None:
     db = _read_db()
     db.update({k: _memo[k] for k in _pending})
     path = _db_path()
+    from .safeio import StorageError, write_atomic  # (safeio imports errors only; here to keep this module light)
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".file_hashes-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(db, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError:  # a read-only cache: hashes are recomputed next time, nothing else is lost
+        write_atomic(path, json.dumps(db, indent=1, sort_keys=True), "the weights files' hashes")
+    except (OSError, StorageError):  # a read-only cache: hashes are recomputed next time, nothing else is lost
         return
     _pending.clear()

@@ -1,6 +1,6 @@
 """What must keep holding when a run is interrupted or shares its folders (CLI subprocesses: slow):
 SIGKILL mid-epoch resumes to identical metrics (and the stale .partial and lock file it leaves are
-recovered), SIGINT exits 130 with one line, two processes writing into one --out lose nothing.
+recovered), SIGINT exits 130 with one line (SIGTERM 143, on Ray too), two processes writing into one --out lose nothing.
 (Same seed → identical metrics: tests/test_cli.py; stale folders in-process: tests/test_integrity.py.)"""
 from __future__ import annotations
 
@@ -100,6 +100,19 @@ def test_sigint_exits_130_with_one_line(tmp_path, seeded):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert err.strip().splitlines() == ["interrupted; finished stages are kept in the cache and a rerun resumes"]
+
+
+def test_sigterm_ends_a_ray_run_like_sigint_with_exit_143(tmp_path, seeded):
+    cache = _copy(seeded, tmp_path / "cache")
+    proc = _start("--methods", "baseline", "--quiet", "--executor", "ray", "--out", str(tmp_path / "out"),
+                  *tiny_set(["baseline.train.epochs=500"]), cache=cache)
+    _wait_for("finetune/*.partial/work/ckpt/last.pt", cache, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 143, err[-3000:]
+    assert "terminated (SIGTERM); finished stages are kept in the cache and a rerun resumes" in err
+    for native in ("Traceback", "Fatal Python error", "*** SIG", "core dumped", "Aborted"):
+        assert native not in err, err[-3000:]
 
 
 def test_two_processes_writing_into_one_out_lose_nothing(tmp_path, seeded):
