@@ -114,7 +114,9 @@ def build_report(out: Path, *, dataset: str | None = None, baseline: str | None 
     scan = scan_results(out)
     records = scan.records
     if not records:
-        raise LtrBenchError(f"No result JSONs under {out / 'runs'}; run `python run_bench.py --out {out}` first.")
+        unread = (f" ({len(scan.skipped)} file(s) there are not readable results, e.g. {scan.skipped[0].line()})"
+                  if scan.skipped else "")
+        raise LtrBenchError(f"No result JSONs under {out / 'runs'}{unread}; run `python run_bench.py --out {out}` first.")
     present = sorted({r["dataset"] for r in records})
     if dataset is not None and dataset not in present:
         raise LtrBenchError(f"No results on {dataset!r} under {out / 'runs'}; it has results on {', '.join(present)}.")

@@ -371,3 +371,46 @@ def test_non_finite_values_are_named_by_their_full_key():
 
     cfg = load_config("synthetic_lt", overrides=["baseline.train.weight_decay=nan"])
     assert any(p.startswith("baseline.train.weight_decay=nan: must be a finite number") for p in config_problems(cfg))
+
+
+def test_an_unwritable_cache_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    # (the suite may run as root, for whom every folder is writable: the permission check is what is tested)
+    from ltrbench import validate
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    real = os.access
+    monkeypatch.setattr(validate.os, "access", lambda p, mode: False if Path(p) == cache and mode & os.W_OK
+                        else real(p, mode))
+    monkeypatch.setenv("LTRBENCH_CACHE", str(cache))
+    rc = cli.main(["--methods", "baseline", "--out", str(tmp_path / "out"), "--quiet", *tiny_set()])
+    msg = one_paragraph(capsys.readouterr().err)
+    assert rc == 2 and "is not writable by this user" in msg and list(cache.iterdir()) == []
+
+
+def test_a_data_root_the_world_cannot_be_written_into_is_one_paragraph(tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    def denied(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", denied)
+    monkeypatch.setenv("LTRBENCH_CACHE", str(tmp_path / "cache"))
+    rc = cli.main(["--methods", "baseline", "--data-root", str(tmp_path / "ro"), "--out", str(tmp_path / "out"),
+                   "--quiet", *tiny_set(["world.num_classes=11"])])
+    msg = one_paragraph(capsys.readouterr().err)
+    assert rc == 2 and "cannot be generated into" in msg and not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_under_out_is_one_paragraph_and_leaves_no_temp_file(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    put(out, record())
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safeio.os, "replace", full)
+    rc = cli.main(["report", "--out", str(out)])
+    msg = one_paragraph(capsys.readouterr().err)
+    assert rc == 2 and "the disk is full" in msg
+    assert not [p for p in (out / "report").rglob("*") if p.name.startswith(".tmp-")]
