@@ -4,20 +4,27 @@ the output folder (README: "before any work starts").
 
 In order (each a function called by :mod:`ltrbench.api`):
 
+0. :func:`check_execution` (the execution options, the Ray address: form, port, something
+   listening), :func:`check_request` (seeds are integers in :data:`SEED_RANGE`, no seed or method
+   twice), and once the configuration is resolved :func:`check_storage` (the cache and data root
+   folders): before anything is planned, so before the built-in world is generated.
 1. :func:`check_output`: the output folder can be created and written (nothing is created now).
 2. :func:`check_configs`: every run's resolved configuration: value ranges of every training
    recipe wherever it sits (epochs ≥ 1, lr > 0, batch ≥ 1, warm-up ≥ 0, known optimizer, sampler
    and schedule), the data section (known augmentation, sizes ≥ 1), the backbone name, and every
    section's own ``check()`` (a plugin's section validates itself, e.g. LGR's fusion α in [0, 1]).
    Every section is checked, used by the run or not: a bad value is a mistake wherever it sits.
-   Messages carry the full key path (``baseline.train.epochs=-1: must be at least 1``).
+   Messages carry the full key path (``baseline.train.epochs=-1: must be at least 1``); every float
+   value anywhere is finite (:func:`nonfinite_problems`: ``nan`` and ``inf`` pass every range check).
 3. :func:`check_weights`: the backbone's weights can be had: a weights file exists and is a
    format read without running code (:func:`ltrbench.backbones.check_weights_file`), an open_clip
    tag is known and cached or downloadable; skipped where the ``clip_weights`` stage is cached.
 4. (the data set is read by planning: its lists, labels and class file are checked there)
 5. :func:`check_data`: for the stages that will run, every image they read is on disk (one
    ``os.listdir`` per folder) and every wiki file of a corpus they read decodes and is not empty.
-   What a stage reads, its kind declares (:class:`ltrbench.stages.Reads`).
+   What a stage reads, its kind declares (:class:`ltrbench.stages.Reads`). Before it,
+   :func:`check_stage_paths`: no name the engine writes for a stage is a link planted in a shared
+   cache (:mod:`ltrbench.safeio`).
 """
 from __future__ import annotations
 
