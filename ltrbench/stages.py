@@ -34,7 +34,12 @@ never trusted) is reported in one warning naming its kind, key and folder, moved
 ``<key>.corrupt-<time>`` and rebuilt; the run goes on. Hashing never changes a key. Nothing in
 the cache is ever unpickled (:mod:`ltrbench.train`, :mod:`ltrbench.models` load tensors only), so
 someone who can write a shared cache can change numbers, which the manifest catches when it is
-accidental, but cannot run code.
+accidental, but cannot run code. Nor can they make a run write or delete outside the cache: the lock
+file, the attempts log, ``stage.json`` and the fault counters are opened through
+:mod:`ltrbench.safeio` (never through a link at their name), and a link at a stage's folder, artifact,
+``.partial`` folder, lock or log, or anywhere inside its ``.partial`` folder, is refused with one
+paragraph naming it (:func:`check_stage_paths`; a ``stage.json`` that cannot be parsed at all, even
+one nested too deep for the parser, is moved aside like any corrupt artifact).
 
 ``stage.json`` also records where and when the stage ran, from the view of the process that ran it:
 ``host``, ``device`` (:mod:`ltrbench.devices`), ``started`` and ``finished`` (unix seconds), ``pid``,
