@@ -171,10 +171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the output was piped into a program that stopped reading (head)
         sys.stderr.close()
         return 0
-    except Terminated:
-        print("terminated (SIGTERM); finished stages are kept in the cache and a rerun resumes", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        # (Ray's wait turns an exception raised by a signal handler into a plain KeyboardInterrupt)
+        if isinstance(e, Terminated) or _TERMINATED.is_set():
+            print("terminated (SIGTERM); finished stages are kept in the cache and a rerun resumes", file=sys.stderr)
+            return 128 + int(signal.SIGTERM)
         print("interrupted; finished stages are kept in the cache and a rerun resumes", file=sys.stderr)
         return 130
     finally:
@@ -187,7 +188,11 @@ class Terminated(KeyboardInterrupt):
     (Ray tasks cancelled), finished ones kept, one line, exit status 143 (128 + SIGTERM)."""
 
 
+_TERMINATED = threading.Event()  # set by the handler: what ended the run, whatever exception reached main
+
+
 def _on_sigterm(signum, frame):
+    _TERMINATED.set()
     raise Terminated()
 
 
@@ -199,6 +204,7 @@ def _terminate_like_interrupt():
     if threading.current_thread() is not threading.main_thread():
         return None
     previous = signal.getsignal(signal.SIGTERM)
+    _TERMINATED.clear()
     signal.signal(signal.SIGTERM, _on_sigterm)
     return previous
 
