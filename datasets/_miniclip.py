@@ -133,7 +133,7 @@ class MiniClipWeights:
         return {"builtin": {"world": asdict(cfg.world), "recipe": asdict(cfg.miniclip)}}
 
     def build(self, ctx: StageContext, out: Path) -> dict[str, Any]:
-        return pretrain_mini_clip(ctx, ctx.config["backbone"], ctx.config["builtin"], out)
+        return pretrain_mini_clip(ctx, ctx.config.backbone, ctx.config.generated["builtin"], out)
 
 
 WEIGHTS.add(BUILTIN_PRETRAINED, MiniClipWeights())

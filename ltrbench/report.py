@@ -482,7 +482,7 @@ def _histories(records: Sequence[Mapping[str, Any]], cache: Path) -> list[Curve]
             if history is None and (folder / "head.json").is_file():
                 history = json.loads((folder / "head.json").read_text()).get("history")
             if history:
-                out.append(Curve(s["kind"], s["label"] or s["kind"], meta.get("config", {}).get("seed"), history))
+                out.append(Curve(s["kind"], s["label"] or s["kind"], meta.get("run_seed"), history))
     return out
 
 

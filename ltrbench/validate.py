@@ -36,7 +36,7 @@ from .data.transforms import AUGMENTS
 from .errors import ConfigError, DataError, LtrBenchError
 from .plan import RunSpec, clip_weights_stage
 from .registry import BACKBONES, STAGES, WEIGHTS
-from .stages import Stage, verify
+from .stages import Stage, config_value, verify
 from .train import OPTIMIZERS
 
 _SHOWN = 5  # examples quoted per problem
@@ -203,7 +203,7 @@ def check_weights(resolved: Sequence[tuple[RunSpec, BenchConfig]], cache: Path) 
 
 def _reads(stage: Stage) -> tuple[tuple[str, ...], str | None]:
     reads = STAGES.get(stage.kind).reads
-    if reads is None or "dataset" not in stage.config:
+    if reads is None or config_value(stage.config, "dataset") is None:
         return (), None
     r = reads(stage.config)
     return tuple(r.splits), r.corpus
@@ -219,7 +219,7 @@ def check_data(stages: Sequence[Stage], cache: Path, *, progress: bool = False) 
             continue
         if verify(cache, s):
             continue
-        ref = DatasetRef.from_key(s.config["dataset"], s.env.get("data_root"))
+        ref = DatasetRef.from_key(config_value(s.config, "dataset"), s.env.get("data_root"))
         ident = (ref.name, ref.root, repr(sorted(ref.options.items())))
         if splits:
             ds = open_dataset(ref)

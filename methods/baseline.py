@@ -31,7 +31,7 @@ class Baseline(Method):
 
     def plan(self, run: RunContext):
         model = run.finetune(run.clip_weights(), run.cfg.baseline.train, label="baseline")
-        return run.evaluate([run.features(model, run.eval_split)])
+        return run.evaluate({"features": run.features(model, run.eval_split)})
 
     def predict(self, ctx, ds) -> Prediction:
         feats = ctx.input("features")

@@ -45,7 +45,7 @@ class ZeroShot(Method):
     def plan(self, run: RunContext):
         clip = run.clip_weights()
         text = run.text_features(clip, run.cfg.zeroshot.source)
-        return run.evaluate([run.features(clip, run.eval_split), text])
+        return run.evaluate({"features": run.features(clip, run.eval_split), "text_features": text})
 
     def predict(self, ctx, ds) -> Prediction:
         feats = ctx.input("features")

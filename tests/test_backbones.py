@@ -142,10 +142,10 @@ def test_the_384_row_plans_every_image_stage_at_384(monkeypatch):
     from ltrbench.stages import topological
 
     def image_stages(run):
-        return [s for s in topological([run.target]) if "image" in s.config]
+        return [s for s in topological([run.target]) if hasattr(s.config, "image")]
 
     assert {s.kind for s in image_stages(row)} >= {"cvlp", "features", "lgr"}
-    assert all(s.config["image"]["image_size"] == 384 for s in image_stages(row))
+    assert all(s.config.image["image_size"] == 384 for s in image_stages(row))
     assert not {s.key for s in image_stages(row)} & {s.key for s in image_stages(base)}
     clip = [s for s in topological([row.target]) if s.kind == "clip_weights"]
     assert clip[0].key == [s for s in topological([base.target]) if s.kind == "clip_weights"][0].key  # one CLIP

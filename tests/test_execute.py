@@ -4,6 +4,7 @@ from the driver, the storage probe's check and the cluster preflight's errors. T
 itself on a two-node cluster is tests/test_ray.py (slow)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from ltrbench.cluster import check_shared, forwarded_env, runtime_env
 from ltrbench.devices import DEVICE_ENV, stage_device
 from ltrbench.errors import ConfigError, LtrBenchError, RunFailedError
 from ltrbench.execute import _task_env, execute, attempts_log, stage_resources
+from ltrbench.stage_kinds import ClipWeightsConfig
 from ltrbench.stages import FAULT_ENV, Stage, artifact_dir, fault_plan, is_done, stage_kind
 
 CALLS: list[str] = []
@@ -157,7 +159,7 @@ def test_resources_follow_the_stage(monkeypatch):
     # clip_weights asks for a GPU only where it trains (the built-in mini-CLIP), not to convert a file
     clip = by_kind["clip_weights"]
     assert stage_resources(clip, gpus_used=True)["num_gpus"] == 1.0
-    converted = Stage("clip_weights", {**clip.config, "pretrained": "openai"}, env=clip.env)
+    converted = Stage("clip_weights", dataclasses.replace(clip.config, pretrained="openai", generated={}), env=clip.env)
     assert stage_resources(converted, gpus_used=True)["num_gpus"] == 0.0
 
 
@@ -239,7 +241,7 @@ def test_which_stages_ask_for_gpus_depends_on_the_cluster_not_its_gpus_now():
     assert gpu_policy(by_caller, ExecOptions("ray"))[0] is False
     plan = ltrbench.plan(["baseline"], "synthetic_lt", overrides=TINY)
     ft = next(s for s in plan.stages if s.kind == "finetune")
-    converted = Stage("clip_weights", {"backbone": "mini-clip", "pretrained": "openai"})
+    converted = Stage("clip_weights", ClipWeightsConfig("mini-clip", "openai"))
     assert _stage_device(ft, ExecOptions("ray", device="auto"), gpus_used=True) == "auto"
     assert _stage_device(ft, ExecOptions("ray", device="cuda"), gpus_used=True) == "cuda"
     assert _stage_device(ft, ExecOptions("ray", device="auto"), gpus_used=False) == "cpu"

@@ -96,7 +96,7 @@ def test_the_result_lists_every_replaced_image(tmp_path, monkeypatch):
                                        "reason": rec["replaced_images"][0]["reason"]}]
     assert "truncated" in rec["replaced_images"][0]["reason"]
     plan = ltrbench.plan(["baseline"], "places_lt", data_root=str(root), backbone="mini-clip", overrides=over)
-    test_feats = next(s for s in plan.stages if s.kind == "features" and s.config["split"] == "test")
+    test_feats = next(s for s in plan.stages if s.kind == "features" and s.config.split == "test")
     info = json.loads((artifact_dir(plan.cache, test_feats) / "stage.json").read_text())
     assert [r["path"] for r in info["replaced_images"]] == [bad]  # recorded by the stage that read it
     # The flag is not part of any key (it changes nothing where every image reads): a later run

@@ -24,6 +24,7 @@ from ltrbench.backbones import create_clip
 from ltrbench.config import load_config
 from ltrbench.paths import cache_root
 from ltrbench.registry import BACKBONES
+from ltrbench.stage_kinds import Draw
 from ltrbench.stages import artifact_dir, run_stage
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -160,9 +161,9 @@ def test_inat_faithful_scoring_is_one_epoch_of_the_training_loader(tmp_path):
     plan = ltrbench.plan(["vlltr"], "inat2018", backbone="mini-clip", data_root=str(root),
                          overrides=[*common, "anss.scoring_batch_size=4"])
     feats = _scoring_stage(plan)
-    assert feats.config["split"] == "train" and feats.config["max_per_class"] == 50
-    assert feats.config["draw"] == {"sampler": "sqrt", "batch_size": 4, "seed": 0}
-    assert feats.config["image"]["augment"] == "official"
+    assert feats.config.split == "train" and feats.config.max_per_class == 50
+    assert feats.config.draw == Draw("sqrt", 4) and feats.run_seed == 0  # the run's seed draws the epoch
+    assert feats.config.image["augment"] == "official"
     cache = cache_root()
     for s in (*feats.inputs, feats):
         run_stage(s, cache, progress=False)
@@ -174,7 +175,8 @@ def test_inat_faithful_scoring_is_one_epoch_of_the_training_loader(tmp_path):
     clean = ltrbench.plan(["vlltr"], "inat2018", backbone="mini-clip", data_root=str(root),
                           overrides=[*common, "anss.scoring=clean"])
     cf = _scoring_stage(clean)
-    assert "draw" not in cf.config and cf.config["image"]["augment"] == "none" and cf.config["max_per_class"] == 50
+    assert cf.config.draw is None and cf.config.image["augment"] == "none" and cf.config.max_per_class == 50
+    assert cf.run_seed is None  # the evaluation transform over fixed images: one set for every seed
 
 
 def test_places_faithful_scoring_is_the_val_split(tmp_path):
@@ -184,7 +186,7 @@ def test_places_faithful_scoring_is_the_val_split(tmp_path):
     plan = ltrbench.plan(["vlltr"], "places_lt", backbone="mini-clip", data_root=str(root),
                          overrides=[f"backbone.pretrained={weights}"])
     feats = _scoring_stage(plan)
-    assert feats.config["split"] == "val" and "draw" not in feats.config and "max_per_class" not in feats.config
+    assert feats.config.split == "val" and feats.config.draw is None and feats.config.max_per_class is None
     (lgr,) = [s for s in plan.stages if s.kind == "lgr"]
     assert lgr.roles == ("anchors", "model")  # D1: through the encoder, no feature-cache inputs
-    assert lgr.config["lgr"]["image_augment"] is True and lgr.config["lgr"]["mixup"] == 0.8
+    assert lgr.config.lgr.image_augment is True and lgr.config.lgr.mixup == 0.8
