@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ltrbench.errors import ConfigError
+from ltrbench.plugin import ConfigError
 
 log = logging.getLogger(__name__)
 

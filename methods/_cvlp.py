@@ -19,15 +19,9 @@ from typing import Any, Mapping
 
 import torch
 
-from ltrbench.backbones import create_clip, tokenizer
-from ltrbench.config import TrainConfig, register_section
-from ltrbench.data.loaders import train_loader
-from ltrbench.errors import ConfigError
-from ltrbench.losses import DISTILL_TYPES, cvlp_loss
-from ltrbench.models import load_model, read_manifest, write_manifest
-from ltrbench.plan import RunContext
-from ltrbench.stage_kinds import dataset_of, device, image_settings
-from ltrbench.stages import Reads, Stage, StageContext, stage_kind
+from ltrbench.plugin import (ConfigError, DISTILL_TYPES, Reads, RunContext, Stage, StageContext, TrainConfig,
+    create_clip, cvlp_loss, dataset_of, device, image_settings, load_model, read_manifest, register_section,
+    stage_kind, tokenizer, train_loader, write_manifest)
 
 ENCODERS = ("cvlp", "clip")  # the frozen encoders KNN and FC can use
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ltrbench.config import TrainConfig, register_section
-from ltrbench.plan import RunContext
-from ltrbench.stages import Stage
+from ltrbench.plugin import RunContext, Stage, TrainConfig, register_section
 
 
 @register_section("stage1")

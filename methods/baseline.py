@@ -10,10 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ltrbench.config import TrainConfig, register_section
-from ltrbench.plan import Method, RunContext
-from ltrbench.registry import METHODS
-from ltrbench.stage_kinds import Prediction, load_array
+from ltrbench.plugin import METHODS, Method, Prediction, RunContext, TrainConfig, load_array, register_section
 
 
 @register_section("baseline")

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ltrbench.config import TrainConfig, register_section
-from ltrbench.head_fit import HeadData, TrainedHeadMethod
-from ltrbench.heads import CRTHead
+from ltrbench.plugin import (CRTHead, HeadData, METHODS, RunContext, TrainConfig, TrainedHeadMethod,
+    register_section)
 from ltrbench.methods._decoupling import decoupling_recipe, stage1_features
-from ltrbench.plan import RunContext
-from ltrbench.registry import METHODS
 
 
 @register_section("crt")

@@ -11,12 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ltrbench.config import TrainConfig, register_section
-from ltrbench.head_fit import HeadData, TrainedHeadMethod
-from ltrbench.heads import LWSHead
+from ltrbench.plugin import (HeadData, LWSHead, METHODS, RunContext, TrainConfig, TrainedHeadMethod,
+    register_section)
 from ltrbench.methods._decoupling import decoupling_recipe, stage1_features
-from ltrbench.plan import RunContext
-from ltrbench.registry import METHODS
 
 
 @register_section("lws")

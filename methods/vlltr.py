@@ -28,18 +28,11 @@ import torch
 from timm.data import Mixup
 from torch import nn
 
-from ltrbench.config import TrainConfig, from_dict, register_section
-from ltrbench.data.loaders import eval_loader, train_loader
-from ltrbench.errors import ConfigError
-from ltrbench.head_fit import HeadEnv, HeadFit, head_logits, load_head_data, train_head
-from ltrbench.heads import ANCHOR_MODES, LGRHead, anss_scores, fuse_logits, select_anchors
-from ltrbench.losses import soft_cross_entropy
+from ltrbench.plugin import (ANCHOR_MODES, ConfigError, HeadEnv, HeadFit, LGRHead, METHODS, Method, Prediction,
+    Reads, RunContext, Stage, StageContext, TrainConfig, anss_scores, dataset_of, device, eval_loader,
+    from_dict, fuse_logits, head_logits, image_settings, load_array, load_head_data, load_model,
+    register_section, save_array, select_anchors, soft_cross_entropy, stage_kind, train_head, train_loader)
 from ltrbench.methods._cvlp import cvlp_stage
-from ltrbench.models import load_model
-from ltrbench.plan import Method, RunContext
-from ltrbench.registry import METHODS
-from ltrbench.stage_kinds import Prediction, dataset_of, device, image_settings, load_array, save_array
-from ltrbench.stages import Reads, Stage, StageContext, stage_kind
 
 
 @register_section("anss")
