@@ -39,6 +39,12 @@ def decoupling_recipe(epochs: int, select_best: bool = True) -> TrainConfig:
                        sampler="class_aware", samples_per_class=4, select_best=select_best)
 
 
+def decoupling_tiny() -> dict[str, object]:
+    """The test size of a stage-2 recipe (the sections' ``tiny()``): 2 epochs, since the
+    decoupling schedule runs its last epoch at lr 0, of batch 32."""
+    return {"train.epochs": 2, "train.batch_size": 32}
+
+
 def stage1_features(run: RunContext) -> dict[str, Stage]:
     """The shared stage-1 ``finetune`` and its ``features`` stages, by role (train/val/eval).
 

@@ -13,13 +13,14 @@ from typing import Any
 
 from ltrbench.plugin import (HeadData, LWSHead, METHODS, RunContext, TrainConfig, TrainedHeadMethod,
     register_section)
-from ltrbench.methods._decoupling import decoupling_recipe, stage1_features
+from ltrbench.methods._decoupling import decoupling_recipe, decoupling_tiny, stage1_features
 
 
 @register_section("lws")
 @dataclass(frozen=True)
 class LWSConfig:
     train: TrainConfig = field(default_factory=lambda: decoupling_recipe(5))
+    tiny = staticmethod(decoupling_tiny)  # the conformance test's size
 
 
 @METHODS.register("lws")
