@@ -144,7 +144,7 @@ def prepare(args) -> tuple[list[tuple[PlannedRun, Stage]], Path, float]:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     trained = [METHODS.get(m) for m in methods if issubclass(METHODS.get(m), TrainedHeadMethod)]
     caps = [f"{m.sections[0]}.train.epochs={args.epochs}" for m in trained] if args.epochs else []
-    plan = ltrbench.plan(methods, args.dataset, config_files=args.config, overrides=[*args.set, *caps])
+    plan = ltrbench.plan(ltrbench.Request(methods, args.dataset, config_files=args.config, overrides=[*args.set, *caps]))
     pairs = [(p, next(iter(p.target.named_inputs().values()))) for p in plan.runs]
     for p, h in pairs:
         if h.kind != "head":

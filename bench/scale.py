@@ -276,13 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m for m in args.methods.split(",") if m]
     print(f"\n## 3. The plan of {','.join(methods)} on {ARCH} (random weights {weights}), 1 epoch per training stage, "
           f"batch {args.batch}", flush=True)
-    plan = ltrbench.plan(methods, args.dataset, backbone=ARCH, overrides=overrides, data_root=str(args.root))
+    plan = ltrbench.plan(ltrbench.Request(methods, args.dataset, backbone=ARCH, overrides=overrides, data_root=str(args.root)))
     rows = build_stages(plan, info.to_dict())
-    df = ltrbench.run(methods, args.dataset, backbone=ARCH, overrides=overrides, data_root=str(args.root),
-                      out=args.out)
+    df = ltrbench.run(ltrbench.Request(methods, args.dataset, backbone=ARCH, overrides=overrides, data_root=str(args.root)), ltrbench.ExecOptions(out=args.out, progress=False))
     print_stages(rows)
-    print(f"\n{len(df)} results written to {args.out / 'runs'} (random weights: chance accuracy):")
-    print(df[["method", "overall", "many", "medium", "few"]].to_string(index=False))
+    print(f"\n{len(df.frame)} results written to {args.out / 'runs'} (random weights: chance accuracy):")
+    print(df.frame[["method", "overall", "many", "medium", "few"]].to_string(index=False))
 
     rates = [float(r) for r in args.target_rate.split(",") if r.strip()]
     if rates:

@@ -1,9 +1,7 @@
-"""The plan: requests → runs → stages.
-
-A :class:`RunSpec` is one (method, dataset, backbone, seed, variant) cell. :func:`resolve_configs`
-resolves each run's configuration (the variant's ``--set`` overrides on top of the user's), which
-:mod:`ltrbench.validate` checks; :func:`plan_runs` then reads each run's data set and asks its
-method plugin for the run's final ``evaluate`` stage. The method builds its graph with
+"""The plan, the second step of a request's route (resolve → plan → validate → execute → record):
+resolved runs (:mod:`ltrbench.resolve`) → their stages. :func:`plan_runs` reads each run's data
+set and asks its method plugin for the run's final ``evaluate`` stage; :func:`plan_request`
+returns those runs and the de-duplicated DAG of every stage they need. The method builds its graph with
 the :class:`RunContext` helpers below (and its family's own, e.g. ``methods/_cvlp.py``), so equal
 prerequisites (one CLIP, one stage-1 model for four decoupled heads, one CVLP for Table 4's rows)
 get equal keys and run once.
@@ -18,28 +16,14 @@ from typing import Any, ClassVar, Mapping, Sequence
 from .stage_kinds import (ClipWeightsConfig, Draw, EvaluateConfig, FeaturesConfig, FinetuneConfig,
                           TextFeaturesConfig)
 from .backbones import check_input_size
-from .config import BenchConfig, TrainConfig, load_config
+from .config import BenchConfig, TrainConfig
 from .data.base import LTDataset
 from .data.loaders import DatasetRef, ImageSettings, resolve_dataset
 from .errors import ConfigError
 from .fingerprints import file_sha256
-from .registry import BACKBONES, LOSSES, METHODS, WEIGHTS
-from .stages import Stage, by_kind
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    method: str
-    dataset: str
-    backbone: str | None = None
-    seed: int = 0
-    variant: str = ""  # a name for the overrides below (a table row), "" for the plain method
-    overrides: tuple[str, ...] = ()
-
-    @property
-    def name(self) -> str:
-        v = f"[{self.variant}]" if self.variant else ""
-        return f"{self.method}{v}"
+from .registry import LOSSES, METHODS, WEIGHTS
+from .resolve import RunSpec, resolve_configs  # noqa: F401  (resolve_configs: its old home)
+from .stages import Stage, by_kind, topological
 
 
 class Method:
@@ -158,22 +142,6 @@ class RunContext:
         return self.stage("evaluate", conf, named, label=f"{self.spec.name}/seed{self.seed}")
 
 
-def _default_pretrained(cfg: BenchConfig, overrides: Sequence[str]) -> BenchConfig:
-    """Pair a backbone with its usual weights when only the name was changed (--backbone): weights
-    of a registered source fit only its own backbones, and a backbone whose default weights come
-    from a source does not take a tag."""
-    b = cfg.backbone
-    spec = BACKBONES.get(b.name)
-    explicit = any(o.startswith("backbone.pretrained=") for o in overrides)
-    generated, wants_generated = b.pretrained in WEIGHTS, spec.default_pretrained in WEIGHTS
-    mismatch = generated != wants_generated or (generated and b.name not in WEIGHTS.get(b.pretrained).backbones)
-    if mismatch and not explicit:
-        secs = dict(cfg.sections)
-        secs["backbone"] = dataclasses.replace(b, pretrained=spec.default_pretrained)
-        return BenchConfig(sections=secs)
-    return cfg
-
-
 def clip_weights_stage(cfg: BenchConfig, env: Mapping[str, Any] | None = None) -> Stage:
     """The ``clip_weights`` stage of a configuration. Its key needs no data set, so validation can
     ask whether it is cached before anything else is resolved. A weights file enters the key by the
@@ -195,23 +163,6 @@ class PlannedRun:
     ctx: RunContext = field(repr=False)
 
 
-def resolve_configs(
-    specs: Sequence[RunSpec],
-    *,
-    files: Sequence[str] = (),
-    overrides: Sequence[str] = (),
-    data_root: str | None = None,
-) -> list[tuple[RunSpec, BenchConfig]]:
-    """Every run's fully resolved configuration (defaults → YAML → files → overrides → the run's own)."""
-    out = []
-    for spec in specs:
-        METHODS.get(spec.method)
-        extra = [f"data.root={data_root}"] if data_root else []
-        cfg = load_config(spec.dataset, spec.backbone, files, [*overrides, *extra, *spec.overrides])
-        out.append((spec, _default_pretrained(cfg, overrides)))
-    return out
-
-
 def plan_runs(resolved: Sequence[tuple[RunSpec, BenchConfig]], *, progress: bool = False) -> list[PlannedRun]:
     """Resolve every run's data set and stages (the data set is read, the built-in world generated
     on first use, with a bar when ``progress``). Raises a user-facing error before anything runs."""
@@ -224,3 +175,10 @@ def plan_runs(resolved: Sequence[tuple[RunSpec, BenchConfig]], *, progress: bool
         ctx = RunContext(spec, cfg, ref, ds, img)
         out.append(PlannedRun(spec, cfg, method.plan(ctx), ctx))
     return out
+
+
+def plan_request(resolved: Sequence[tuple[RunSpec, BenchConfig]], *,
+                 progress: bool = False) -> tuple[list[PlannedRun], list[Stage]]:
+    """The planned runs and every stage they need, each key once, inputs first."""
+    runs = plan_runs(resolved, progress=progress)
+    return runs, topological([r.target for r in runs])

@@ -24,7 +24,6 @@ import pandas as pd
 
 from .devices import machine
 from .metrics import BUCKETS, CONVENTIONS
-from .plan import PlannedRun
 from .stages import artifact_dir, topological
 from .version import __version__
 
@@ -95,8 +94,9 @@ def read_results(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
 
 
-def build_record(run: PlannedRun, infos: Mapping[str, Mapping[str, Any]], cache: Path) -> dict[str, Any]:
-    """The result record of one planned run whose stages have finished (``infos``: key → stage.json).
+def build_record(run: Any, infos: Mapping[str, Mapping[str, Any]], cache: Path) -> dict[str, Any]:
+    """The result record of one planned run (a :class:`ltrbench.plan.PlannedRun`) whose stages have
+    finished (``infos``: key → stage.json).
 
     The evaluate stage's ``result.json`` gives the metrics; the rest is provenance: the resolved
     config, the effective lr and batch size of every training stage, the stages with their times,

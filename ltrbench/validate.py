@@ -34,7 +34,8 @@ from .data.loaders import DatasetRef, open_dataset
 from .data.samplers import SAMPLERS
 from .data.transforms import AUGMENTS
 from .errors import ConfigError, DataError, LtrBenchError
-from .plan import RunSpec, clip_weights_stage
+from .plan import clip_weights_stage
+from .resolve import RunSpec
 from .registry import BACKBONES, STAGES, WEIGHTS
 from .stages import Stage, config_value, verify
 from .train import OPTIMIZERS
@@ -164,6 +165,12 @@ def check_configs(resolved: Sequence[tuple[RunSpec, BenchConfig]]) -> None:
     if problems:
         raise ConfigError("Invalid configuration, nothing was run: " + "; ".join(problems)
                           + ". Fix the value with --set KEY=VALUE or in the config file.")
+
+
+def check_request(resolved: Sequence[tuple[RunSpec, BenchConfig]], cache: Path) -> None:
+    """What needs no data set read, in order: every configuration (step 2), then the weights (3)."""
+    check_configs(resolved)
+    check_weights(resolved, cache)
 
 
 # --------------------------------------------------------------------------- weights

@@ -134,7 +134,7 @@ def test_the_384_row_plans_every_image_stage_at_384(monkeypatch):
     # Planning only: OpenAI's ViT-B/16 weights are not on this machine (plan() checks them first).
     monkeypatch.setattr(ltrbench.validate, "check_weights", lambda *a, **k: None)
 
-    plan = ltrbench.plan(None, "synthetic_lt", table=3, backbone="ViT-B-16", overrides=TINY)
+    plan = ltrbench.plan(ltrbench.Request(None, "synthetic_lt", table=3, backbone="ViT-B-16", overrides=TINY))
     runs = {r.spec.variant: r for r in plan.runs}
     row, base = runs["t3r23"], runs["t3r22"]
     assert row.ctx.img.image_size == 384 and row.ctx.img.eval_resize == 438 and row.cfg.backbone.name == "ViT-B-16"
@@ -155,8 +155,8 @@ def test_a_run_at_another_input_size_trains_and_evaluates():
     import ltrbench
     from conftest import TINY
 
-    df = ltrbench.run(["baseline", "zeroshot"], "synthetic_lt", overrides=[*TINY, "data.image_size=48",
-                                                                           "data.eval_resize=48"])
-    assert df["overall"].between(0, 100).all() and len(df) == 2
-    ft = [s for s in df.attrs["records"][0]["stages"] if s["kind"] == "finetune"]
-    assert ft and df.attrs["records"][0]["config"]["data"]["image_size"] == 48
+    df = ltrbench.run(ltrbench.Request(["baseline", "zeroshot"], "synthetic_lt", overrides=[*TINY, "data.image_size=48",
+                                                                           "data.eval_resize=48"]))
+    assert df.frame["overall"].between(0, 100).all() and len(df.frame) == 2
+    ft = [s for s in df.records[0]["stages"] if s["kind"] == "finetune"]
+    assert ft and df.records[0]["config"]["data"]["image_size"] == 48

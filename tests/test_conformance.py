@@ -26,13 +26,13 @@ SHARED = ("clip_weights", "worlds")
 
 @pytest.mark.parametrize("method", METHODS.names())
 def test_method_plans_runs_and_records_deterministically(method, tmp_path, monkeypatch):
-    plan = ltrbench.plan([method], "synthetic_lt", overrides=FAST)
+    plan = ltrbench.plan(ltrbench.Request([method], "synthetic_lt", overrides=FAST))
     assert len(plan.runs) == 1 and plan.targets[0].kind == "evaluate"
     assert plan.stages[-1] is plan.targets[0] and len({s.key for s in plan.stages}) == len(plan.stages)
 
-    df = ltrbench.run([method], "synthetic_lt", overrides=FAST, out=tmp_path / "out")
-    assert list(df.columns) == list(RESULT_COLUMNS)
-    assert len(df) == 1 and df.loc[0, "method"] == method and df.loc[0, "seed"] == 0
+    df = ltrbench.run(ltrbench.Request([method], "synthetic_lt", overrides=FAST), ltrbench.ExecOptions(out=tmp_path / "out", progress=False))
+    assert list(df.frame.columns) == list(RESULT_COLUMNS)
+    assert len(df.frame) == 1 and df.frame.loc[0, "method"] == method and df.frame.loc[0, "seed"] == 0
     (rec,) = read_results(tmp_path / "out")
     assert all(k in rec for k in REQUIRED_KEYS)
     assert {s["key"] for s in rec["stages"]} == {s.key for s in plan.stages}
@@ -41,7 +41,7 @@ def test_method_plans_runs_and_records_deterministically(method, tmp_path, monke
     for conv, row in rec["metrics"].items():
         for name, value in row.items():
             assert value is None or 0.0 <= value <= 100.0, (conv, name, value)
-    assert math.isclose(df.loc[0, "overall"], rec["metrics"]["paper"]["overall"])
+    assert math.isclose(df.frame.loc[0, "overall"], rec["metrics"]["paper"]["overall"])
 
     # Same seed, every method stage recomputed in a fresh cache (the shared world and CLIP copied):
     # the same metrics, to the last digit.
@@ -50,9 +50,9 @@ def test_method_plans_runs_and_records_deterministically(method, tmp_path, monke
     for name in SHARED:
         shutil.copytree(first / name, second / name)
     monkeypatch.setenv("LTRBENCH_CACHE", str(second))
-    again = ltrbench.run([method], "synthetic_lt", overrides=FAST)
-    executed = again.attrs["execution"]["executed"]
+    again = ltrbench.run(ltrbench.Request([method], "synthetic_lt", overrides=FAST))
+    executed = again.execution["executed"]
     assert executed == len(plan.stages) - sum(s.kind in SHARED for s in plan.stages)
-    assert again.attrs["records"][0]["metrics"] == rec["metrics"]
-    assert again.attrs["records"][0]["per_class_accuracy"] == rec["per_class_accuracy"]
-    json.dumps(again.attrs["records"][0])  # a record is plain JSON
+    assert again.records[0]["metrics"] == rec["metrics"]
+    assert again.records[0]["per_class_accuracy"] == rec["per_class_accuracy"]
+    json.dumps(again.records[0])  # a record is plain JSON

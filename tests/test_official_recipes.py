@@ -158,8 +158,7 @@ def test_inat_faithful_scoring_is_one_epoch_of_the_training_loader(tmp_path):
     root = make_inat2018(tmp_path / "root")
     weights = _random_weights(tmp_path)
     common = [f"backbone.pretrained={weights}", "cvlp.enabled=false", "data.num_workers=0", "data.augment=official"]
-    plan = ltrbench.plan(["vlltr"], "inat2018", backbone="mini-clip", data_root=str(root),
-                         overrides=[*common, "anss.scoring_batch_size=4"])
+    plan = ltrbench.plan(ltrbench.Request(["vlltr"], "inat2018", backbone="mini-clip", data_root=str(root), overrides=[*common, "anss.scoring_batch_size=4"]))
     feats = _scoring_stage(plan)
     assert feats.config.split == "train" and feats.config.max_per_class == 50
     assert feats.config.draw == Draw("sqrt", 4) and feats.run_seed == 0  # the run's seed draws the epoch
@@ -172,8 +171,7 @@ def test_inat_faithful_scoring_is_one_epoch_of_the_training_loader(tmp_path):
     assert len(labels) == (n // 4) * 4  # N draws, the last incomplete batch of 4 dropped
     assert np.load(artifact_dir(cache, feats) / "feats.npy").shape[0] == len(labels)
 
-    clean = ltrbench.plan(["vlltr"], "inat2018", backbone="mini-clip", data_root=str(root),
-                          overrides=[*common, "anss.scoring=clean"])
+    clean = ltrbench.plan(ltrbench.Request(["vlltr"], "inat2018", backbone="mini-clip", data_root=str(root), overrides=[*common, "anss.scoring=clean"]))
     cf = _scoring_stage(clean)
     assert cf.config.draw is None and cf.config.image["augment"] == "none" and cf.config.max_per_class == 50
     assert cf.run_seed is None  # the evaluation transform over fixed images: one set for every seed
@@ -183,8 +181,7 @@ def test_places_faithful_scoring_is_the_val_split(tmp_path):
     (tmp_path / "root").mkdir()
     root = make_places_lt(tmp_path / "root")
     weights = _random_weights(tmp_path)
-    plan = ltrbench.plan(["vlltr"], "places_lt", backbone="mini-clip", data_root=str(root),
-                         overrides=[f"backbone.pretrained={weights}"])
+    plan = ltrbench.plan(ltrbench.Request(["vlltr"], "places_lt", backbone="mini-clip", data_root=str(root), overrides=[f"backbone.pretrained={weights}"]))
     feats = _scoring_stage(plan)
     assert feats.config.split == "val" and feats.config.draw is None and feats.config.max_per_class is None
     (lgr,) = [s for s in plan.stages if s.kind == "lgr"]

@@ -28,8 +28,7 @@ RECORDED = json.loads(DATA.read_text())
 
 def planned(request: dict, extra: list[str] = ()) -> list:
     """The stages of a recorded request (``methods`` and/or ``table``) at the tiny sizes."""
-    return ltrbench.plan(request.get("methods"), "synthetic_lt", overrides=[*TINY, *extra],
-                         table=request.get("table")).stages
+    return ltrbench.plan(ltrbench.Request(request.get("methods"), "synthetic_lt", overrides=[*TINY, *extra], table=request.get("table"))).stages
 
 
 def listing(stages) -> list[str]:
@@ -58,7 +57,7 @@ def test_a_hyperparameter_changes_the_key_but_not_the_seed(method, field, kind):
 
 
 def test_the_run_seed_moves_the_seed_of_per_run_stages_only():
-    one = {s.kind + s.label: s for s in ltrbench.plan(["baseline"], "synthetic_lt", overrides=TINY, seeds=[1]).stages}
+    one = {s.kind + s.label: s for s in ltrbench.plan(ltrbench.Request(["baseline"], "synthetic_lt", overrides=TINY, seeds=[1])).stages}
     zero = {s.kind + s.label: s for s in planned({"methods": ["baseline"]})}
     ft0, ft1 = zero["finetunebaseline"], one["finetunebaseline"]
     assert ft0.seed != ft1.seed and ft0.key != ft1.key
@@ -70,8 +69,8 @@ def test_the_run_seed_moves_the_seed_of_per_run_stages_only():
 def test_every_stage_json_records_its_seed(tmp_path):
     from ltrbench.stages import read_info
 
-    p = ltrbench.plan(["zeroshot"], "synthetic_lt", overrides=TINY)
-    ltrbench.run(["zeroshot"], "synthetic_lt", overrides=TINY)
+    p = ltrbench.plan(ltrbench.Request(["zeroshot"], "synthetic_lt", overrides=TINY))
+    ltrbench.run(ltrbench.Request(["zeroshot"], "synthetic_lt", overrides=TINY))
     for s in p.stages:
         info = read_info(p.cache, s)
         assert info["seed"] == s.seed and info["run_seed"] == s.run_seed
