@@ -123,7 +123,7 @@ def run(request: Request, options: ExecOptions | None = None, *, raise_on_failur
     ex = execute(p.targets, p.cache, options=opts)
     records, failures = [], []
     for r in p.runs:
-        failed = ex.failure_of(r.target)
+        failed = ex.failure_of(r.stages)
         if failed is None:
             records.append(build_record(r, ex.infos, p.cache))
         else:

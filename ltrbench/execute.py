@@ -120,9 +120,10 @@ class Execution:
     def executed(self) -> int:
         return sum(bool(i["ran"]) for i in self.infos.values())
 
-    def failure_of(self, target: Stage) -> StageFailure | None:
-        """The failed stage that kept ``target`` from finishing (the first of its inputs), or None."""
-        for s in topological([target]):
+    def failure_of(self, stages: Sequence[Stage]) -> StageFailure | None:
+        """The failed stage that kept a run from finishing (the first of its inputs), or None;
+        ``stages``: every stage the run needs, inputs first (``PlannedRun.stages``)."""
+        for s in stages:
             if s.key in self.failures:
                 return self.failures[s.key]
         return None

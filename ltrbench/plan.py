@@ -161,6 +161,7 @@ class PlannedRun:
     cfg: BenchConfig
     target: Stage
     ctx: RunContext = field(repr=False)
+    stages: list[Stage] = field(default_factory=list, repr=False)  # every stage the run needs, inputs first
 
 
 def plan_runs(resolved: Sequence[tuple[RunSpec, BenchConfig]], *, progress: bool = False) -> list[PlannedRun]:
@@ -181,4 +182,6 @@ def plan_request(resolved: Sequence[tuple[RunSpec, BenchConfig]], *,
                  progress: bool = False) -> tuple[list[PlannedRun], list[Stage]]:
     """The planned runs and every stage they need, each key once, inputs first."""
     runs = plan_runs(resolved, progress=progress)
+    for r in runs:
+        r.stages = topological([r.target])
     return runs, topological([r.target for r in runs])

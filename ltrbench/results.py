@@ -24,7 +24,7 @@ import pandas as pd
 
 from .devices import machine
 from .metrics import BUCKETS, CONVENTIONS
-from .stages import artifact_dir, topological
+from .stages import artifact_dir
 from .version import __version__
 
 REQUIRED_KEYS = ("method", "dataset", "backbone", "seed", "metrics", "per_class_accuracy", "train_counts",
@@ -104,7 +104,7 @@ def build_record(run: Any, infos: Mapping[str, Mapping[str, Any]], cache: Path) 
     read instead, why), versions, git revision and device.
     """
     res = json.loads((artifact_dir(cache, run.target) / "result.json").read_text())
-    stages = topological([run.target])
+    stages = run.stages
     replaced = {r["path"]: r for s in stages for r in infos[s.key].get("replaced_images", [])}
     effective = {s.label or s.kind: {"effective_lr": infos[s.key]["effective_lr"],
                                      "effective_batch_size": infos[s.key]["effective_batch_size"]}

@@ -191,17 +191,18 @@ def check_weights(resolved: Sequence[tuple[RunSpec, BenchConfig]], cache: Path) 
                                   f"{', '.join(source.backbones)} only, not {b.name}; pass an open_clip tag or a "
                                   "weights file.")
             continue
+        if verify(cache, clip_weights_stage(cfg)):  # converted before (a file's key holds its SHA-256)
+            continue
         path = Path(b.pretrained).expanduser()
-        if is_weights_path(b.pretrained):
-            if not path.is_file():
-                raise LtrBenchError(f"backbone.pretrained={b.pretrained}: CLIP weights file {path} does not exist. "
-                                    f"Pass an existing file of {b.name} weights (an open_clip state dict, a .safetensors "
-                                    "file or OpenAI's TorchScript release) with --set backbone.pretrained=FILE, or an "
-                                    "open_clip tag.")
-            if verify(cache, clip_weights_stage(cfg)):  # its key holds the file's SHA-256
-                continue
+        is_file = is_weights_path(b.pretrained)
+        if is_file and not path.is_file():
+            raise LtrBenchError(f"backbone.pretrained={b.pretrained}: CLIP weights file {path} does not exist. "
+                                f"Pass an existing file of {b.name} weights (an open_clip state dict, a .safetensors "
+                                "file or OpenAI's TorchScript release) with --set backbone.pretrained=FILE, or an "
+                                "open_clip tag.")
+        if is_file:
             check_weights_file(path, trust_torchscript=b.trust_torchscript)
-        elif not verify(cache, clip_weights_stage(cfg)):
+        else:
             tag_available(b.name, b.pretrained)
 
 

@@ -24,7 +24,7 @@ from ltrbench.devices import DEVICE_ENV, stage_device
 from ltrbench.errors import ConfigError, LtrBenchError, RunFailedError
 from ltrbench.execute import _task_env, execute, attempts_log, stage_resources
 from ltrbench.stage_kinds import ClipWeightsConfig
-from ltrbench.stages import FAULT_ENV, Stage, artifact_dir, fault_plan, is_done, stage_kind
+from ltrbench.stages import FAULT_ENV, Stage, artifact_dir, fault_plan, is_done, stage_kind, topological
 
 CALLS: list[str] = []
 
@@ -55,7 +55,7 @@ def test_a_failed_stage_fails_only_the_stages_that_need_it(tmp_path):
     assert set(ex.infos) == {a.key, other.key} and is_done(tmp_path, other)
     f = ex.failures[bad.key]
     assert (f.kind, f.attempts, f.error) == ("test_exec_write", 2, "second line of the message")
-    assert ex.failure_of(after_bad) is f and ex.failure_of(other) is None
+    assert ex.failure_of(topological([after_bad])) is f and ex.failure_of(topological([other])) is None
     log = attempts_log(tmp_path, bad).read_text()  # every attempt, with where it ran and its traceback
     assert log.count(f"attempt 1 of {bad.describe()}") == 1 and log.count("attempt 2 of") == 1
     assert log.count("RuntimeError: boom in bad") == 2 and f"host {socket.gethostname()}" in log
