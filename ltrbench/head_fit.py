@@ -121,14 +121,14 @@ def load_head_data(ctx: StageContext, num_classes: int, roles: Sequence[str]) ->
     classifier saved with them, and the corpus sentence features of a ``text`` input if any."""
     parts: dict[str, Any] = {"num_classes": int(num_classes)}
     for role in roles:
-        folder = ctx.role(role)
+        folder = ctx.input(role)
         parts[f"{role}_x"] = _tensor(folder, "feats").float()
         parts[f"{role}_y"] = _tensor(folder, "labels").long()
         if "weight" not in parts and (folder / "head_weight.npy").is_file():
             parts["weight"] = _tensor(folder, "head_weight").float()
             parts["bias"] = _tensor(folder, "head_bias").float()
-    if ctx.has_role("text"):
-        folder = ctx.role("text")
+    if ctx.has_input("text"):
+        folder = ctx.input("text")
         parts["text_x"] = _tensor(folder, "text_feats").float()
         parts["text_y"] = _tensor(folder, "class_ids").long()
     return HeadData(**parts)

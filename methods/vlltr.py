@@ -212,7 +212,7 @@ def _fit_on_features(ctx: StageContext, c: LGRConfig, seed: int, num_classes: in
     on the cached features of the train split (ỹ is label smoothing only: mixup/CutMix act on
     images, lgr.image_augment), scored on the cached eval split."""
     data = load_head_data(ctx, num_classes, ("train", "eval"))
-    head = lgr_head(ctx.role("anchors"), c)
+    head = lgr_head(ctx.input("anchors"), c)
     env = HeadEnv.of(ctx, seed)
     # LGR's MLP (D → 4D → C) is large enough on real data to use every CPU thread.
     res = train_head(head, data, c.train, env, task=LGRTask(head, c, num_classes), one_thread=False,
@@ -229,8 +229,8 @@ def _fit_on_images(ctx: StageContext, c: LGRConfig, seed: int) -> tuple[HeadFit,
     ds = dataset_of(ctx)
     img = image_settings(ctx)
     dev = device()
-    head = lgr_head(ctx.role("anchors"), c)
-    visual = load_model(ctx.role("model"), "cpu", image_size=img.image_size).visual
+    head = lgr_head(ctx.input("anchors"), c)
+    visual = load_model(ctx.input("model"), "cpu", image_size=img.image_size).visual
     if not c.finetune_encoder:
         visual.requires_grad_(False)  # image_augment: frozen encoder, augmented images
     module = LGRModel(visual, head).to(dev)
