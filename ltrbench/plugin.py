@@ -71,9 +71,11 @@ Config sections
 A frozen dataclass registered with :func:`register_section` becomes ``run.cfg.<name>`` and the
 ``--set <name>.<field>=...`` overrides, with defaults from the dataclass and the data set's YAML
 under ``configs/``. A ``check()`` method raising :class:`ConfigError` validates it before any
-work; a :class:`TrainConfig` field is range-checked wherever it sits. A section whose training
-can be cut short for tests defines ``tiny() -> list[str]`` (overrides of its own fields); without
-one, the conformance test cuts every ``train`` field of the section to 1 epoch of batch 64.
+work; a :class:`TrainConfig` field is range-checked wherever it sits. The conformance test runs
+every method with its training cut short by a rule (``ltrbench.config.tiny_overrides``): a section's
+``tiny = staticmethod(lambda: {"train.epochs": 2})`` (field paths → values) where it needs more than
+the default, else every ``TrainConfig`` field of the section at 1 epoch of batch 64. A new method
+touches no other file: the key-pinning test pins only the plans its data file names.
 
 Data sets
 ---------
