@@ -38,7 +38,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import ltrbench
-from ltrbench.config import from_dict
 from ltrbench.data.loaders import eval_loader, train_loader
 from ltrbench.execute import execute
 from ltrbench.head_fit import HeadData, HeadEnv, HeadMethod, TrainedHeadMethod, head_logits, load_head_data
@@ -98,27 +97,27 @@ class _Float(nn.Module):
 
 def _split_of(stage: Stage) -> dict[str, str]:
     """The split each feature role of a head stage was extracted from."""
-    return {role: s.config["split"] for role, s in zip(stage.roles, stage.inputs) if s.kind == "features"}
+    return {role: s.config.split for role, s in stage.named_inputs().items() if s.kind == "features"}
 
 
 def fit_from_images(method: HeadMethod, cfg: Any, stage: Stage, run: PlannedRun, cache: Path, cached: HeadData,
                     work: Path) -> Tensor:
     """The original path for one head; returns its eval-split logits."""
     dev = device()
-    model_stage = next(s for s in stage.inputs if s.kind == "features").inputs[0]
+    model_stage = next(s for s in stage.inputs if s.kind == "features").named_inputs()["model"]
     model = load_model(artifact_dir(cache, model_stage), dev).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     ds, img, splits = run.ctx.ds, run.ctx.img, _split_of(stage)
     if isinstance(method, TrainedHeadMethod):
-        seed_everything(run.spec.seed)
+        seed_everything(stage.seed)
         head = method.make_head(cached, cfg).to(dev)  # only shapes and the stage-1 W, b are read
         t = cfg.train
-        loader = train_loader(ds, img, sampler=t.sampler, batch_size=t.batch_size, seed=run.spec.seed,
+        loader = train_loader(ds, img, sampler=t.sampler, batch_size=t.batch_size, seed=stage.seed,
                               samples_per_class=t.samples_per_class)
         val = eval_loader(ds, splits["val"], img) if t.select_best else None
         task = ImageHeadTask(model.visual, head, val, dev, method.decay_all)
-        fit(task, loader, t, work / "ckpt", device=dev, seed=run.spec.seed, progress=False, desc="images")
+        fit(task, loader, t, work / "ckpt", device=dev, seed=stage.seed, progress=False, desc="images")
         return images_logits(model.visual, head, eval_loader(ds, splits["eval"], img), dev)[0]
     parts: dict[str, Any] = {"num_classes": ds.num_classes}
     for role, split in splits.items():
@@ -127,13 +126,13 @@ def fit_from_images(method: HeadMethod, cfg: Any, stage: Stage, run: PlannedRun,
         if lg is not None:
             parts["weight"], parts["bias"] = model.head.weight.detach().cpu(), model.head.bias.detach().cpu()
     if "text" in stage.roles:
-        source = stage.inputs[stage.roles.index("text")].config["source"]
+        source = stage.named_inputs()["text"].config.source
         corpus = ds.corpus(source)
         sentences = [s for cls in corpus for s in cls]
         backbone = read_manifest(artifact_dir(cache, model_stage))["backbone"]
         parts["text_x"] = torch.from_numpy(encode_texts(model, backbone, sentences, dev, progress=False))
         parts["text_y"] = torch.tensor([k for k, cls in enumerate(corpus) for _ in cls])
-    return method.fit_head(HeadData(**parts), cfg, HeadEnv(work, dev, run.spec.seed)).logits
+    return method.fit_head(HeadData(**parts), cfg, HeadEnv(work, dev, stage.seed)).logits
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> float:
@@ -145,8 +144,8 @@ def prepare(args) -> tuple[list[tuple[PlannedRun, Stage]], Path, float]:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     trained = [METHODS.get(m) for m in methods if issubclass(METHODS.get(m), TrainedHeadMethod)]
     caps = [f"{m.sections[0]}.train.epochs={args.epochs}" for m in trained] if args.epochs else []
-    plan = ltrbench.plan(methods, args.dataset, config_files=args.config, overrides=[*args.set, *caps])
-    pairs = [(p, p.target.inputs[0]) for p in plan.runs]
+    plan = ltrbench.plan(ltrbench.Request(methods, args.dataset, config_files=args.config, overrides=[*args.set, *caps]))
+    pairs = [(p, next(iter(p.target.named_inputs().values()))) for p in plan.runs]
     for p, h in pairs:
         if h.kind != "head":
             raise SystemExit(f"{p.spec.method} is not a head on cached features (its evaluate input is {h.kind})")
@@ -188,13 +187,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-heads-") as tmp:
         for run, stage in pairs:
             method = METHODS.get(run.spec.method)()
-            cfg = from_dict(method.config_cls, stage.config["config"])
+            cfg = stage.config.section
             work = Path(tmp) / run.spec.method
-            ctx = StageContext(stage, work, cache, [artifact_dir(cache, s) for s in stage.inputs], progress=False)
+            ctx = StageContext.of(stage, work, cache, progress=False)
             t0 = time.perf_counter()
-            data = load_head_data(ctx, stage.config["num_classes"], stage.config["features"])
+            data = load_head_data(ctx, stage.config.num_classes, stage.config.features)
             method.load_extra(ctx, data)
-            cached = method.fit_head(data, cfg, HeadEnv(work / "cached", device(), run.spec.seed))
+            cached = method.fit_head(data, cfg, HeadEnv(work / "cached", device(), stage.seed))
             t_c = time.perf_counter() - t0
             t0 = time.perf_counter()
             logits = fit_from_images(method, cfg, stage, run, cache, data, work / "images")

@@ -35,10 +35,10 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    plan = ltrbench.plan(None, "synthetic_lt", overrides=args.overrides)
+    plan = ltrbench.plan(ltrbench.Request(None, "synthetic_lt", overrides=args.overrides))
     todo = [s for s in plan.stages if not st.verify(plan.cache, s)]
     t0 = time.perf_counter()
-    df = ltrbench.run(None, "synthetic_lt", overrides=args.overrides)
+    df = ltrbench.run(ltrbench.Request(None, "synthetic_lt", overrides=args.overrides))
     run_wall = time.perf_counter() - t0
     infos = {s.key: st.read_info(plan.cache, s) for s in plan.stages}
     compute = sum(i["elapsed_s"] for i in infos.values())
@@ -56,7 +56,7 @@ def main() -> None:
 
     wall, wall_what = ((run_wall, f"measured here ({len(todo)} of {len(plan.stages)} stages built)") if todo
                        else (compute, "sum of the stages' recorded compute times (all were cached)"))
-    print(f"default built-in run: {len(plan.stages)} stages, {len(df)} runs, {n_files} artifact files")
+    print(f"default built-in run: {len(plan.stages)} stages, {len(df.frame)} runs, {n_files} artifact files")
     print(f"bytes hashed:              {size:,} ({size / 2**20:.1f} MiB)")
     print(f"hashing at build:          {at_build:.3f} s (sum of manifest_s)")
     print(f"verification at first use: {first_use:.3f} s (every file's SHA-256, {size / 2**20 / max(first_use, 1e-9):.0f} MiB/s)")

@@ -48,7 +48,7 @@ from ltrbench.api import Plan
 from ltrbench.backbones import BackboneSpec, create_clip
 from ltrbench.checkdata import check_data
 from ltrbench.registry import BACKBONES
-from ltrbench.stages import Stage, artifact_dir, is_done, read_info, run_stage
+from ltrbench.stages import Stage, artifact_dir, config_value, is_done, read_info, run_stage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from genroot import FACTS, generate_root  # noqa: E402
@@ -173,10 +173,10 @@ def full_images(stage: Stage, images: int, root_info: dict[str, Any]) -> int:
     """The stage's images at fraction 1: its split's full size over the generated one."""
     if stage.kind == "text_features" or not images:
         return images
-    split = stage.config.get("split") or ("train" if stage.kind in ("finetune", "cvlp", "lgr") else None)
+    split = config_value(stage.config, "split") or ("train" if stage.kind in ("finetune", "cvlp", "lgr") else None)
     gen, full = root_info["images"], root_info["full_sizes"]
     if stage.kind == "lgr":  # training draws over train + one pass over the evaluation split
-        ev = stage.config["eval_split"]
+        ev = stage.config.eval_split
         trained = images - gen[ev]
         return round(trained * full["train"] / gen["train"]) + full[ev]
     if split in gen:
@@ -276,13 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m for m in args.methods.split(",") if m]
     print(f"\n## 3. The plan of {','.join(methods)} on {ARCH} (random weights {weights}), 1 epoch per training stage, "
           f"batch {args.batch}", flush=True)
-    plan = ltrbench.plan(methods, args.dataset, backbone=ARCH, overrides=overrides, data_root=str(args.root))
+    plan = ltrbench.plan(ltrbench.Request(methods, args.dataset, backbone=ARCH, overrides=overrides, data_root=str(args.root)))
     rows = build_stages(plan, info.to_dict())
-    df = ltrbench.run(methods, args.dataset, backbone=ARCH, overrides=overrides, data_root=str(args.root),
-                      out=args.out)
+    df = ltrbench.run(ltrbench.Request(methods, args.dataset, backbone=ARCH, overrides=overrides, data_root=str(args.root)), ltrbench.ExecOptions(out=args.out, progress=False))
     print_stages(rows)
-    print(f"\n{len(df)} results written to {args.out / 'runs'} (random weights: chance accuracy):")
-    print(df[["method", "overall", "many", "medium", "few"]].to_string(index=False))
+    print(f"\n{len(df.frame)} results written to {args.out / 'runs'} (random weights: chance accuracy):")
+    print(df.frame[["method", "overall", "many", "medium", "few"]].to_string(index=False))
 
     rates = [float(r) for r in args.target_rate.split(",") if r.strip()]
     if rates:

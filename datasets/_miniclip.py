@@ -19,19 +19,10 @@ import numpy as np
 import open_clip
 import torch
 
-from ltrbench.backbones import BackboneSpec, create_clip, tokenizer
-from ltrbench.config import BenchConfig, TrainConfig, register_section
-from ltrbench.errors import ConfigError
-from ltrbench.data.batched import BatchLoader
-from ltrbench.data.images import open_rgb
-from ltrbench.data.samplers import InstanceSampler
+from ltrbench.plugin import (BACKBONES, BackboneSpec, BatchLoader, BenchConfig, ConfigError, InstanceSampler,
+    StageContext, TrainConfig, WEIGHTS, cache_root, create_clip, open_rgb, register_section, seed_everything,
+    stage_device, tokenizer, train_problems)
 from ltrbench.datasets._world import WorldSpec, generate_world
-from ltrbench.devices import stage_device
-from ltrbench.paths import cache_root
-from ltrbench.registry import BACKBONES, WEIGHTS
-from ltrbench.stages import StageContext
-from ltrbench.train import seed_everything
-from ltrbench.validate import train_problems
 
 BUILTIN_PRETRAINED = "builtin"  # the backbone.pretrained tag of mini-CLIP's generated weights
 
@@ -133,7 +124,7 @@ class MiniClipWeights:
         return {"builtin": {"world": asdict(cfg.world), "recipe": asdict(cfg.miniclip)}}
 
     def build(self, ctx: StageContext, out: Path) -> dict[str, Any]:
-        return pretrain_mini_clip(ctx, ctx.config["backbone"], ctx.config["builtin"], out)
+        return pretrain_mini_clip(ctx, ctx.config.backbone, ctx.config.generated["builtin"], out)
 
 
 WEIGHTS.add(BUILTIN_PRETRAINED, MiniClipWeights())

@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ltrbench.errors import ConfigError, DataError
-from ltrbench.safeio import refuse_link
+from ltrbench.plugin import ConfigError, DataError, refuse_link
 
 log = logging.getLogger(__name__)
 

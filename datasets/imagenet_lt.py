@@ -10,10 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ltrbench.data.base import DatasetPlugin, LTDataset, Split
-from ltrbench.data.lists import read_split_lists
-from ltrbench.errors import DataError
-from ltrbench.registry import DATASETS
+from ltrbench.plugin import DATASETS, DataError, DatasetPlugin, LTDataset, Split, read_split_lists
 
 LISTS = {"train": "ImageNet_LT_train.txt", "val": "ImageNet_LT_val.txt", "test": "ImageNet_LT_test.txt"}
 LISTS_FROM = (

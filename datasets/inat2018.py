@@ -19,10 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ltrbench.data.base import DatasetPlugin, LTDataset, Split
-from ltrbench.data.lists import path_problem
-from ltrbench.errors import DataError
-from ltrbench.registry import DATASETS
+from ltrbench.plugin import DATASETS, DataError, DatasetPlugin, LTDataset, Split, path_problem
 
 JSONS = {"train": "train2018.json", "val": "val2018.json"}
 COMPETITION = "the iNaturalist 2018 competition, github.com/visipedia/inat_comp/tree/master/2018"

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ltrbench.data.base import DatasetPlugin, LTDataset
-from ltrbench.data.lists import read_split_lists
-from ltrbench.errors import DataError
-from ltrbench.registry import DATASETS
+from ltrbench.plugin import DATASETS, DataError, DatasetPlugin, LTDataset, read_split_lists
 
 LISTS = {"train": "Places_LT_train.txt", "val": "Places_LT_val.txt", "test": "Places_LT_test.txt"}
 LISTS_FROM = (

@@ -11,13 +11,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ltrbench.config import register_section
-from ltrbench.data.base import DatasetPlugin, LTDataset
-from ltrbench.data.lists import read_list
+from ltrbench.plugin import DATASETS, DatasetPlugin, LTDataset, cache_root, read_list, register_section
 from ltrbench.datasets import _miniclip  # noqa: F401  (registers the mini-clip backbone and its weights)
 from ltrbench.datasets._world import WorldSpec, generate_world
-from ltrbench.paths import cache_root
-from ltrbench.registry import DATASETS
 
 register_section("world", WorldSpec)
 

@@ -11,6 +11,6 @@ from . import plugins
 
 plugins.install()  # the packages ltrbench.methods / ltrbench.datasets (no plugin is loaded yet)
 
-from .api import Plan, plan, run  # noqa: E402  (after install: the API may import plugin code)
+from .api import ExecOptions, Plan, Request, RunResult, plan, run  # noqa: E402  (after install: the API may import plugin code)
 
-__all__ = ["Plan", "plan", "run", "__version__"]
+__all__ = ["ExecOptions", "Plan", "Request", "RunResult", "plan", "run", "__version__"]

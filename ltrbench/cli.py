@@ -34,10 +34,11 @@ DEFAULT_DATASET = "synthetic_lt"
 DEFAULT_BASELINE = "baseline"  # what `report` measures per-class gains against (the paper's Figure 4)
 
 
-def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--methods", default=None,
-                   help="comma-separated method names (default: every registered method)")
-    p.add_argument("--dataset", default=None, help=f"data set name (default: {DEFAULT_DATASET}; with --table the paper's)")
+def _add_request_args(p: argparse.ArgumentParser, *, dataset_default: str | None, dataset_help: str,
+                      out_help: str) -> None:
+    """The flags ``run`` and ``sweep`` share: the request (data set, backbone, seeds, config) and
+    where and how stages execute (:class:`ltrbench.ExecOptions`)."""
+    p.add_argument("--dataset", default=dataset_default, help=dataset_help)
     p.add_argument("--backbone", default=None, help="backbone name (default: the data set config's)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -45,16 +46,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", dest="files", action="append", default=[], metavar="FILE",
                    help="an extra YAML config file applied after the data set's (repeatable)")
     p.add_argument("--data-root", default=None, help="the data set's root folder")
-    p.add_argument("--out", default="results", help="output folder for result JSONs and tables (default: results/)")
-    p.add_argument("--executor", choices=("inline", "ray"), default="inline",
-                   help="run stages in this process in order (inline) or as Ray tasks (ray)")
-    p.add_argument("--table", type=int, default=None,
-                   help="run every row of a paper table (1-4, 8-10) on --dataset (default: the paper's data sets)")
-    _add_execution_args(p)
-
-
-def _add_execution_args(p: argparse.ArgumentParser) -> None:
-    """What both ``run`` and ``sweep`` take: where and how stages execute."""
+    p.add_argument("--out", default="results", help=out_help)
     p.add_argument("--ray-address", default=None, metavar="HOST:PORT",
                    help="join an existing Ray cluster (implies --executor ray); token auth is used when a token "
                         "is present (~/.ray/auth_token, RAY_AUTH_TOKEN)")
@@ -70,6 +62,16 @@ def _add_execution_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
 
 
+def _request(args, methods: list[str] | None, dataset: str | None, table: int | None = None) -> api.Request:
+    return api.Request(methods, dataset, args.backbone, _seeds(args.seeds), args.overrides, args.files,
+                       args.data_root, table)
+
+
+def _options(args, executor: str = "inline", out: str | None = None) -> api.ExecOptions:
+    return api.ExecOptions(executor, args.ray_address, args.retries, args.device, args.ship_code,
+                           args.cpus_per_stage, not args.quiet, None if out is None else Path(out))
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true",
@@ -81,7 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command")
     run = sub.add_parser("run", parents=[common], help="run methods on a data set (the default command)")
-    _add_run_args(run)
+    run.add_argument("--methods", default=None,
+                     help="comma-separated method names (default: every registered method)")
+    run.add_argument("--executor", choices=("inline", "ray"), default="inline",
+                     help="run stages in this process in order (inline) or as Ray tasks (ray)")
+    run.add_argument("--table", type=int, default=None,
+                     help="run every row of a paper table (1-4, 8-10) on --dataset (default: the paper's data sets)")
+    _add_request_args(run, dataset_default=None,
+                      dataset_help=f"data set name (default: {DEFAULT_DATASET}; with --table the paper's)",
+                      out_help="output folder for result JSONs and tables (default: results/)")
     sub.add_parser("list", parents=[common], help="list registered methods, data sets and backbones")
     cd = sub.add_parser("check-data", parents=[common], help="validate a data root before training")
     cd.add_argument("--dataset", required=True)
@@ -97,21 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--search", choices=("grid", "random"), default="grid",
                     help="every grid point (grid) or --samples points drawn at random (random)")
     sw.add_argument("--samples", type=int, default=1, help="trials of a random search (default: 1)")
-    sw.add_argument("--seeds", default="0", help="comma-separated seeds per trial (default: 0)")
     sw.add_argument("--metric", choices=("overall", "many", "medium", "few"), default="overall",
                     help="what ranks the trials (default: overall)")
     sw.add_argument("--split", default="val", help="the split trials are evaluated on (default: val, never test)")
     sw.add_argument("--scheduler", choices=("none", "asha"), default="none",
                     help="asha: stop trials whose first seeds rank low (a trial's iterations are its seeds)")
     sw.add_argument("--rules", action="store_true", help="a row per inference rule (VL-LTR: fusion rules, branches)")
-    sw.add_argument("--dataset", default=DEFAULT_DATASET, help=f"data set name (default: {DEFAULT_DATASET})")
-    sw.add_argument("--backbone", default=None, help="backbone name (default: the data set config's)")
-    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="a fixed config value for every trial (repeatable)")
-    sw.add_argument("--config", dest="files", action="append", default=[], metavar="FILE")
-    sw.add_argument("--data-root", default=None, help="the data set's root folder")
-    sw.add_argument("--out", default="results", help="the sweep's folder is <out>/sweeps/<name>/ (default: results/)")
-    _add_execution_args(sw)
+    _add_request_args(sw, dataset_default=DEFAULT_DATASET, dataset_help=f"data set name (default: {DEFAULT_DATASET})",
+                      out_help="the sweep's folder is <out>/sweeps/<name>/ (default: results/); --seeds: per trial")
     tb = sub.add_parser("tables", parents=[common],
                         help="print the summary tables of a results folder, or a paper table with diffs")
     tb.add_argument("--out", default="results")
@@ -244,23 +247,19 @@ def _seeds(text: str) -> list[int]:
 
 
 def cmd_run(args) -> int:
-    seeds = _seeds(args.seeds)
     methods = None if args.methods is None or args.table is not None else _csv(args.methods)
     if args.table is not None and args.methods is not None:
         raise LtrBenchError("--table runs the rows of a paper table; leave out --methods.")
     dataset = args.dataset if args.table is not None else (args.dataset or DEFAULT_DATASET)
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"  # also silences bars in plugins (world generation) and workers
-    df = api.run(methods, dataset, backbone=args.backbone, seeds=seeds, overrides=args.overrides,
-                 config_files=args.files, data_root=args.data_root, out=args.out, executor=args.executor,
-                 ray_address=args.ray_address, table=args.table, progress=not args.quiet, retries=args.retries,
-                 device=args.device, ship_code=args.ship_code, cpus_per_stage=args.cpus_per_stage,
-                 raise_on_failure=False)
-    ex = df.attrs["execution"]
+    res = api.run(_request(args, methods, dataset, args.table), _options(args, args.executor, args.out),
+                  raise_on_failure=False)
+    df, ex = res.frame, res.execution
     failed = f", {ex['failed_stages']} failed" if ex["failed_stages"] else ""
     print(f"stages: {ex['stages']} needed, {ex['executed']} executed, {ex['cached']} cached{failed} "
           f"({ex['seconds']:.0f}s)")
-    failures = df.attrs["failures"]
+    failures = res.failures
     if df.empty:  # every run failed: nothing to tabulate
         print(api.failure_summary(failures, len(failures), args.retries), file=sys.stderr)
         return 1
@@ -287,13 +286,9 @@ def cmd_sweep(args) -> int:
 
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"
-    table, path = sweep.sweep(args.method, args.dataset, sweep.parse_grid(args.grid), search=args.search,
-                              samples=args.samples, seeds=_seeds(args.seeds), metric=args.metric, split=args.split,
-                              scheduler=args.scheduler, backbone=args.backbone, overrides=args.overrides,
-                              config_files=args.files, data_root=args.data_root, out=args.out,
-                              ray_address=args.ray_address, device=args.device, retries=args.retries,
-                              ship_code=args.ship_code, cpus_per_stage=args.cpus_per_stage, rules=args.rules,
-                              progress=not args.quiet)
+    search = sweep.Search(sweep.parse_grid(args.grid), args.search, args.samples, args.metric, args.split,
+                          args.scheduler, args.rules)
+    table, path = sweep.sweep(_request(args, [args.method], args.dataset), search, _options(args, "ray", args.out))
     print(f"\n### sweep of {args.method} on {args.dataset}: {args.split} accuracy (%), ranked by {args.metric}, "
           f"{CONVENTION_NOTE['paper']}\n")
     print(render(table))

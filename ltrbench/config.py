@@ -54,6 +54,31 @@ def sections() -> dict[str, type]:
     return {name: SECTIONS.get(name) for name in SECTIONS}
 
 
+#: What :func:`tiny_overrides` sets in every ``TrainConfig`` field of a section without a ``tiny()``.
+TINY_TRAIN = {"epochs": 1, "batch_size": 64}
+
+
+def tiny_overrides() -> list[str]:
+    """``--set`` overrides cutting every registered section's training to a test's size (the
+    conformance test's fast settings): a section's own ``tiny()`` (a static method returning
+    ``{field path: value}``, e.g. ``{"train.epochs": 2}``) where it has one, else
+    :data:`TINY_TRAIN` in each of its ``TrainConfig`` fields. A new section needs no entry anywhere."""
+    out = []
+    for name, cls in sections().items():
+        hook = getattr(cls, "tiny", None)
+        if hook is not None:
+            values = dict(hook())
+        else:
+            try:
+                default = cls()
+            except TypeError:  # a section without defaults for every field: nothing to cut
+                continue
+            values = {f"{f.name}.{k}": v for f in fields(cls) if isinstance(getattr(default, f.name), TrainConfig)
+                      for k, v in TINY_TRAIN.items()}
+        out += [f"{name}.{k}={v}" for k, v in values.items()]
+    return out
+
+
 def from_dict(cls: type, values: Mapping[str, Any]) -> Any:
     """Rebuild a (nested) frozen config dataclass from its ``dataclasses.asdict`` form (a stage's
     config). Keys the class does not have are an error; missing ones keep their defaults."""

@@ -52,12 +52,20 @@ class ClusterError(LtrBenchError):
 class RunFailedError(LtrBenchError):
     """Some runs failed (a stage kept failing after its retries); the others completed.
 
-    ``frame`` is what :func:`ltrbench.run` would have returned (the successful runs' rows, with
-    ``frame.attrs["failures"]``); ``failures`` lists each failed run (method, seed, stage, key,
-    error, log). The message is the summary the CLI prints.
+    ``result`` is the :class:`ltrbench.api.RunResult` that :func:`ltrbench.run` would have returned
+    (``result.frame``: the successful runs' rows; ``result.failures``: each failed run's method,
+    seed, stage, key, error, log). The message is the summary the CLI prints.
     """
 
-    def __init__(self, message: str, frame=None, failures=None) -> None:
+    def __init__(self, message: str, result=None) -> None:
         super().__init__(message)
-        self.frame = frame
-        self.failures = list(failures or [])
+        self.result = result
+
+    @property
+    def frame(self):
+        """The completed runs' rows (``result.frame``)."""
+        return None if self.result is None else self.result.frame
+
+    @property
+    def failures(self) -> list:
+        return [] if self.result is None else list(self.result.failures)

@@ -121,20 +121,22 @@ class Execution:
     def executed(self) -> int:
         return sum(bool(i["ran"]) for i in self.infos.values())
 
-    def failure_of(self, target: Stage) -> StageFailure | None:
-        """The failed stage that kept ``target`` from finishing (the first of its inputs), or None."""
-        for s in topological([target]):
+    def failure_of(self, stages: Sequence[Stage]) -> StageFailure | None:
+        """The failed stage that kept a run from finishing (the first of its inputs), or None;
+        ``stages``: every stage the run needs, inputs first (``PlannedRun.stages``)."""
+        for s in stages:
             if s.key in self.failures:
                 return self.failures[s.key]
         return None
 
 
-def execute(targets: Sequence[Stage], cache: Path, *, executor: str = "inline", progress: bool = True,
-            ray_address: str | None = None, retries: int = 2, device: str = "auto", ship_code: bool = True,
-            cpus_per_stage: int | None = None, out: Path | None = None) -> Execution:
-    """Run every stage the targets need, isolating failures; see the module's docstring."""
-    opts = ExecOptions("ray" if ray_address else executor, ray_address, retries, device, ship_code, cpus_per_stage,
-                       progress, out).check()
+def execute(targets: Sequence[Stage], cache: Path, *, options: ExecOptions | None = None, executor: str = "inline",
+            progress: bool = True, ray_address: str | None = None, retries: int = 2, device: str = "auto",
+            ship_code: bool = True, cpus_per_stage: int | None = None, out: Path | None = None) -> Execution:
+    """Run every stage the targets need, isolating failures; see the module's docstring. ``options``
+    (what :func:`ltrbench.run` passes) replaces the keywords after it."""
+    opts = (options or ExecOptions("ray" if ray_address else executor, ray_address, retries, device, ship_code,
+                                   cpus_per_stage, progress, out)).check()
     t0 = time.time()
     dag = _Dag(topological(targets), Path(cache))
     log.info("%d stages needed, %d cached, %d to run", len(dag.order), len(dag.order) - dag.todo, dag.todo)

@@ -27,7 +27,6 @@ transform. ``bench/heads.py`` measures what that saves.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -40,8 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from .config import TrainConfig, from_dict
-from .data.samplers import EpochSampler, build_sampler, sampler_key
+from .config import TrainConfig
+from .data.samplers import EpochSampler, build_sampler
 from .metrics import top1
 from .plan import Method, RunContext
 from .registry import METHODS
@@ -94,9 +93,10 @@ class HeadEnv:
     label: str = ""
 
     @classmethod
-    def of(cls, ctx: StageContext, seed: int) -> "HeadEnv":
-        """The environment of a head fitted inside stage ``ctx``."""
-        return cls(ctx.out, device(), seed, ctx.progress, ctx.stage.label or ctx.stage.kind)
+    def of(cls, ctx: StageContext, seed: int | None = None) -> "HeadEnv":
+        """The environment of a head fitted inside stage ``ctx`` (its seed: the stage's, ``ctx.seed``)."""
+        return cls(ctx.out, device(), ctx.seed if seed is None else seed, ctx.progress,
+                   ctx.stage.label or ctx.stage.kind)
 
 
 @dataclass
@@ -121,14 +121,14 @@ def load_head_data(ctx: StageContext, num_classes: int, roles: Sequence[str]) ->
     classifier saved with them, and the corpus sentence features of a ``text`` input if any."""
     parts: dict[str, Any] = {"num_classes": int(num_classes)}
     for role in roles:
-        folder = ctx.role(role)
+        folder = ctx.input(role)
         parts[f"{role}_x"] = _tensor(folder, "feats").float()
         parts[f"{role}_y"] = _tensor(folder, "labels").long()
         if "weight" not in parts and (folder / "head_weight.npy").is_file():
             parts["weight"] = _tensor(folder, "head_weight").float()
             parts["bias"] = _tensor(folder, "head_bias").float()
-    if ctx.has_role("text"):
-        folder = ctx.role("text")
+    if ctx.has_input("text"):
+        folder = ctx.input("text")
         parts["text_x"] = _tensor(folder, "text_feats").float()
         parts["text_y"] = _tensor(folder, "class_ids").long()
     return HeadData(**parts)
@@ -278,19 +278,13 @@ class HeadMethod(Method):
         return self.roles
 
     def plan_head(self, run: RunContext, feats: Mapping[str, Stage], extra: Mapping[str, Stage] = {}) -> Stage:
-        """The run's ``head`` stage (on the ``roles`` of ``feats`` plus ``extra`` inputs by role) →
+        """The run's ``head`` stage (on the ``roles`` of ``feats`` plus ``extra`` inputs by name) →
         ``evaluate``. A ``text`` extra input (``text_features``) is loaded into ``HeadData.text_*``."""
         cfg = self.config(run)
         roles = self.roles_of(cfg)
-        conf = {"method": run.spec.method, "config": dataclasses.asdict(cfg), "features": list(roles),
-                "num_classes": run.ds.num_classes, "seed": run.seed}
-        train = getattr(cfg, "train", None)
-        if isinstance(train, TrainConfig):
-            conf.update(sampler_key(train.sampler))
-        inputs = (*(feats[r] for r in roles), *extra.values())
-        head = Stage("head", conf, inputs, run.env(), label=f"{run.spec.name}/seed{run.seed}",
-                     roles=(*roles, *extra))
-        return run.evaluate([head])
+        conf = HeadStageConfig(run.spec.method, cfg, tuple(roles), run.ds.num_classes)
+        head = run.stage("head", conf, {**{r: feats[r] for r in roles}, **extra}, label=f"{run.spec.name}/seed{run.seed}")
+        return run.evaluate({"head": head})
 
     def predict(self, ctx: StageContext, ds) -> Prediction:
         folder = ctx.input("head")
@@ -334,15 +328,28 @@ def head_methods() -> dict[str, type[HeadMethod]]:
 # --------------------------------------------------------------------------- the head stage
 
 
-@stage_kind("head", version="1", gpus=0.25, memory_gb=2.0)
+@dataclass(frozen=True)
+class HeadStageConfig:
+    """A head of method ``method`` with its config section ``section`` (the whole section: a
+    field that changes no fit is the section's to leave out), on the feature splits ``features``
+    (inputs of those names) and any extra inputs the method names."""
+
+    method: str
+    section: Any
+    features: tuple[str, ...]
+    num_classes: int
+
+
+@stage_kind("head", version="1", gpus=0.25, memory_gb=2.0, config=HeadStageConfig)
 def head(ctx: StageContext) -> dict[str, Any]:
-    method: HeadMethod = METHODS.get(ctx.config["method"])()
-    cfg = from_dict(method.config_cls, ctx.config["config"])
-    data = load_head_data(ctx, ctx.config["num_classes"], ctx.config["features"])
+    conf: HeadStageConfig = ctx.config
+    method: HeadMethod = METHODS.get(conf.method)()
+    cfg = conf.section
+    data = load_head_data(ctx, conf.num_classes, conf.features)
     method.load_extra(ctx, data)
-    res = method.fit_head(data, cfg, HeadEnv.of(ctx, int(ctx.config["seed"])))
+    res = method.fit_head(data, cfg, HeadEnv.of(ctx))
     if tuple(res.logits.shape) != (len(data.eval_y), data.num_classes):
-        raise RuntimeError(f"head {ctx.config['method']}: logits of shape {tuple(res.logits.shape)}, expected "
+        raise RuntimeError(f"head {conf.method}: logits of shape {tuple(res.logits.shape)}, expected "
                            f"{(len(data.eval_y), data.num_classes)}")
     save_head_fit(ctx.out, res, data.eval_y)
     chosen = {k: v for k, v in res.info.items() if k not in ("history", "sweep", "scales")}

@@ -1,9 +1,7 @@
-"""The plan: requests → runs → stages.
-
-A :class:`RunSpec` is one (method, dataset, backbone, seed, variant) cell. :func:`resolve_configs`
-resolves each run's configuration (the variant's ``--set`` overrides on top of the user's), which
-:mod:`ltrbench.validate` checks; :func:`plan_runs` then reads each run's data set and asks its
-method plugin for the run's final ``evaluate`` stage. The method builds its graph with
+"""The plan, the second step of a request's route (resolve → plan → validate → execute → record):
+resolved runs (:mod:`ltrbench.resolve`) → their stages. :func:`plan_runs` reads each run's data
+set and asks its method plugin for the run's final ``evaluate`` stage; :func:`plan_request`
+returns those runs and the de-duplicated DAG of every stage they need. The method builds its graph with
 the :class:`RunContext` helpers below (and its family's own, e.g. ``methods/_cvlp.py``), so equal
 prerequisites (one CLIP, one stage-1 model for four decoupled heads, one CVLP for Table 4's rows)
 get equal keys and run once.
@@ -15,31 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
-from . import stage_kinds  # noqa: F401  (registers the core stage kinds the helpers below plan)
+from .stage_kinds import (ClipWeightsConfig, Draw, EvaluateConfig, FeaturesConfig, FinetuneConfig,
+                          TextFeaturesConfig)
 from .backbones import check_input_size
-from .config import BenchConfig, TrainConfig, load_config
+from .config import BenchConfig, TrainConfig
 from .data.base import LTDataset
 from .data.loaders import DatasetRef, ImageSettings, resolve_dataset
-from .data.samplers import sampler_key
 from .errors import ConfigError
 from .fingerprints import file_sha256
-from .registry import BACKBONES, LOSSES, METHODS, WEIGHTS
-from .stages import Stage
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    method: str
-    dataset: str
-    backbone: str | None = None
-    seed: int = 0
-    variant: str = ""  # a name for the overrides below (a table row), "" for the plain method
-    overrides: tuple[str, ...] = ()
-
-    @property
-    def name(self) -> str:
-        v = f"[{self.variant}]" if self.variant else ""
-        return f"{self.method}{v}"
+from .registry import LOSSES, METHODS, WEIGHTS
+from .resolve import RunSpec, resolve_configs  # noqa: F401  (resolve_configs: its old home)
+from .stages import Stage, by_kind, topological
 
 
 class Method:
@@ -93,6 +77,15 @@ class RunContext:
     def dataset_key(self) -> dict[str, Any]:
         return self.ref.key()
 
+    def stage(self, kind: str, config: Any, inputs: Mapping[str, Stage] | None = None, *, label: str = "",
+              seeded: bool = True) -> Stage:
+        """A stage of this run: ``config`` an instance of the kind's config class, ``inputs`` by
+        name. ``seeded``: the stage draws random numbers per run, so the run's seed is part of its
+        key and of its seed (:attr:`ltrbench.stages.Stage.seed`); False for a stage that is the
+        same for every seed (then every seed's runs share it)."""
+        return Stage(kind, config, dict(inputs or {}), self.env(), label=label,
+                     run_seed=self.seed if seeded else None)
+
     # -- shared stages -------------------------------------------------------------------
     def clip_weights(self) -> Stage:
         """The backbone's starting weights: a tag or file, or a registered weights source's."""
@@ -101,16 +94,12 @@ class RunContext:
         return clip_weights_stage(self.cfg, env)
 
     def finetune(self, src: Stage, train: TrainConfig, label: str, *, loss: str = "ce",
-                 loss_params: dict[str, Any] | None = None, **extra: Any) -> Stage:
+                 loss_params: dict[str, Any] | None = None) -> Stage:
         """Image tower of ``src`` + a linear head, trained with ``train`` and the classification
         loss registered as ``loss`` (:data:`ltrbench.registry.LOSSES`) with ``loss_params``."""
         LOSSES.get(loss)  # an unknown name fails at planning, not inside the stage
-        conf = {"dataset": self.dataset_key(), "image": self.img.key(), "train": dataclasses.asdict(train),
-                "seed": self.seed, **extra}
-        if loss != "ce" or loss_params:  # plain cross-entropy keeps the keys of earlier runs
-            conf["loss"] = {"name": loss, "params": dict(loss_params or {})}
-        conf.update(sampler_key(train.sampler))
-        return Stage("finetune", conf, (src,), self.env(), label=label)
+        conf = FinetuneConfig(self.dataset_key(), self.img.key(), train, loss, dict(loss_params or {}))
+        return self.stage("finetune", conf, {"weights": src}, label=label)
 
     def features(self, model: Stage, split: str, max_per_class: int | None = None, *,
                  draw: tuple[str, int] | None = None) -> Stage:
@@ -122,15 +111,11 @@ class RunContext:
         incomplete batch dropped (the official iNat AnSS scoring set, ALGORITHMS §2).
         """
         img = self.img if draw else dataclasses.replace(self.img, augment="none")
-        conf = {"dataset": self.dataset_key(), "image": img.key(), "split": split}
-        if max_per_class:
-            conf["max_per_class"] = int(max_per_class)
-        suffix = f"≤{max_per_class}" if max_per_class else ""
-        if draw:  # only then: every earlier features stage keeps its key
-            conf["draw"] = {"sampler": draw[0], "batch_size": int(draw[1]), "seed": self.seed,
-                            **sampler_key(draw[0])}
-            suffix += f"~{draw[0]}"
-        return Stage("features", conf, (model,), self.env(), label=f"{model.label}:{split}{suffix}")
+        conf = FeaturesConfig(self.dataset_key(), img.key(), split, int(max_per_class) if max_per_class else None,
+                              Draw(draw[0], int(draw[1])) if draw else None)
+        suffix = (f"≤{max_per_class}" if max_per_class else "") + (f"~{draw[0]}" if draw else "")
+        return self.stage("features", conf, {"model": model}, label=f"{model.label}:{split}{suffix}",
+                          seeded=bool(draw))
 
     def split_features(self, model: Stage) -> dict[str, Stage]:
         """``features`` stages of ``model`` by role (train/val/eval; eval is the reported split).
@@ -144,29 +129,17 @@ class RunContext:
                 "eval": self.features(model, self.eval_split)}
 
     def text_features(self, clip: Stage, source: str = "wiki_prompt") -> Stage:
-        conf = {"dataset": self.dataset_key(), "source": source}
-        return Stage("text_features", conf, (clip,), self.env(), label=f"{clip.label}:{source}")
+        """The raw text embeddings of corpus ``source`` under the weights of ``clip``."""
+        return self.stage("text_features", TextFeaturesConfig(self.dataset_key(), source), {"clip": clip},
+                          label=f"{clip.label}:{source}", seeded=False)
 
-    def evaluate(self, inputs: Sequence[Stage], **conf: Any) -> Stage:
-        full = {"method": self.spec.method, "dataset": self.dataset_key(), "split": self.eval_split,
-                "seed": self.seed, **conf}
-        return Stage("evaluate", full, tuple(inputs), self.env(), label=f"{self.spec.name}/seed{self.seed}")
-
-
-def _default_pretrained(cfg: BenchConfig, overrides: Sequence[str]) -> BenchConfig:
-    """Pair a backbone with its usual weights when only the name was changed (--backbone): weights
-    of a registered source fit only its own backbones, and a backbone whose default weights come
-    from a source does not take a tag."""
-    b = cfg.backbone
-    spec = BACKBONES.get(b.name)
-    explicit = any(o.startswith("backbone.pretrained=") for o in overrides)
-    generated, wants_generated = b.pretrained in WEIGHTS, spec.default_pretrained in WEIGHTS
-    mismatch = generated != wants_generated or (generated and b.name not in WEIGHTS.get(b.pretrained).backbones)
-    if mismatch and not explicit:
-        secs = dict(cfg.sections)
-        secs["backbone"] = dataclasses.replace(b, pretrained=spec.default_pretrained)
-        return BenchConfig(sections=secs)
-    return cfg
+    def evaluate(self, inputs: Mapping[str, Stage] | Sequence[Stage], **params: Any) -> Stage:
+        """The run's final stage: the method's ``predict`` on ``inputs`` (by name: what
+        ``ctx.input(name)`` reads; a plain list is named by kind), ``params`` in
+        ``ctx.config.params``."""
+        named = inputs if isinstance(inputs, Mapping) else by_kind(inputs)
+        conf = EvaluateConfig(self.spec.method, self.dataset_key(), self.eval_split, dict(params))
+        return self.stage("evaluate", conf, named, label=f"{self.spec.name}/seed{self.seed}")
 
 
 def clip_weights_stage(cfg: BenchConfig, env: Mapping[str, Any] | None = None) -> Stage:
@@ -174,12 +147,12 @@ def clip_weights_stage(cfg: BenchConfig, env: Mapping[str, Any] | None = None) -
     ask whether it is cached before anything else is resolved. A weights file enters the key by the
     SHA-256 of its whole content (:func:`ltrbench.fingerprints.file_sha256`)."""
     b = cfg.backbone
-    conf: dict[str, Any] = {"backbone": b.name, "pretrained": b.pretrained}
+    conf = ClipWeightsConfig(b.name, b.pretrained)
     if b.pretrained in WEIGHTS:
-        conf.update(WEIGHTS.get(b.pretrained).key(cfg))
+        conf = dataclasses.replace(conf, generated=dict(WEIGHTS.get(b.pretrained).key(cfg)))
     elif Path(b.pretrained).expanduser().is_file():
-        conf["file"] = file_sha256(Path(b.pretrained).expanduser())
-    return Stage("clip_weights", conf, (), dict(env or {}), label=f"{b.name}/{Path(b.pretrained).name}")
+        conf = dataclasses.replace(conf, file=file_sha256(Path(b.pretrained).expanduser()))
+    return Stage("clip_weights", conf, {}, dict(env or {}), label=f"{b.name}/{Path(b.pretrained).name}")
 
 
 @dataclass
@@ -188,23 +161,7 @@ class PlannedRun:
     cfg: BenchConfig
     target: Stage
     ctx: RunContext = field(repr=False)
-
-
-def resolve_configs(
-    specs: Sequence[RunSpec],
-    *,
-    files: Sequence[str] = (),
-    overrides: Sequence[str] = (),
-    data_root: str | None = None,
-) -> list[tuple[RunSpec, BenchConfig]]:
-    """Every run's fully resolved configuration (defaults → YAML → files → overrides → the run's own)."""
-    out = []
-    for spec in specs:
-        METHODS.get(spec.method)
-        extra = [f"data.root={data_root}"] if data_root else []
-        cfg = load_config(spec.dataset, spec.backbone, files, [*overrides, *extra, *spec.overrides])
-        out.append((spec, _default_pretrained(cfg, overrides)))
-    return out
+    stages: list[Stage] = field(default_factory=list, repr=False)  # every stage the run needs, inputs first
 
 
 def plan_runs(resolved: Sequence[tuple[RunSpec, BenchConfig]], *, progress: bool = False) -> list[PlannedRun]:
@@ -219,3 +176,12 @@ def plan_runs(resolved: Sequence[tuple[RunSpec, BenchConfig]], *, progress: bool
         ctx = RunContext(spec, cfg, ref, ds, img)
         out.append(PlannedRun(spec, cfg, method.plan(ctx), ctx))
     return out
+
+
+def plan_request(resolved: Sequence[tuple[RunSpec, BenchConfig]], *,
+                 progress: bool = False) -> tuple[list[PlannedRun], list[Stage]]:
+    """The planned runs and every stage they need, each key once, inputs first."""
+    runs = plan_runs(resolved, progress=progress)
+    for r in runs:
+        r.stages = topological([r.target])
+    return runs, topological([r.target for r in runs])

@@ -569,8 +569,7 @@ def _histories(records: Sequence[Mapping[str, Any]], cache: Path) -> list[Curve]
                 head = _json(folder / "head.json")
                 history = head.get("history") if isinstance(head, dict) else None
             if _is_history(history):
-                config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-                out.append(Curve(s["kind"], str(s.get("label") or s["kind"]), config.get("seed"), history))
+                out.append(Curve(s["kind"], str(s.get("label") or s["kind"]), meta.get("run_seed"), history))
     return out
 
 

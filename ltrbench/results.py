@@ -27,9 +27,8 @@ import pandas as pd
 
 from .devices import machine
 from .metrics import BUCKETS, CONVENTIONS
-from .plan import PlannedRun
 from .safeio import real_dir, refuse_link, write_atomic
-from .stages import artifact_dir, topological
+from .stages import artifact_dir
 from .version import __version__
 
 REQUIRED_KEYS = ("method", "dataset", "backbone", "seed", "metrics", "per_class_accuracy", "train_counts",
@@ -186,8 +185,9 @@ def read_results(folder: Path) -> list[dict[str, Any]]:
     return scan_results(folder).records
 
 
-def build_record(run: PlannedRun, infos: Mapping[str, Mapping[str, Any]], cache: Path) -> dict[str, Any]:
-    """The result record of one planned run whose stages have finished (``infos``: key → stage.json).
+def build_record(run: Any, infos: Mapping[str, Mapping[str, Any]], cache: Path) -> dict[str, Any]:
+    """The result record of one planned run (a :class:`ltrbench.plan.PlannedRun`) whose stages have
+    finished (``infos``: key → stage.json).
 
     The evaluate stage's ``result.json`` gives the metrics; the rest is provenance: the resolved
     config, the effective lr and batch size of every training stage, the stages with their times,
@@ -195,7 +195,7 @@ def build_record(run: PlannedRun, infos: Mapping[str, Mapping[str, Any]], cache:
     read instead, why), versions, git revision and device.
     """
     res = json.loads((artifact_dir(cache, run.target) / "result.json").read_text())
-    stages = topological([run.target])
+    stages = run.stages
     replaced = {r["path"]: r for s in stages for r in infos[s.key].get("replaced_images", [])}
     effective = {s.label or s.kind: {"effective_lr": infos[s.key]["effective_lr"],
                                      "effective_batch_size": infos[s.key]["effective_batch_size"]}

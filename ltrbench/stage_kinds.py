@@ -9,8 +9,11 @@
 * ``text_features``: the raw text embeddings of every corpus sentence of every class.
 * ``evaluate``: a method's scores on the evaluation split → metrics (``result.json``).
 
-Method plugins add their own kinds with the same decorator; the ``head`` kind (a head fitted on
-cached features) is :mod:`ltrbench.head_fit`.
+Each kind declares its config as a frozen dataclass (:class:`ClipWeightsConfig`,
+:class:`FinetuneConfig`, :class:`FeaturesConfig`, :class:`TextFeaturesConfig`,
+:class:`EvaluateConfig`) and its named inputs; the engine builds the key from them
+(:mod:`ltrbench.stages`). Method plugins add their own kinds with the same decorator; the ``head``
+kind (a head fitted on cached features) is :mod:`ltrbench.head_fit`.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .backbones import BACKBONES, convert_to_state_dict, resolve_pretrained, tokenizer
-from .config import TrainConfig, from_dict
+from .config import TrainConfig
 from .data.loaders import DatasetRef, ImageSettings, eval_loader, open_dataset, train_loader
 from .devices import stage_device
 from .errors import LtrBenchError
@@ -34,7 +37,7 @@ from .fingerprints import file_sha256
 from .metrics import summarize
 from .models import Classifier, load_model, read_manifest, write_manifest
 from .registry import LOSSES, METHODS, WEIGHTS
-from .stages import Reads, StageContext, stage_kind
+from .stages import Reads, StageContext, config_value, stage_kind
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,8 @@ def device() -> torch.device:
 
 
 def dataset_of(ctx: StageContext):
-    return open_dataset(DatasetRef.from_key(ctx.config["dataset"], ctx.env.get("data_root")))
+    """The data set of a stage whose config has a ``dataset`` field (the run's ``dataset_key()``)."""
+    return open_dataset(DatasetRef.from_key(config_value(ctx.config, "dataset"), ctx.env.get("data_root")))
 
 
 def image_settings(ctx: StageContext) -> ImageSettings:
@@ -64,27 +68,39 @@ def load_array(folder: Path, name: str, mmap: bool = True) -> np.ndarray:
 # --------------------------------------------------------------------------- clip_weights
 
 
-def _clip_weights_gpus(config: Mapping[str, Any]) -> float:
+@dataclass(frozen=True)
+class ClipWeightsConfig:
+    """A backbone's starting weights: an open_clip tag, a file (entering the key by the SHA-256 of
+    its content, ``file``), or a registered weights source (``generated``: what its ``key(cfg)``
+    returns, e.g. the built-in world and mini-CLIP's recipe)."""
+
+    backbone: str
+    pretrained: str
+    file: str | None = None
+    generated: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _clip_weights_gpus(config: ClipWeightsConfig) -> float:
     """A tag or a file is only converted (no GPU); a generated source that trains asks for its share."""
-    src = config.get("pretrained")
+    src = config.pretrained
     return float(getattr(WEIGHTS.get(src), "gpus", 0.0)) if src in WEIGHTS else 0.0
 
 
-@stage_kind("clip_weights", version="1", gpus=_clip_weights_gpus, memory_gb=3.0)
+@stage_kind("clip_weights", version="1", gpus=_clip_weights_gpus, memory_gb=3.0, config=ClipWeightsConfig, inputs=())
 def clip_weights(ctx: StageContext) -> dict[str, Any]:
-    cfg = ctx.config
+    cfg: ClipWeightsConfig = ctx.config
     out = ctx.out / "weights.pt"
-    if cfg["pretrained"] in WEIGHTS:
-        info = WEIGHTS.get(cfg["pretrained"]).build(ctx, out)
+    if cfg.pretrained in WEIGHTS:
+        info = WEIGHTS.get(cfg.pretrained).build(ctx, out)
     else:
-        src = resolve_pretrained(cfg["backbone"], cfg["pretrained"])
-        if "file" in cfg and file_sha256(src) != cfg["file"]:
+        src = resolve_pretrained(cfg.backbone, cfg.pretrained)
+        if cfg.file is not None and file_sha256(src) != cfg.file:
             raise LtrBenchError(f"CLIP weights file {src} changed after the run was planned (its SHA-256 is no "
                                 "longer the one in this stage's key); run again to plan with the new file.")
         # env, not the key: trusting a file changes whether it is read, never what it holds
         convert_to_state_dict(src, out, trust_torchscript=bool(ctx.env.get("trust_torchscript")))
         info = {"source": str(src)}
-    write_manifest(ctx.out, type="clip", backbone=cfg["backbone"], checkpoint="weights.pt")
+    write_manifest(ctx.out, type="clip", backbone=cfg.backbone, checkpoint="weights.pt")
     return info
 
 
@@ -118,27 +134,40 @@ class ClassifierTask:
         return None
 
 
-@stage_kind("finetune", version="1", gpus=1.0, memory_gb=4.0, loader=True, reads=lambda c: Reads(splits=("train",)))
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Image tower + linear head trained on ``dataset`` with ``train`` and the classification loss
+    registered as ``loss`` (:data:`ltrbench.registry.LOSSES`) with ``loss_params``."""
+
+    dataset: Mapping[str, Any]  # RunContext.dataset_key()
+    image: Mapping[str, Any]  # ImageSettings.key()
+    train: TrainConfig
+    loss: str = "ce"
+    loss_params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@stage_kind("finetune", version="1", gpus=1.0, memory_gb=4.0, loader=True, reads=lambda c: Reads(splits=("train",)),
+            config=FinetuneConfig, inputs=("weights",))
 def finetune(ctx: StageContext) -> dict[str, Any]:
-    cfg = from_dict(TrainConfig, ctx.config["train"])
-    loss = ctx.config.get("loss", {"name": "ce"})
+    conf: FinetuneConfig = ctx.config
+    cfg = conf.train
     ds = dataset_of(ctx)
     img = image_settings(ctx)
     dev = device()
-    src = ctx.inputs[0]
+    src = ctx.input("weights")
     clip = load_model(src, "cpu", image_size=img.image_size)
     man = read_manifest(src)
     spec = BACKBONES.get(man["backbone"])
     model = Classifier(clip.visual, spec.embed_dim, ds.num_classes).to(dev)
     del clip
-    loader = train_loader(ds, img, sampler=cfg.sampler, batch_size=cfg.batch_size, seed=ctx.config["seed"],
+    loader = train_loader(ds, img, sampler=cfg.sampler, batch_size=cfg.batch_size, seed=ctx.seed,
                           samples_per_class=cfg.samples_per_class)
-    loss_fn = LOSSES.get(loss["name"])(ds.train_counts(), **loss.get("params", {}))
-    res = ctx.train(ClassifierTask(model, cfg, loss_fn), loader, cfg, device=dev, seed=ctx.config["seed"])
+    loss_fn = LOSSES.get(conf.loss)(ds.train_counts(), **dict(conf.loss_params))
+    res = ctx.train(ClassifierTask(model, cfg, loss_fn), loader, cfg, device=dev, seed=ctx.seed)
     torch.save(model.state_dict(), ctx.out / "model.pt")
     write_manifest(ctx.out, type="classifier", backbone=man["backbone"], checkpoint="model.pt",
                    embed_dim=spec.embed_dim, num_classes=ds.num_classes)
-    return {**res.info, "loss": loss["name"]}
+    return {**res.info, "loss": conf.loss}
 
 
 # --------------------------------------------------------------------------- features
@@ -178,7 +207,28 @@ def first_per_class(labels: np.ndarray, n: int | None) -> np.ndarray | None:
     return np.asarray(keep, dtype=np.int64)
 
 
-@stage_kind("features", version="1", gpus=0.5, memory_gb=3.0, loader=True, reads=lambda c: Reads(splits=(c["split"],)))
+@dataclass(frozen=True)
+class Draw:
+    """A features set drawn as one epoch of a training loader: ``sampler``, ``batch_size``."""
+
+    sampler: str
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """The raw embeddings of ``split``: its first ``max_per_class`` images per class (None: all),
+    drawn as one training epoch when ``draw`` is set (then the stage is planned with the run seed)."""
+
+    dataset: Mapping[str, Any]
+    image: Mapping[str, Any]
+    split: str
+    max_per_class: int | None = None
+    draw: Draw | None = None
+
+
+@stage_kind("features", version="1", gpus=0.5, memory_gb=3.0, loader=True, reads=lambda c: Reads(splits=(c.split,)),
+            config=FeaturesConfig, inputs=("model",))
 def features(ctx: StageContext) -> dict[str, Any]:
     """The split's images once through the evaluation loader (the feature cache), or, with a
     ``draw`` in the config, one pass of a training loader over them: N draws by ``draw.sampler``
@@ -186,14 +236,15 @@ def features(ctx: StageContext) -> dict[str, Any]:
     ``draw.batch_size`` dropped, as the official iNat AnSS scores its images (ALGORITHMS §2)."""
     ds = dataset_of(ctx)
     img = image_settings(ctx)
-    split = ctx.config["split"]
+    conf: FeaturesConfig = ctx.config
+    split = conf.split
     dev = device()
-    model = load_model(ctx.inputs[0], "cpu", image_size=img.image_size)
-    keep = first_per_class(ds.labels(split), ctx.config.get("max_per_class"))
-    draw = ctx.config.get("draw")
+    model = load_model(ctx.input("model"), "cpu", image_size=img.image_size)
+    keep = first_per_class(ds.labels(split), conf.max_per_class)
+    draw = conf.draw
     if draw:
-        loader = train_loader(ds, img, sampler=draw["sampler"], batch_size=int(draw["batch_size"]),
-                              seed=int(draw["seed"]), split=split, indices=keep, drop_last=True)
+        loader = train_loader(ds, img, sampler=draw.sampler, batch_size=int(draw.batch_size),
+                              seed=ctx.seed, split=split, indices=keep, drop_last=True)
     else:
         loader = eval_loader(ds, split, img, indices=keep)
     f, lg, labels = encode_split(model, loader, dev, ctx.progress, f"features {split}")
@@ -223,14 +274,23 @@ def encode_texts(clip: nn.Module, backbone: str, sentences: list[str], dev: torc
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
-@stage_kind("text_features", version="1", gpus=0.5, memory_gb=3.0, reads=lambda c: Reads(corpus=c["source"]))
+@dataclass(frozen=True)
+class TextFeaturesConfig:
+    """The raw text embeddings of every sentence of corpus ``source`` of ``dataset``."""
+
+    dataset: Mapping[str, Any]
+    source: str = "wiki_prompt"
+
+
+@stage_kind("text_features", version="1", gpus=0.5, memory_gb=3.0, reads=lambda c: Reads(corpus=c.source),
+            config=TextFeaturesConfig, inputs=("clip",))
 def text_features(ctx: StageContext) -> dict[str, Any]:
     ds = dataset_of(ctx)
-    corpus = ds.corpus(ctx.config["source"])
+    corpus = ds.corpus(ctx.config.source)
     sentences = [s for cls in corpus for s in cls]
     class_ids = np.concatenate([np.full(len(c), k, np.int64) for k, c in enumerate(corpus)])
-    man = read_manifest(ctx.inputs[0])
-    clip = load_model(ctx.inputs[0], "cpu")
+    man = read_manifest(ctx.input("clip"))
+    clip = load_model(ctx.input("clip"), "cpu")
     feats = encode_texts(clip, man["backbone"], sentences, device(), progress=ctx.progress)
     save_array(ctx.out, "text_feats", feats.astype(np.float32))
     save_array(ctx.out, "class_ids", class_ids)
@@ -259,9 +319,20 @@ class Prediction:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-@stage_kind("evaluate", version="1", gpus=0.25, memory_gb=2.0)
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The scoring of method ``method`` on ``split`` of ``dataset``; ``params``: what the method's
+    ``predict`` reads besides its inputs (e.g. VL-LTR's fusion α), by name."""
+
+    method: str
+    dataset: Mapping[str, Any]
+    split: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@stage_kind("evaluate", version="1", gpus=0.25, memory_gb=2.0, config=EvaluateConfig)
 def evaluate(ctx: StageContext) -> dict[str, Any]:
-    method = METHODS.get(ctx.config["method"])()
+    method = METHODS.get(ctx.config.method)()
     ds = dataset_of(ctx)
     pred: Prediction = method.predict(ctx, ds)
     counts = ds.train_counts()
@@ -278,7 +349,7 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
         "primary_rule": pred.primary_rule,
         "bucket_rule": pred.bucket_rule,
         "train_counts": [int(c) for c in counts],
-        "eval_split": ctx.config["split"],
+        "eval_split": ctx.config.split,
         "num_eval": int(len(labels)),
         "info": pred.info,
     }

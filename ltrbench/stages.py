@@ -1,7 +1,12 @@
 """Stages: content-keyed, cached units of work, and the plan (a de-duplicated DAG of them).
 
-A stage is a pure function of its config and its inputs (ARCHITECTURE.md "Stages"):
-``key = hash(kind, config, input keys, kind version)``. Its artifact lives at
+A stage is a pure function of its config, its inputs and (for a stage that draws random numbers
+per run) the run's seed (ARCHITECTURE.md "Stages"): the engine builds
+``key = hash(kind, kind version, config, run seed, {input name: input key})`` (:attr:`Stage.key`);
+a plugin never writes a key. A kind declares its config as a frozen dataclass and the names of its
+inputs (:func:`stage_kind`); planning checks both (:class:`Stage`), so a field left out of a config
+cannot silently share a cache entry between two configurations, and an input is read by its name
+(``ctx.input("model")``), never by position. Its artifact lives at
 ``<cache>/<kind>/<key>/``; it is built in ``<cache>/<kind>/<key>.partial/`` (where training
 stages keep their per-epoch checkpoint, so a crash resumes) and renamed into place when complete,
 with ``stage.json`` written last. A finished key is never recomputed, and equal stages of
@@ -9,8 +14,8 @@ different runs are one node of the DAG. A file lock per key (``<key>.lock``) kee
 sharing a cache from building the same stage at once.
 
 ``env`` carries what may differ between machines without changing the result (a data root, the
-number of loader workers): it is passed to the stage function but not hashed; neither are ``label``
-and ``roles`` (names for the inputs, so a stage reads ``ctx.role("train")``, never a position).
+number of loader workers): it is passed to the stage function but not hashed; neither is ``label``
+(a name for people: logs, TensorBoard, tables).
 
 Stage functions are registered by kind in :data:`ltrbench.registry.STAGES` and receive only a
 :class:`StageContext`, so they run the same inline or in a Ray worker. A training stage trains with
@@ -22,8 +27,19 @@ epoch) in ``tb/<label>/`` of the artifact, so ``tensorboard --logdir <cache>`` s
 training stage. Every stage also leaves ``log.txt``: the library's log lines while it was built
 (INFO and above, per-epoch rows included), whatever the console shows.
 
-The stage key seeds the stage's random generators (:func:`run_stage`): a result depends on the
-stage's content only, never on what ran before it in the process.
+Seeds (the rule). A stage's random generators are seeded from values that do not change when a
+hyperparameter does: ``stage.seed = int(sha256(["seed", kind, run seed])[:8], 16)``
+(:attr:`Stage.seed`), where the run seed is the seed of the run that planned the stage for a stage
+that draws random numbers per run (``Stage.run_seed``: finetune, cvlp, lgr, head, evaluate, a
+drawn features set, random anchors) and None for a stage that is the same for every seed
+(clip_weights, features, text_features): those are shared by every run and seed whatever run
+planned them first, and their seed, from the kind alone, keeps them deterministic. Before the
+stage function runs, python's, numpy's and torch's global generators are seeded with
+``stage.seed``; a stage seeds its loaders, samplers and training loop with ``ctx.seed`` (the same
+value). So the rows of a sweep or an ablation (two learning rates, two betas) share initial
+weights and data order (common random numbers), and a change that moves a key moves no number.
+Neither the label nor any config value enters the seed; ``stage.json`` records ``seed`` and
+``run_seed``.
 
 Integrity: ``stage.json`` holds a manifest of every other file of the artifact (size and SHA-256,
 ``"files"``) and a hash of its own content (``"stage_sha256"``). A stage is done only when its
@@ -53,6 +69,7 @@ of that kind fail its first n attempts (every attempt without n), counted across
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -64,7 +81,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, NamedTuple
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 try:
     import fcntl
@@ -74,6 +91,7 @@ except ImportError:  # pragma: no cover - not POSIX: stages are built without a 
     resource = None  # type: ignore[assignment]
 
 from .data.images import recording_replacements
+from .data.samplers import REVISIONS
 from .devices import describe, stage_device
 from .errors import CacheError, LtrBenchError
 from .fingerprints import sha256_file
@@ -119,10 +137,33 @@ class StageKind:
     name: str
     fn: Callable[["StageContext"], Mapping[str, Any] | None]
     version: str = "1"
-    gpus: float | Callable[[Mapping[str, Any]], float] = 0.0
+    gpus: float | Callable[[Any], float] = 0.0
     memory_gb: float = 2.0
-    loader: bool | Callable[[Mapping[str, Any]], bool] = False
-    reads: Callable[[Mapping[str, Any]], Reads] | None = None
+    loader: bool | Callable[[Any], bool] = False
+    reads: Callable[[Any], Reads] | None = None
+    #: The frozen dataclass of the kind's config (None: a plain mapping, for tests and old plugins).
+    config: type | None = None
+    #: The names of the kind's inputs (``"name?"``: optional); None: whatever names the planner gives.
+    inputs: tuple[str, ...] | None = None
+
+    def check(self, config: Any, names: Sequence[str]) -> None:
+        """Raise unless ``config`` and the input ``names`` are what this kind declares (planning)."""
+        if self.config is not None and not isinstance(config, self.config):
+            raise LtrBenchError(f"stage kind {self.name!r} takes a {self.config.__name__} config, got "
+                                f"{type(config).__name__}; build it as {self.config.__name__}(...).")
+        if self.config is None and not isinstance(config, Mapping):
+            raise LtrBenchError(f"stage kind {self.name!r} declares no config class, so its config must be a "
+                                f"mapping, got {type(config).__name__}; pass config=<the dataclass> to stage_kind.")
+        if self.inputs is None:
+            return
+        required = {n for n in self.inputs if not n.endswith("?")}
+        known = {n.rstrip("?") for n in self.inputs}
+        unknown, missing = sorted(set(names) - known), sorted(required - set(names))
+        if unknown or missing:
+            raise LtrBenchError(f"stage kind {self.name!r} takes the inputs {', '.join(self.inputs) or '(none)'} "
+                                f"('?': optional); got {', '.join(names) or '(none)'}"
+                                + (f": unknown {', '.join(unknown)}" if unknown else "")
+                                + (f": missing {', '.join(missing)}" if missing else "") + ".")
 
     def gpus_for(self, config: Mapping[str, Any]) -> float:
         """The GPU share a stage of this kind with ``config`` asks for where GPUs are used."""
@@ -133,17 +174,26 @@ class StageKind:
         return bool(self.loader(config) if callable(self.loader) else self.loader)
 
 
-def stage_kind(name: str, version: str = "1", gpus: float | Callable[[Mapping[str, Any]], float] = 0.0,
-               memory_gb: float = 2.0, loader: bool | Callable[[Mapping[str, Any]], bool] = False,
-               reads: Callable[[Mapping[str, Any]], Reads] | None = None):
+def stage_kind(name: str, version: str = "1", gpus: float | Callable[[Any], float] = 0.0,
+               memory_gb: float = 2.0, loader: bool | Callable[[Any], bool] = False,
+               reads: Callable[[Any], Reads] | None = None, *, config: type | None = None,
+               inputs: Sequence[str] | None = None):
     """Decorator registering ``fn(ctx) -> info`` as the stage kind ``name``.
 
-    Bump ``version`` when the code's output changes, so cached artifacts are not reused. ``gpus``,
-    ``memory_gb`` and ``loader``: what the kind asks of a scheduler (:class:`StageKind`).
+    ``config``: the frozen dataclass of the kind's config (every field is part of the key: a field
+    that does not change the output does not belong there); ``inputs``: the names of its inputs
+    (``"name?"`` optional; None: any names, e.g. ``evaluate``'s, which its method chooses). Bump
+    ``version`` when the code's output changes, so cached artifacts are not reused. ``gpus``,
+    ``memory_gb`` and ``loader``: what the kind asks of a scheduler (:class:`StageKind`);
+    ``gpus``, ``loader`` and ``reads`` may be functions of the stage's config.
     """
+    if config is not None and not (dataclasses.is_dataclass(config) and config.__dataclass_params__.frozen):
+        raise LtrBenchError(f"stage kind {name!r}: config={config!r} must be a frozen dataclass "
+                            "(@dataclass(frozen=True)).")
 
     def deco(fn):
-        STAGES.add(name, StageKind(name, fn, version, gpus, memory_gb, loader, reads))
+        STAGES.add(name, StageKind(name, fn, version, gpus, memory_gb, loader, reads, config,
+                                   None if inputs is None else tuple(inputs)))
         return fn
 
     return deco
@@ -153,22 +203,107 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def config_json(config: Any) -> Any:
+    """A stage config as plain JSON data (a dataclass as its fields, recursively): what is hashed
+    into the key and written into ``stage.json``."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = dataclasses.asdict(config)
+    return json.loads(_canonical(config))
+
+
+def config_value(config: Any, name: str, default: Any = None) -> Any:
+    """Field ``name`` of a stage config, a dataclass or a mapping (``default`` when absent)."""
+    if isinstance(config, Mapping):
+        return config.get(name, default)
+    return getattr(config, name, default)
+
+
+def _sampler_revisions(obj: Any) -> dict[str, int]:
+    """``{sampler: revision}`` of every revised sampler a config names (``"sampler": name`` at any
+    depth, :data:`ltrbench.data.samplers.REVISIONS`): a stage that draws with a sampler whose draws
+    changed gets a new key without a field of its own."""
+    found: dict[str, int] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == "sampler" and isinstance(v, str) and v in REVISIONS:
+                found[v] = REVISIONS[v]
+            else:
+                found.update(_sampler_revisions(v))
+    elif isinstance(obj, list):
+        for v in obj:
+            found.update(_sampler_revisions(v))
+    return found
+
+
+def by_kind(inputs: Iterable["Stage"]) -> dict[str, "Stage"]:
+    """Inputs named by their kind (``kind.1`` for a second input of one kind)."""
+    ins, names = _named(tuple(inputs), ())
+    return dict(zip(names, ins))
+
+
+def _named(inputs: Any, roles: Sequence[str]) -> tuple[tuple["Stage", ...], tuple[str, ...]]:
+    """(inputs, names): a mapping's names, else ``roles``, else each input's kind (``kind.1`` for a
+    second input of one kind)."""
+    if isinstance(inputs, Mapping):
+        return tuple(inputs.values()), tuple(inputs)
+    inputs = tuple(inputs)
+    if roles:
+        if len(roles) != len(inputs):
+            raise LtrBenchError(f"{len(inputs)} inputs but {len(roles)} names ({', '.join(roles)}).")
+        return inputs, tuple(roles)
+    names: list[str] = []
+    for s in inputs:
+        n, i = s.kind, 1
+        while n in names:
+            n, i = f"{s.kind}.{i}", i + 1
+        names.append(n)
+    return inputs, tuple(names)
+
+
 @dataclass(frozen=True, eq=False)
 class Stage:
-    """One node of the DAG. ``config`` and ``inputs`` define the key; ``env`` does not."""
+    """One node of the DAG. ``config``, ``run_seed`` and the named inputs define the key; ``env``
+    and ``label`` do not.
+
+    ``inputs`` may be given as a mapping ``{name: stage}`` (what planners write); it is stored as
+    the tuple of stages with their names in ``roles``. A kind that declares its config and input
+    names (:func:`stage_kind`) has both checked here, at planning.
+    """
 
     kind: str
-    config: Mapping[str, Any]
+    config: Any
     inputs: tuple["Stage", ...] = ()
     env: Mapping[str, Any] = field(default_factory=dict)
     label: str = ""
-    roles: tuple[str, ...] = ()  # a name per input (same order), for StageContext.role
+    roles: tuple[str, ...] = ()  # the name of each input (same order), for StageContext.input
+    run_seed: int | None = None  # the seed of the run, for a stage that draws per run (module docstring)
+
+    def __post_init__(self) -> None:
+        inputs, roles = _named(self.inputs, self.roles)
+        object.__setattr__(self, "inputs", inputs)
+        object.__setattr__(self, "roles", roles)
+        if len(set(roles)) != len(roles):
+            raise LtrBenchError(f"stage {self.kind}[{self.label}]: two inputs share a name ({', '.join(roles)}).")
+        STAGES.get(self.kind).check(self.config, roles)
 
     @cached_property
     def key(self) -> str:
         version = STAGES.get(self.kind).version
-        payload = _canonical([self.kind, version, self.config, [s.key for s in self.inputs]])
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        conf = config_json(self.config)
+        payload = [self.kind, version, conf, self.run_seed, {r: s.key for r, s in zip(self.roles, self.inputs)}]
+        revisions = _sampler_revisions(conf)
+        if revisions:
+            payload.append(revisions)
+        return hashlib.sha256(_canonical(payload).encode()).hexdigest()[:16]
+
+    @cached_property
+    def seed(self) -> int:
+        """The seed of the stage's generators: from its kind and run seed only (module docstring)."""
+        return int(hashlib.sha256(_canonical(["seed", self.kind, self.run_seed]).encode()).hexdigest()[:8], 16)
+
+    def named_inputs(self) -> dict[str, "Stage"]:
+        """The inputs by name."""
+        return dict(zip(self.roles, self.inputs))
 
     def __hash__(self) -> int:
         return hash(self.key)
@@ -182,16 +317,24 @@ class Stage:
 
 @dataclass
 class StageContext:
-    """What a stage function sees: its stage, where to write, its inputs' finished artifacts."""
+    """What a stage function sees: its stage, where to write, its inputs' finished artifacts by
+    name (``paths``; read them with :meth:`input`), its config and its seed."""
 
     stage: Stage
     out: Path  # the .partial folder to write into
     cache: Path
-    inputs: list[Path]
+    paths: Mapping[str, Path]  # the artifact folder of each input, by name
     progress: bool = True
 
+    @classmethod
+    def of(cls, stage: Stage, out: Path, cache: Path, progress: bool = True) -> "StageContext":
+        """The context of ``stage`` writing into ``out``, its inputs' artifacts in ``cache``."""
+        return cls(stage, Path(out), Path(cache), {r: artifact_dir(cache, s) for r, s in zip(stage.roles, stage.inputs)},
+                   progress)
+
     @property
-    def config(self) -> Mapping[str, Any]:
+    def config(self) -> Any:
+        """The stage's config: an instance of its kind's config class."""
         return self.stage.config
 
     @property
@@ -199,25 +342,27 @@ class StageContext:
         return self.stage.env
 
     @property
+    def seed(self) -> int:
+        """The seed for the stage's loaders, samplers and training loop (:attr:`Stage.seed`)."""
+        return self.stage.seed
+
+    @property
     def work(self) -> Path:
         """Scratch space (resume checkpoints): deleted by the engine when the stage has finished."""
         return self.out / "work"
 
-    def input(self, kind: str, index: int = 0) -> Path:
-        """The artifact folder of the ``index``-th input of ``kind``."""
-        found = [p for s, p in zip(self.stage.inputs, self.inputs) if s.kind == kind]
-        if len(found) <= index:
-            raise KeyError(f"stage {self.stage.describe()} has no input #{index} of kind {kind!r}")
-        return found[index]
+    def input(self, name: str) -> Path:
+        """The artifact folder of the input named ``name``."""
+        if name not in self.paths:
+            raise KeyError(f"stage {self.stage.describe()} has no input named {name!r}; it has "
+                           f"{', '.join(self.paths) or 'none'}")
+        return Path(self.paths[name])
 
-    def role(self, name: str) -> Path:
-        """The artifact folder of the input the planner named ``name`` (``Stage.roles``)."""
-        if name not in self.stage.roles:
-            raise KeyError(f"stage {self.stage.describe()} has no input named {name!r}; it has {self.stage.roles}")
-        return self.inputs[self.stage.roles.index(name)]
+    def has_input(self, name: str) -> bool:
+        return name in self.paths
 
-    def has_role(self, name: str) -> bool:
-        return name in self.stage.roles
+    role = input  # the old names
+    has_role = has_input
 
     def train(self, task: TrainTask, loader, cfg, *, device, seed: int, desc: str | None = None) -> FitResult:
         """The one way a stage trains: :func:`train_in` its artifact folder (the per-epoch
@@ -569,7 +714,6 @@ def _build(stage: Stage, cache: Path, final: Path, progress: bool, record: dict[
     if links:  # nothing below a build folder is a link ltrbench made: never write or delete through one
         refuse_link(links[0], f"a file in the build folder of stage {stage.describe()}")
     _clear_partial(partial)
-    inputs = [artifact_dir(cache, s) for s in stage.inputs]
     for s in stage.inputs:
         problem = check_artifact(cache, s, full=True).problem
         if problem is not None:
@@ -580,11 +724,11 @@ def _build(stage: Stage, cache: Path, final: Path, progress: bool, record: dict[
     dev = stage_device()  # before any work: --device cuda on a host without CUDA fails here
     with stage_log(partial / "log.txt"):
         log.info("stage %s: computing (key %s) on %s", stage.describe(), stage.key, dev)
-        # Every stage starts from generators seeded by its own key, so its result never depends on
-        # what ran before it in the same process (e.g. a head's initialisation after mini-CLIP).
-        seed_everything(int(stage.key[:8], 16))
+        # Every stage starts from generators seeded by its own seed (the module docstring's rule), so
+        # its result never depends on what ran before it in the same process, nor on its key.
+        seed_everything(stage.seed)
         t0 = time.time()
-        ctx = StageContext(stage, partial, cache, inputs, progress)
+        ctx = StageContext.of(stage, partial, cache, progress)
         with recording_replacements() as replaced:
             extra = kind.fn(ctx) or {}
         t1 = time.time()
@@ -598,8 +742,11 @@ def _build(stage: Stage, cache: Path, final: Path, progress: bool, record: dict[
         "key": stage.key,
         "label": stage.label,
         "version": kind.version,
-        "config": stage.config,
+        "config": config_json(stage.config),
         "inputs": [s.key for s in stage.inputs],
+        "input_names": list(stage.roles),
+        "seed": stage.seed,
+        "run_seed": stage.run_seed,
         "elapsed_s": round(t1 - t0, 3),
         # Where and when it ran (unix seconds): the worker's view, for progress, placement and overlap.
         "host": socket.gethostname(),

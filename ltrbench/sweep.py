@@ -67,6 +67,22 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
 
 
 @dataclass(frozen=True)
+class Search:
+    """What a sweep searches: ``grid`` (``{key: [values]}``, :func:`parse_grid`), every point of it
+    (``search="grid"``) or ``samples`` points drawn at random (``"random"``), ranked by ``metric`` on
+    ``split`` (never test), ``scheduler="asha"`` stopping trials whose first seeds rank low, a row
+    per inference rule with ``rules``."""
+
+    grid: dict[str, list[str]]
+    search: str = "grid"
+    samples: int = 1
+    metric: str = "overall"
+    split: str = "val"
+    scheduler: str = "none"
+    rules: bool = False
+
+
+@dataclass(frozen=True)
 class _TrialSpec:
     """What every trial shares (passed once through Ray's object store)."""
 
@@ -93,10 +109,11 @@ def _trial(config: dict[str, Any], spec: _TrialSpec) -> None:
     keys: list[str] = []
     errors: list[str] = []
     for i, seed in enumerate(spec.seeds):
-        df = api.run([spec.method], spec.dataset, backbone=spec.backbone, seeds=[seed],
-                     overrides=[*spec.overrides, *point], config_files=spec.config_files, data_root=spec.data_root,
-                     out=spec.out, retries=spec.retries, device=spec.device, raise_on_failure=False)
-        errors += [f["error"] for f in df.attrs["failures"]]
+        res = api.run(_request(spec, point, [seed]),
+                      ExecOptions(retries=spec.retries, device=spec.device, progress=False, out=Path(spec.out)),
+                      raise_on_failure=False)
+        df = res.frame
+        errors += [f["error"] for f in res.failures]
         if not df.empty:
             scores.append(float(df[spec.metric].iloc[0]))
             keys.append(str(df["run_key"].iloc[0]))
@@ -107,15 +124,17 @@ def _trial(config: dict[str, Any], spec: _TrialSpec) -> None:
                      "run_keys": ",".join(keys), "errors": " | ".join(errors)})
 
 
+def _request(spec: _TrialSpec, point: Sequence[str], seeds: Sequence[int]) -> api.Request:
+    return api.Request([spec.method], spec.dataset, spec.backbone, seeds, [*spec.overrides, *point],
+                       spec.config_files, spec.data_root)
+
+
 def _plans(points: list[list[str]], spec: _TrialSpec) -> list[Any]:
     """The plan of every point given (seed of the first), made on the driver: a bad key or value is
     one error here, before any trial starts, and before any is planned (planning may write the world)."""
     for point in points:
-        api.check([spec.method], spec.dataset, backbone=spec.backbone, seeds=spec.seeds,
-                  overrides=[*spec.overrides, *point], config_files=spec.config_files, data_root=spec.data_root)
-    return [api.plan([spec.method], spec.dataset, backbone=spec.backbone, seeds=spec.seeds[:1],
-                     overrides=[*spec.overrides, *point], config_files=spec.config_files, data_root=spec.data_root)
-            for point in points]
+        api.check(_request(spec, point, spec.seeds))
+    return [api.plan(_request(spec, point, spec.seeds[:1])) for point in points]
 
 
 def _resources(plans: list[Any], opts: ExecOptions, gpus_used: bool, caps: dict[str, float] | None) -> dict[str, float]:
@@ -126,13 +145,21 @@ def _resources(plans: list[Any], opts: ExecOptions, gpus_used: bool, caps: dict[
             "memory": float(max(a["memory"] for a in asks))}
 
 
-def sweep(method: str, dataset: str, grid: dict[str, list[str]], *, search: str = "grid", samples: int = 1,
-          seeds: Sequence[int] = (0,), metric: str = "overall", split: str = "val", scheduler: str = "none",
-          backbone: str | None = None, overrides: Sequence[str] = (), config_files: Sequence[str | Path] = (),
-          data_root: str | None = None, out: str | Path = "results", ray_address: str | None = None,
-          device: str = "auto", retries: int = 2, ship_code: bool = True, cpus_per_stage: int | None = None,
-          rules: bool = False, progress: bool = True) -> tuple[pd.DataFrame, Path]:
-    """Run the sweep; return the ranked table (a frame of display strings) and where it was written."""
+def sweep(request: api.Request, search: Search, options: ExecOptions | None = None) -> tuple[pd.DataFrame, Path]:
+    """Run the sweep of ``request``'s one method on its data set (its seeds: every trial's) over
+    ``search``; ``options``: where stages run (Ray, always: ``address`` joins a cluster; ``out``, the
+    results folder, default ``results``). Return the ranked table (a frame of display strings) and
+    where it was written."""
+    if request.methods is None or len(request.methods) != 1 or request.table is not None or not request.dataset:
+        raise ConfigError("A sweep is of one method on one data set: pass Request([method], dataset, ...).")
+    method, dataset, seeds = request.methods[0], request.dataset, request.seeds
+    grid, samples, metric, split, scheduler = search.grid, search.samples, search.metric, search.split, search.scheduler
+    rules = search.rules
+    options = options or ExecOptions("ray")
+    ray_address, retries, device = options.address, options.retries, options.device
+    ship_code, cpus_per_stage, progress = options.ship_code, options.cpus_per_stage, options.progress
+    out = options.out if options.out is not None else Path("results")
+    search = search.search
     if search not in SEARCHES:
         raise ConfigError(f"Unknown search {search!r}; use one of {', '.join(SEARCHES)}.")
     if scheduler not in SCHEDULERS:
@@ -145,16 +172,15 @@ def sweep(method: str, dataset: str, grid: dict[str, list[str]], *, search: str 
     root = Path(out).expanduser().absolute() / "sweeps" / name
     cache = cache_root()
     opts = ExecOptions("ray", ray_address, retries, device, ship_code, cpus_per_stage, progress, root).check()
-    validate.check_request([method], list(seeds))  # every trial runs every seed: one check here
+    validate.check_names([method], list(seeds))  # every trial runs every seed: one check here
     validate.check_execution(opts)  # the Ray address (format, port, reachability) before any plan
     validate.check_output(root)
     if split == "test":
         log.warning("sweep --split test: the trials are ranked on the test split, so the chosen point is tuned on "
                     "the numbers a paper reports; use --split val (the default) to choose a recipe")
-    spec = _TrialSpec(method, dataset, backbone, tuple(int(x) for x in seeds), (*overrides, f"data.eval_split={split}"),
-                      tuple(str(f) for f in config_files),
-                      str(Path(data_root).expanduser().absolute()) if data_root else None, str(root), metric,
-                      f"{split}_{metric}", retries, device, forwarded_env(cache))
+    spec = _TrialSpec(method, dataset, request.backbone, tuple(int(x) for x in seeds),
+                      (*request.overrides, f"data.eval_split={split}"), tuple(request.config_files), request.data_root,
+                      str(root), metric, f"{split}_{metric}", retries, device, forwarded_env(cache))
     points = [list(c) for c in itertools.product(*[[f"{k}={v}" for v in vs] for k, vs in grid.items()])]
     # every point of the grid is planned here (random samples are drawn from these same points)
     plans = _plans(points, spec)

@@ -33,7 +33,6 @@ import yaml
 from .config import CONFIG_DIR
 from .errors import ConfigError
 from .metrics import CONVENTION_NOTE, CONVENTIONS
-from .plan import RunSpec
 from .results import metric_columns
 
 METRICS = ("overall", "many", "medium", "few")
@@ -239,19 +238,6 @@ def load_table(number: int, folder: Path = TABLE_DIR, numbers: Path = PAPER_NUMB
         raise ConfigError(f"{path}: `runs:` names row(s) {sorted(runs)} that table {number} does not print "
                           f"(rows 1–{len(rows)} in {numbers.name}).")
     return TableSpec(int(doc["table"]), doc["title"], tuple(rows), path)
-
-
-def table_runs(spec: TableSpec, seeds: Sequence[int], dataset: str | None = None,
-               backbone: str | None = None) -> list[RunSpec]:
-    """The RunSpecs of a table's runnable rows. ``dataset`` (e.g. the built-in world) replaces the
-    paper's data sets, and then the backbone is the data set config's unless ``backbone`` is given."""
-    out = []
-    for seed in seeds:
-        for r in spec.runs:
-            ds = dataset or r.dataset
-            bb = backbone or (None if dataset else r.backbone)
-            out.append(RunSpec(r.method, ds, bb, seed, spec.variant(r), r.overrides))
-    return out
 
 
 # --------------------------------------------------------------------------- ours against a table

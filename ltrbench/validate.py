@@ -5,7 +5,7 @@ the output folder (README: "before any work starts").
 In order (each a function called by :mod:`ltrbench.api`):
 
 0. :func:`check_execution` (the execution options, the Ray address: form, port, something
-   listening), :func:`check_request` (seeds are integers in :data:`SEED_RANGE`, no seed or method
+   listening), :func:`check_names` (seeds are integers in :data:`SEED_RANGE`, no seed or method
    twice), and once the configuration is resolved :func:`check_storage` (the cache and data root
    folders): before anything is planned, so before the built-in world is generated.
 1. :func:`check_output`: the output folder can be created and written (nothing is created now).
@@ -45,10 +45,11 @@ from .data.loaders import DatasetRef, open_dataset
 from .data.samplers import SAMPLERS
 from .data.transforms import AUGMENTS
 from .errors import ConfigError, DataError, LtrBenchError, clip
-from .plan import RunSpec, clip_weights_stage
+from .plan import clip_weights_stage
+from .resolve import RunSpec
 from .registry import BACKBONES, STAGES, WEIGHTS
 from .safeio import refuse_links
-from .stages import Stage, stage_paths, verify
+from .stages import Stage, config_value, stage_paths, verify
 from .train import OPTIMIZERS
 
 _SHOWN = 5  # examples quoted per problem
@@ -179,6 +180,14 @@ def check_configs(resolved: Sequence[tuple[RunSpec, BenchConfig]]) -> None:
                           + ". Fix the value with --set KEY=VALUE or in the config file.")
 
 
+def check_request(resolved: Sequence[tuple[RunSpec, BenchConfig]], cache: Path) -> None:
+    """What needs no data set read, in order: the cache and data root folders, every configuration
+    (step 2), then the weights (3)."""
+    check_storage(resolved, cache)
+    check_configs(resolved)
+    check_weights(resolved, cache)
+
+
 # --------------------------------------------------------------------------- weights
 
 
@@ -197,17 +206,18 @@ def check_weights(resolved: Sequence[tuple[RunSpec, BenchConfig]], cache: Path) 
                                   f"{', '.join(source.backbones)} only, not {b.name}; pass an open_clip tag or a "
                                   "weights file.")
             continue
+        if verify(cache, clip_weights_stage(cfg)):  # converted before (a file's key holds its SHA-256)
+            continue
         path = Path(b.pretrained).expanduser()
-        if is_weights_path(b.pretrained):
-            if not path.is_file():
-                raise LtrBenchError(f"backbone.pretrained={b.pretrained}: CLIP weights file {path} does not exist. "
-                                    f"Pass an existing file of {b.name} weights (an open_clip state dict, a .safetensors "
-                                    "file or OpenAI's TorchScript release) with --set backbone.pretrained=FILE, or an "
-                                    "open_clip tag.")
-            if verify(cache, clip_weights_stage(cfg)):  # its key holds the file's SHA-256
-                continue
+        is_file = is_weights_path(b.pretrained)
+        if is_file and not path.is_file():
+            raise LtrBenchError(f"backbone.pretrained={b.pretrained}: CLIP weights file {path} does not exist. "
+                                f"Pass an existing file of {b.name} weights (an open_clip state dict, a .safetensors "
+                                "file or OpenAI's TorchScript release) with --set backbone.pretrained=FILE, or an "
+                                "open_clip tag.")
+        if is_file:
             check_weights_file(path, trust_torchscript=b.trust_torchscript)
-        elif not verify(cache, clip_weights_stage(cfg)):
+        else:
             tag_available(b.name, b.pretrained)
 
 
@@ -216,7 +226,7 @@ def check_weights(resolved: Sequence[tuple[RunSpec, BenchConfig]], cache: Path) 
 
 def _reads(stage: Stage) -> tuple[tuple[str, ...], str | None]:
     reads = STAGES.get(stage.kind).reads
-    if reads is None or "dataset" not in stage.config:
+    if reads is None or config_value(stage.config, "dataset") is None:
         return (), None
     r = reads(stage.config)
     return tuple(r.splits), r.corpus
@@ -232,7 +242,7 @@ def check_data(stages: Sequence[Stage], cache: Path, *, progress: bool = False) 
             continue
         if verify(cache, s):
             continue
-        ref = DatasetRef.from_key(s.config["dataset"], s.env.get("data_root"))
+        ref = DatasetRef.from_key(config_value(s.config, "dataset"), s.env.get("data_root"))
         ident = (ref.name, ref.root, repr(sorted(ref.options.items())))
         if splits:
             ds = open_dataset(ref)
@@ -289,7 +299,7 @@ def _check_wiki(ds: Any) -> None:
 SEED_RANGE = (0, 2**32)
 
 
-def check_request(methods: Sequence[str] | None, seeds: Sequence[Any]) -> None:
+def check_names(methods: Sequence[str] | None, seeds: Sequence[Any]) -> None:
     """The seeds are integers in :data:`SEED_RANGE`, none twice; no method is named twice."""
     lo, hi = SEED_RANGE
     for s in seeds:

@@ -14,21 +14,14 @@ the official ImageNet-LT and Places-LT configs do.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
 
 import torch
 
-from ltrbench.backbones import create_clip, tokenizer
-from ltrbench.config import TrainConfig, from_dict, register_section
-from ltrbench.data.loaders import train_loader
-from ltrbench.data.samplers import sampler_key
-from ltrbench.errors import ConfigError
-from ltrbench.losses import DISTILL_TYPES, cvlp_loss
-from ltrbench.models import load_model, read_manifest, write_manifest
-from ltrbench.plan import RunContext
-from ltrbench.stage_kinds import dataset_of, device, image_settings
-from ltrbench.stages import Reads, Stage, StageContext, stage_kind
+from ltrbench.plugin import (ConfigError, DISTILL_TYPES, Reads, RunContext, Stage, StageContext, TrainConfig,
+    create_clip, cvlp_loss, dataset_of, device, image_settings, load_model, read_manifest, register_section,
+    stage_kind, tokenizer, train_loader, write_manifest)
 
 ENCODERS = ("cvlp", "clip")  # the frozen encoders KNN and FC can use
 
@@ -59,6 +52,16 @@ class CVLPConfig:
             raise ConfigError(f"cvlp.source must be wiki_prompt or prompt_only, got {self.source!r}.")
 
 
+@dataclass(frozen=True)
+class CVLPStageConfig:
+    """The ``cvlp`` stage's config: the run's data set and image settings, and the ``cvlp``
+    section with the distillation that actually runs (``none`` where β = 0)."""
+
+    dataset: Mapping[str, Any]
+    image: Mapping[str, Any]
+    cvlp: CVLPConfig
+
+
 def cvlp_stage(run: RunContext) -> Stage:
     """The CVLP stage of a run (or the raw CLIP weights when ``cvlp.enabled`` is false)."""
     c: CVLPConfig = run.cfg.cvlp
@@ -67,10 +70,9 @@ def cvlp_stage(run: RunContext) -> Stage:
     if not c.enabled:
         return clip
     distill = "none" if c.beta == 0 else c.distill
-    conf = {"dataset": run.dataset_key(), "image": run.img.key(), "seed": run.seed,
-            "cvlp": {**asdict(c), "distill": distill}, **sampler_key(c.train.sampler)}
+    conf = CVLPStageConfig(run.dataset_key(), run.img.key(), replace(c, distill=distill))
     label = f"cvlp{'' if c.init == 'clip' else '-random'}-{distill}{c.beta:g}-{c.source}"
-    return Stage("cvlp", conf, (clip,), run.env(), label=label)
+    return run.stage("cvlp", conf, {"clip": clip}, label=label)
 
 
 def encoder_stage(run: RunContext, encoder: str) -> Stage:
@@ -122,16 +124,16 @@ class CVLPTask:
 
 
 @stage_kind("cvlp", version="1", gpus=1.0, memory_gb=6.0, loader=True,
-            reads=lambda c: Reads(splits=("train",), corpus=c["cvlp"]["source"]))
+            reads=lambda c: Reads(splits=("train",), corpus=c.cvlp.source), config=CVLPStageConfig, inputs=("clip",))
 def cvlp(ctx: StageContext) -> dict[str, Any]:
-    c = from_dict(CVLPConfig, ctx.config["cvlp"])
-    distill = ctx.config["cvlp"]["distill"]
+    c: CVLPConfig = ctx.config.cvlp
+    distill = c.distill
     ds = dataset_of(ctx)
     img = image_settings(ctx)
     dev = device()
-    man = read_manifest(ctx.inputs[0])
+    man = read_manifest(ctx.input("clip"))
     backbone = man["backbone"]
-    start = load_model(ctx.inputs[0], "cpu", image_size=img.image_size)
+    start = load_model(ctx.input("clip"), "cpu", image_size=img.image_size)
     student = start if c.init == "clip" else create_clip(backbone, None, image_size=img.image_size)
     teacher = None
     if distill != "none":
@@ -141,9 +143,9 @@ def cvlp(ctx: StageContext) -> dict[str, Any]:
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)[:-1]])
     tokens = tokenizer(backbone)([s for cls in corpus for s in cls])
     student.to(dev)
-    loader = train_loader(ds, img, sampler=c.train.sampler, batch_size=c.train.batch_size, seed=ctx.config["seed"])
+    loader = train_loader(ds, img, sampler=c.train.sampler, batch_size=c.train.batch_size, seed=ctx.seed)
     res = ctx.train(CVLPTask(student, teacher, tokens, offsets, counts, c, distill), loader, c.train, device=dev,
-                    seed=ctx.config["seed"])
+                    seed=ctx.seed)
     torch.save({k: v.cpu() for k, v in student.state_dict().items()}, ctx.out / "weights.pt")
     write_manifest(ctx.out, type="clip", backbone=backbone, checkpoint="weights.pt")
     return {**res.info, "sentences": int(counts.sum()), "logit_scale": float(student.logit_scale.detach().exp())}

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ltrbench.config import TrainConfig, register_section
-from ltrbench.plan import RunContext
-from ltrbench.stages import Stage
+from ltrbench.plugin import RunContext, Stage, TrainConfig, register_section
 
 
 @register_section("stage1")
@@ -39,6 +37,12 @@ def decoupling_recipe(epochs: int, select_best: bool = True) -> TrainConfig:
     return TrainConfig(epochs=epochs, lr=0.2, batch_size=512, ref_batch_size=512, optimizer="sgd",
                        weight_decay=5e-4, momentum=0.9, warmup_epochs=0, min_lr=0.0, schedule_shift=1,
                        sampler="class_aware", samples_per_class=4, select_best=select_best)
+
+
+def decoupling_tiny() -> dict[str, object]:
+    """The test size of a stage-2 recipe (the sections' ``tiny()``): 2 epochs, since the
+    decoupling schedule runs its last epoch at lr 0, of batch 32."""
+    return {"train.epochs": 2, "train.batch_size": 32}
 
 
 def stage1_features(run: RunContext) -> dict[str, Stage]:

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ltrbench.config import TrainConfig, register_section
-from ltrbench.plan import Method, RunContext
-from ltrbench.registry import METHODS
-from ltrbench.stage_kinds import Prediction, load_array
+from ltrbench.plugin import METHODS, Method, Prediction, RunContext, TrainConfig, load_array, register_section
 
 
 @register_section("baseline")
@@ -31,7 +28,7 @@ class Baseline(Method):
 
     def plan(self, run: RunContext):
         model = run.finetune(run.clip_weights(), run.cfg.baseline.train, label="baseline")
-        return run.evaluate([run.features(model, run.eval_split)])
+        return run.evaluate({"features": run.features(model, run.eval_split)})
 
     def predict(self, ctx, ds) -> Prediction:
         feats = ctx.input("features")

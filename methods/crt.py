@@ -14,12 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ltrbench.config import TrainConfig, register_section
-from ltrbench.head_fit import HeadData, TrainedHeadMethod
-from ltrbench.heads import CRTHead
-from ltrbench.methods._decoupling import decoupling_recipe, stage1_features
-from ltrbench.plan import RunContext
-from ltrbench.registry import METHODS
+from ltrbench.plugin import (CRTHead, HeadData, METHODS, RunContext, TrainConfig, TrainedHeadMethod,
+    register_section)
+from ltrbench.methods._decoupling import decoupling_recipe, decoupling_tiny, stage1_features
 
 
 @register_section("crt")
@@ -27,6 +24,7 @@ from ltrbench.registry import METHODS
 class CRTConfig:
     # ImageNet-LT: 10 epochs (Places-LT: lr 0.1, batch 256; iNat: 30 epochs, weight decay 1e-4).
     train: TrainConfig = field(default_factory=lambda: decoupling_recipe(10))
+    tiny = staticmethod(decoupling_tiny)  # the conformance test's size
 
 
 @METHODS.register("crt")

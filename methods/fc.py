@@ -13,12 +13,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ltrbench.config import TrainConfig, register_section
-from ltrbench.errors import ConfigError
-from ltrbench.head_fit import HeadData, TrainedHeadMethod
+from ltrbench.plugin import (ConfigError, HeadData, METHODS, RunContext, TrainConfig, TrainedHeadMethod,
+    register_section)
 from ltrbench.methods._cvlp import ENCODERS, encoder_stage
-from ltrbench.plan import RunContext
-from ltrbench.registry import METHODS
 
 
 @register_section("fc")

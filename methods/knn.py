@@ -12,13 +12,9 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from ltrbench.config import register_section
-from ltrbench.errors import ConfigError
-from ltrbench.head_fit import HeadData, HeadEnv, HeadFit, HeadMethod
-from ltrbench.heads import knn_predict
+from ltrbench.plugin import (ConfigError, HeadData, HeadEnv, HeadFit, HeadMethod, METHODS, RunContext,
+    knn_predict, register_section)
 from ltrbench.methods._cvlp import ENCODERS, encoder_stage
-from ltrbench.plan import RunContext
-from ltrbench.registry import METHODS
 
 
 @register_section("knn")

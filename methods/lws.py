@@ -11,18 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ltrbench.config import TrainConfig, register_section
-from ltrbench.head_fit import HeadData, TrainedHeadMethod
-from ltrbench.heads import LWSHead
-from ltrbench.methods._decoupling import decoupling_recipe, stage1_features
-from ltrbench.plan import RunContext
-from ltrbench.registry import METHODS
+from ltrbench.plugin import (HeadData, LWSHead, METHODS, RunContext, TrainConfig, TrainedHeadMethod,
+    register_section)
+from ltrbench.methods._decoupling import decoupling_recipe, decoupling_tiny, stage1_features
 
 
 @register_section("lws")
 @dataclass(frozen=True)
 class LWSConfig:
     train: TrainConfig = field(default_factory=lambda: decoupling_recipe(5))
+    tiny = staticmethod(decoupling_tiny)  # the conformance test's size
 
 
 @METHODS.register("lws")

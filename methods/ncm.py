@@ -9,13 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ltrbench.config import register_section
-from ltrbench.errors import ConfigError
-from ltrbench.head_fit import HeadData, HeadEnv, HeadFit, HeadMethod
-from ltrbench.heads import NCM_DIST_TYPES, NCM_FEAT_TYPES, ncm_logits
+from ltrbench.plugin import (ConfigError, HeadData, HeadEnv, HeadFit, HeadMethod, METHODS, NCM_DIST_TYPES,
+    NCM_FEAT_TYPES, RunContext, ncm_logits, register_section)
 from ltrbench.methods._decoupling import stage1_features
-from ltrbench.plan import RunContext
-from ltrbench.registry import METHODS
 
 
 @register_section("ncm")

@@ -10,13 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ltrbench.config import register_section
-from ltrbench.errors import ConfigError
-from ltrbench.head_fit import HeadData, HeadEnv, HeadFit, HeadMethod
-from ltrbench.heads import DEFAULT_TAUS, select_tau, tau_normalize
+from ltrbench.plugin import (ConfigError, DEFAULT_TAUS, HeadData, HeadEnv, HeadFit, HeadMethod, METHODS,
+    RunContext, register_section, select_tau, tau_normalize)
 from ltrbench.methods._decoupling import stage1_features
-from ltrbench.plan import RunContext
-from ltrbench.registry import METHODS
 
 
 @register_section("tau_norm")

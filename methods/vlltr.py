@@ -19,7 +19,7 @@ reports the official α-fusion (overall) with the logit sum for many/medium/few 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -28,19 +28,11 @@ import torch
 from timm.data import Mixup
 from torch import nn
 
-from ltrbench.config import TrainConfig, from_dict, register_section
-from ltrbench.data.loaders import eval_loader, train_loader
-from ltrbench.data.samplers import sampler_key
-from ltrbench.errors import ConfigError
-from ltrbench.head_fit import HeadEnv, HeadFit, head_logits, load_head_data, train_head
-from ltrbench.heads import ANCHOR_MODES, LGRHead, anss_scores, fuse_logits, select_anchors
-from ltrbench.losses import soft_cross_entropy
+from ltrbench.plugin import (ANCHOR_MODES, ConfigError, HeadEnv, HeadFit, LGRHead, METHODS, Method, Prediction,
+    Reads, RunContext, Stage, StageContext, TrainConfig, anss_scores, dataset_of, device, eval_loader,
+    from_dict, fuse_logits, head_logits, image_settings, load_array, load_head_data, load_model,
+    register_section, save_array, select_anchors, soft_cross_entropy, stage_kind, train_head, train_loader)
 from ltrbench.methods._cvlp import cvlp_stage
-from ltrbench.models import load_model
-from ltrbench.plan import Method, RunContext
-from ltrbench.registry import METHODS
-from ltrbench.stage_kinds import Prediction, dataset_of, device, image_settings, load_array, save_array
-from ltrbench.stages import Reads, Stage, StageContext, stage_kind
 
 
 @register_section("anss")
@@ -102,43 +94,48 @@ class LGRConfig:
         """Train on images through the encoder (fine-tuned or frozen), not from the feature cache."""
         return self.finetune_encoder or self.image_augment
 
-    def stage_config(self) -> dict[str, Any]:
-        """The fields that change what the lgr stage trains: its config, and so its cache key.
+    def stage_config(self) -> "LGRConfig":
+        """The section as the lgr stage sees it: the fields that do not change what it trains set
+        to their defaults, so they leave its key alone.
 
         ``alpha`` only fuses the two branches at evaluation (it is in the evaluate stage's key), and
-        mixup/CutMix act on images, so a head trained from the feature cache leaves them out: a sweep
+        mixup/CutMix act on images, so a head trained from the feature cache ignores them: a sweep
         of either does not retrain the head.
         """
-        conf = asdict(self)
-        del conf["alpha"]
-        if not self.through_encoder:
-            del conf["mixup"], conf["cutmix"]
-        if not self.image_augment:
-            del conf["image_augment"]  # added after the first runs: off, it leaves their keys as they were
-        return conf
+        keep = replace(self, alpha=LGRConfig.alpha)
+        return keep if self.through_encoder else replace(keep, mixup=LGRConfig.mixup, cutmix=LGRConfig.cutmix)
 
 
 # --------------------------------------------------------------------------- anss
 
 
-@stage_kind("anss", version="1", gpus=0.25, memory_gb=3.0)
+@dataclass(frozen=True)
+class AnssStageConfig:
+    """The ``anss`` stage: the section, and the number of classes of the run's data set. Inputs:
+    ``text`` (text_features), and ``features`` (the scoring images) in ``anss`` mode."""
+
+    anss: AnssConfig
+    num_classes: int
+
+
+@stage_kind("anss", version="1", gpus=0.25, memory_gb=3.0, config=AnssStageConfig, inputs=("text", "features?"))
 def anss(ctx: StageContext) -> dict[str, Any]:
-    conf = ctx.config
-    text_dir = ctx.input("text_features")
+    a: AnssConfig = ctx.config.anss
+    text_dir = ctx.input("text")
     text = torch.from_numpy(np.array(load_array(text_dir, "text_feats")))
     cls = torch.from_numpy(np.array(load_array(text_dir, "class_ids")))
     info = json.loads((text_dir / "stage.json").read_text())
-    num_classes = int(conf["num_classes"])
+    num_classes = int(ctx.config.num_classes)
     per_class = [torch.nonzero(cls == c).flatten() for c in range(num_classes)]
     embs = [text[i] for i in per_class]
     scores = None
-    if conf["mode"] == "anss":
+    if a.mode == "anss":
         img_dir = ctx.input("features")
         s = anss_scores(text, cls, torch.from_numpy(np.array(load_array(img_dir, "feats"))),
                         torch.from_numpy(np.array(load_array(img_dir, "labels"))), info["logit_scale"])
         scores = [s[i] for i in per_class]
-    gen = torch.Generator().manual_seed(int(conf["seed"]))
-    anchors, mask, chosen = select_anchors(scores, embs, M=int(conf["num_anchors"]), mode=conf["mode"], generator=gen)
+    gen = torch.Generator().manual_seed(ctx.seed)  # planned with the run's seed in random mode only
+    anchors, mask, chosen = select_anchors(scores, embs, M=int(a.num_anchors), mode=a.mode, generator=gen)
     save_array(ctx.out, "anchors", anchors.numpy().astype(np.float32))
     save_array(ctx.out, "mask", mask.numpy())
     sentences = json.loads((text_dir / "sentences.json").read_text())
@@ -215,7 +212,7 @@ def _fit_on_features(ctx: StageContext, c: LGRConfig, seed: int, num_classes: in
     on the cached features of the train split (ỹ is label smoothing only: mixup/CutMix act on
     images, lgr.image_augment), scored on the cached eval split."""
     data = load_head_data(ctx, num_classes, ("train", "eval"))
-    head = lgr_head(ctx.role("anchors"), c)
+    head = lgr_head(ctx.input("anchors"), c)
     env = HeadEnv.of(ctx, seed)
     # LGR's MLP (D → 4D → C) is large enough on real data to use every CPU thread.
     res = train_head(head, data, c.train, env, task=LGRTask(head, c, num_classes), one_thread=False,
@@ -232,8 +229,8 @@ def _fit_on_images(ctx: StageContext, c: LGRConfig, seed: int) -> tuple[HeadFit,
     ds = dataset_of(ctx)
     img = image_settings(ctx)
     dev = device()
-    head = lgr_head(ctx.role("anchors"), c)
-    visual = load_model(ctx.role("model"), "cpu", image_size=img.image_size).visual
+    head = lgr_head(ctx.input("anchors"), c)
+    visual = load_model(ctx.input("model"), "cpu", image_size=img.image_size).visual
     if not c.finetune_encoder:
         visual.requires_grad_(False)  # image_augment: frozen encoder, augmented images
     module = LGRModel(visual, head).to(dev)
@@ -244,31 +241,43 @@ def _fit_on_images(ctx: StageContext, c: LGRConfig, seed: int) -> tuple[HeadFit,
                       label_smoothing=c.label_smoothing, num_classes=ds.num_classes)
         mixing = f"mixup {c.mixup}, cutmix {c.cutmix}"
     res = ctx.train(LGRTask(module, c, ds.num_classes, mixup), loader, c.train, device=dev, seed=seed)
-    split = ctx.config["eval_split"]
+    split = ctx.config.eval_split
     z_img, z_txt = head_logits(module, (x for x, _ in eval_loader(ds, split, img)), dev)
     info = {**res.info, "trained_on": "images", "image_mixing": mixing, "eval_images": len(ds.split(split))}
     labels = torch.from_numpy(ds.labels(split))
     return HeadFit(z_img, info, {"z_img": z_img, "z_txt": z_txt, "labels": labels}), module
 
 
-def _lgr_on_images(config: Mapping[str, Any]) -> bool:
+@dataclass(frozen=True)
+class LGRStageConfig:
+    """The ``lgr`` stage: the run's data set, image settings and evaluation split, and the section
+    as :meth:`LGRConfig.stage_config` gives it. Inputs: ``anchors``, ``model`` and, when the head
+    trains from the feature cache, the ``train`` and ``eval`` features."""
+
+    dataset: Mapping[str, Any]
+    image: Mapping[str, Any]
+    eval_split: str
+    lgr: LGRConfig
+
+
+def _lgr_on_images(config: LGRStageConfig) -> bool:
     """LGR reads images (through a DataLoader) only when it trains through the encoder."""
-    return from_dict(LGRConfig, config["lgr"]).through_encoder
+    return config.lgr.through_encoder
 
 
-def _lgr_reads(conf) -> Reads:
+def _lgr_reads(conf: LGRStageConfig) -> Reads:
     """Through the encoder LGR reads the training and evaluation images; from the cache, none."""
-    c = from_dict(LGRConfig, conf["lgr"])
-    return Reads(splits=("train", conf["eval_split"])) if c.through_encoder else Reads()
+    return Reads(splits=("train", conf.eval_split)) if conf.lgr.through_encoder else Reads()
 
 
-@stage_kind("lgr", version="1", gpus=1.0, memory_gb=4.0, loader=_lgr_on_images, reads=_lgr_reads)
+@stage_kind("lgr", version="1", gpus=1.0, memory_gb=4.0, loader=_lgr_on_images, reads=_lgr_reads,
+            config=LGRStageConfig, inputs=("anchors", "model", "train?", "eval?"))
 def lgr(ctx: StageContext) -> dict[str, Any]:
     """VL-LTR's stage 2 (§3): the LGR head on its anchors, trained from the feature cache or on
     images. Writes both branches' eval-split logits (``z_img``, ``z_txt``, with ``labels``) for the
     evaluate stage, and the trained weights without the anchors (``lgr.pt``)."""
-    c = from_dict(LGRConfig, ctx.config["lgr"])
-    seed = int(ctx.config["seed"])
+    c: LGRConfig = ctx.config.lgr
+    seed = ctx.seed
     if c.through_encoder:
         fit, module = _fit_on_images(ctx, c, seed)
     else:
@@ -304,29 +313,24 @@ class VLLTR(Method):
         a.check()
         c.check()
         model = cvlp_stage(run)
-        text = run.text_features(model, run.cfg.cvlp.source)
-        anss_inputs = [text]
+        anss_inputs = {"text": run.text_features(model, run.cfg.cvlp.source)}
         if a.mode == "anss":
-            anss_inputs.append(_scoring_features(run, model, a))
-        anchors = Stage("anss", {"mode": a.mode, "num_anchors": a.num_anchors, "scoring": a.scoring,
-                                 "seed": run.seed if a.mode == "random" else 0,
-                                 "num_classes": run.ds.num_classes}, tuple(anss_inputs), run.env(),
-                        label=f"{model.label}:{a.mode}{a.num_anchors}")
+            anss_inputs["features"] = _scoring_features(run, model, a)
+        anchors = run.stage("anss", AnssStageConfig(a, run.ds.num_classes), anss_inputs,
+                            label=f"{model.label}:{a.mode}{a.num_anchors}", seeded=a.mode == "random")
         inputs = {"anchors": anchors, "model": model}
         if not c.through_encoder:
             inputs.update(train=run.features(model, "train"), eval=run.features(model, run.eval_split))
-        conf = {"dataset": run.dataset_key(), "image": run.img.key(), "seed": run.seed, "lgr": c.stage_config(),
-                "eval_split": run.eval_split, **sampler_key(c.train.sampler)}
-        head = Stage("lgr", conf, tuple(inputs.values()), run.env(), label=f"lgr:{model.label}",
-                     roles=tuple(inputs))
-        return run.evaluate([head], alpha=c.alpha)
+        conf = LGRStageConfig(run.dataset_key(), run.img.key(), run.eval_split, c.stage_config())
+        head = run.stage("lgr", conf, inputs, label=f"lgr:{model.label}")
+        return run.evaluate({"lgr": head}, alpha=c.alpha)
 
     def predict(self, ctx, ds) -> Prediction:
         d = ctx.input("lgr")
         zi = torch.from_numpy(np.array(load_array(d, "z_img")))
         zt = torch.from_numpy(np.array(load_array(d, "z_txt")))
         labels = np.array(load_array(d, "labels"))
-        alpha = float(ctx.config["alpha"])
+        alpha = float(ctx.config.params["alpha"])
         rules = {r: fuse_logits(zi, zt, r, alpha=alpha).numpy() for r in ("alpha", "paper", "logit_sum")}
         rules["visual_branch"] = zi.numpy()
         rules["text_branch"] = zt.numpy()

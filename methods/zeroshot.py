@@ -11,12 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ltrbench.config import register_section
-from ltrbench.data.corpus import SOURCES
-from ltrbench.errors import ConfigError
-from ltrbench.plan import Method, RunContext
-from ltrbench.registry import METHODS
-from ltrbench.stage_kinds import Prediction, load_array
+from ltrbench.plugin import (ConfigError, METHODS, Method, Prediction, RunContext, SOURCES, load_array,
+    register_section)
 
 
 @register_section("zeroshot")
@@ -45,7 +41,7 @@ class ZeroShot(Method):
     def plan(self, run: RunContext):
         clip = run.clip_weights()
         text = run.text_features(clip, run.cfg.zeroshot.source)
-        return run.evaluate([run.features(clip, run.eval_split), text])
+        return run.evaluate({"features": run.features(clip, run.eval_split), "text_features": text})
 
     def predict(self, ctx, ds) -> Prediction:
         feats = ctx.input("features")

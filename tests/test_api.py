@@ -14,19 +14,51 @@ from ltrbench.errors import ConfigError, LtrBenchError, RegistryError
 from ltrbench.results import load_results
 
 
-def test_run_returns_one_row_per_run():
-    df = ltrbench.run(["baseline", "zeroshot"], "synthetic_lt", seeds=[0], overrides=TINY)
+def test_run_returns_a_result_with_one_row_per_run():
+    res = ltrbench.run(ltrbench.Request(["baseline", "zeroshot"], "synthetic_lt", seeds=[0], overrides=TINY))
+    assert isinstance(res, ltrbench.RunResult) and not res.frame.attrs  # nothing travels in DataFrame.attrs
+    df = res.frame
     assert len(df) == 2 and list(df["method"]) == ["baseline", "zeroshot"] and list(df["seed"]) == [0, 0]
-    assert df["overall"].between(0, 100).all()
+    assert df["overall"].between(0, 100).all() and res.failures == []
+    assert [r["method"] for r in res.records] == ["baseline", "zeroshot"]
     # the same tidy frame as load_results over the records
-    assert df.equals(load_results(df.attrs["records"]))
-    again = ltrbench.run(["baseline", "zeroshot"], "synthetic_lt", seeds=[0], overrides=TINY)
-    assert again.attrs["execution"]["executed"] == 0 and again["overall"].tolist() == df["overall"].tolist()
+    assert df.equals(load_results(res.records))
+    again = ltrbench.run(ltrbench.Request(["baseline", "zeroshot"], "synthetic_lt", seeds=[0], overrides=TINY))
+    assert again.execution["executed"] == 0 and again.frame["overall"].tolist() == df["overall"].tolist()
+    assert again.execution["stages"] == res.execution["stages"] > 0
+
+
+def test_a_request_is_a_value_and_takes_no_bare_string():
+    r = ltrbench.Request(["baseline"], "synthetic_lt", seeds=[0, 1], overrides=["a.b=1"], data_root="rel")
+    assert r.methods == ("baseline",) and r.seeds == (0, 1) and r.overrides == ("a.b=1",)
+    assert Path(r.data_root).is_absolute() and hash(r) == hash(ltrbench.Request(**r.__dict__))
+    with pytest.raises(ConfigError, match="pass a list of names"):
+        ltrbench.Request("baseline", "synthetic_lt")
+
+
+def test_no_code_reads_dataframe_attrs():
+    repo = Path(__file__).resolve().parents[1]
+    files = [p for d in ("ltrbench", "methods", "datasets", "bench", "tests") for p in (repo / d).rglob("*.py")]
+    found = [f"{p.relative_to(repo)}" for p in files if p != Path(__file__) and ".attrs" in p.read_text()]
+    assert len(files) > 50 and not found, found
+
+
+def test_run_and_sweep_share_one_builder_for_their_common_flags():
+    parser = cli.build_parser()
+    subs = next(a for a in parser._actions if a.dest == "command").choices
+
+    def flags(name):
+        return {o for a in subs[name]._actions for o in a.option_strings}
+
+    common = {"--dataset", "--backbone", "--seeds", "--set", "--config", "--data-root", "--out", "--ray-address",
+              "--retries", "--device", "--cpus-per-stage", "--no-ship-code", "--quiet"}
+    assert common <= flags("run") and common <= flags("sweep")
+    assert {"--methods", "--table", "--executor"} <= flags("run") - flags("sweep")
 
 
 def test_plan_is_the_deduplicated_dag_without_running(tmp_path, monkeypatch):
     monkeypatch.setenv("LTRBENCH_CACHE", str(tmp_path / "empty"))
-    plan = ltrbench.plan(["crt", "lws", "ncm", "tau_norm"], "synthetic_lt", seeds=[0, 1], overrides=TINY)
+    plan = ltrbench.plan(ltrbench.Request(["crt", "lws", "ncm", "tau_norm"], "synthetic_lt", seeds=[0, 1], overrides=TINY))
     assert len(plan.runs) == 8
     kinds = [s.kind for s in plan.stages]
     assert kinds.count("clip_weights") == 1
@@ -42,10 +74,10 @@ def test_plan_is_the_deduplicated_dag_without_running(tmp_path, monkeypatch):
 
 
 def test_table_plans_every_row():
-    plan = ltrbench.plan(None, "synthetic_lt", table=4, overrides=TINY)
+    plan = ltrbench.plan(ltrbench.Request(None, "synthetic_lt", table=4, overrides=TINY))
     assert [r.spec.variant for r in plan.runs] == [f"t4r{i}" for i in range(1, 8)]
     with pytest.raises(ConfigError, match="either methods or table"):
-        ltrbench.plan(["vlltr"], "synthetic_lt", table=4)
+        ltrbench.plan(ltrbench.Request(["vlltr"], "synthetic_lt", table=4))
 
 
 @pytest.mark.parametrize("methods, dataset, error, needle", [
@@ -56,7 +88,7 @@ def test_table_plans_every_row():
 ])
 def test_bad_requests_raise_user_errors(methods, dataset, error, needle):
     with pytest.raises(error, match=needle):
-        ltrbench.plan(methods, dataset)
+        ltrbench.plan(ltrbench.Request(methods, dataset))
 
 
 @pytest.mark.parametrize("args, needle", [

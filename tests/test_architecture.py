@@ -14,7 +14,8 @@ RAY_IMPORTERS = {"ltrbench.execute", "ltrbench.cluster", "ltrbench.sweep"}
 
 
 def _module_name(path: Path) -> str:
-    rel = path.relative_to(REPO).with_suffix("")
+    root = REPO if path.is_relative_to(REPO) else path.parents[1]  # a file of a copy: folder/file.py
+    rel = path.relative_to(root).with_suffix("")
     parts = list(rel.parts)
     if parts[-1] == "__init__":
         parts.pop()
@@ -140,3 +141,60 @@ def test_plugin_family_code_is_not_loaded_as_a_plugin():
     shared = [p.stem for folder in ("methods", "datasets") for p in (REPO / folder).glob("_*.py")]
     assert {"_cvlp", "_decoupling", "_world", "_miniclip"} <= set(shared)
     assert not set(shared) & (set(METHODS.names()) | set(DATASETS.names()))
+
+
+PLUGIN_FOLDERS = ("methods", "datasets")
+
+
+def _plugin_files() -> list[Path]:
+    return [p for folder in PLUGIN_FOLDERS for p in sorted((REPO / folder).glob("*.py"))]
+
+
+def plugin_import_problems(path: Path) -> list[str]:
+    """The imports of ltrbench in plugin file ``path`` other than ``ltrbench.plugin`` and the ``_``
+    files of its own folder (``ltrbench.methods._cvlp``), as ``line: module``."""
+    own = f"ltrbench.{path.parent.name}"
+    bad = []
+    for node, names, _ in _imports(path):
+        for name in names:
+            if name != "ltrbench" and not name.startswith("ltrbench."):
+                continue
+            parts = name.split(".")
+            shared = len(parts) == 3 and ".".join(parts[:2]) == own and parts[2].startswith("_")
+            from_own = isinstance(node, ast.ImportFrom) and node.module == own and all(
+                a.name.startswith("_") for a in node.names)
+            if name != "ltrbench.plugin" and not shared and not from_own:
+                bad.append(f"{node.lineno}: {name}")
+    return bad
+
+
+def test_plugins_import_ltrbench_only_through_the_plugin_api():
+    """Every file of methods/ and datasets/ imports ltrbench only as ``ltrbench.plugin`` or a ``_``
+    file of its own folder, so the core behind the API can move."""
+    files = _plugin_files()
+    assert len(files) >= 15
+    bad = [f"{p.relative_to(REPO)}:{problem}" for p in files for problem in plugin_import_problems(p)]
+    assert not bad, bad
+
+
+def test_the_plugin_import_rule_names_what_it_must(tmp_path):
+    path = tmp_path / "methods" / "x.py"
+    path.parent.mkdir()
+    path.write_text("from ltrbench.stages import Stage\nfrom ltrbench.plugin import Method\n"
+                    "from ltrbench.methods._cvlp import cvlp_stage\nfrom ltrbench.methods import _decoupling\n"
+                    "from ltrbench.datasets._world import WorldSpec\nimport ltrbench.heads\nimport numpy\n")
+    assert plugin_import_problems(path) == ["1: ltrbench.stages", "5: ltrbench.datasets._world", "6: ltrbench.heads"]
+
+
+def test_stages_read_inputs_by_name_and_plugins_build_no_stage_by_hand():
+    """No ``ctx.inputs[`` (a positional input) anywhere, and no plugin constructs a Stage itself:
+    it plans through the RunContext helpers, whose kinds declare their configs (the engine keys them)."""
+    positional = [f"{p.relative_to(REPO)}" for p in [*CORE.rglob("*.py"), *_plugin_files()]
+                  if "ctx.inputs[" in p.read_text()]
+    assert not positional, positional
+    built = []
+    for path in _plugin_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "Stage":
+                built.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not built, built

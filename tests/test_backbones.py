@@ -134,7 +134,7 @@ def test_the_384_row_plans_every_image_stage_at_384(monkeypatch):
     # Planning only: OpenAI's ViT-B/16 weights are not on this machine (plan() checks them first).
     monkeypatch.setattr(ltrbench.validate, "check_weights", lambda *a, **k: None)
 
-    plan = ltrbench.plan(None, "synthetic_lt", table=3, backbone="ViT-B-16", overrides=TINY)
+    plan = ltrbench.plan(ltrbench.Request(None, "synthetic_lt", table=3, backbone="ViT-B-16", overrides=TINY))
     runs = {r.spec.variant: r for r in plan.runs}
     row, base = runs["t3r23"], runs["t3r22"]
     assert row.ctx.img.image_size == 384 and row.ctx.img.eval_resize == 438 and row.cfg.backbone.name == "ViT-B-16"
@@ -142,10 +142,10 @@ def test_the_384_row_plans_every_image_stage_at_384(monkeypatch):
     from ltrbench.stages import topological
 
     def image_stages(run):
-        return [s for s in topological([run.target]) if "image" in s.config]
+        return [s for s in topological([run.target]) if hasattr(s.config, "image")]
 
     assert {s.kind for s in image_stages(row)} >= {"cvlp", "features", "lgr"}
-    assert all(s.config["image"]["image_size"] == 384 for s in image_stages(row))
+    assert all(s.config.image["image_size"] == 384 for s in image_stages(row))
     assert not {s.key for s in image_stages(row)} & {s.key for s in image_stages(base)}
     clip = [s for s in topological([row.target]) if s.kind == "clip_weights"]
     assert clip[0].key == [s for s in topological([base.target]) if s.kind == "clip_weights"][0].key  # one CLIP
@@ -155,8 +155,8 @@ def test_a_run_at_another_input_size_trains_and_evaluates():
     import ltrbench
     from conftest import TINY
 
-    df = ltrbench.run(["baseline", "zeroshot"], "synthetic_lt", overrides=[*TINY, "data.image_size=48",
-                                                                           "data.eval_resize=48"])
-    assert df["overall"].between(0, 100).all() and len(df) == 2
-    ft = [s for s in df.attrs["records"][0]["stages"] if s["kind"] == "finetune"]
-    assert ft and df.attrs["records"][0]["config"]["data"]["image_size"] == 48
+    df = ltrbench.run(ltrbench.Request(["baseline", "zeroshot"], "synthetic_lt", overrides=[*TINY, "data.image_size=48",
+                                                                           "data.eval_resize=48"]))
+    assert df.frame["overall"].between(0, 100).all() and len(df.frame) == 2
+    ft = [s for s in df.records[0]["stages"] if s["kind"] == "finetune"]
+    assert ft and df.records[0]["config"]["data"]["image_size"] == 48

@@ -82,11 +82,11 @@ def test_tau_norm_records_tau_and_sweep(tmp_path):
 
 def test_decoupled_heads_share_one_stage1_finetune_and_features():
     finetunes, features = set(), {}
-    for s in ltrbench.plan(DECOUPLED, "synthetic_lt", overrides=TINY).stages:
+    for s in ltrbench.plan(ltrbench.Request(DECOUPLED, "synthetic_lt", overrides=TINY)).stages:
         if s.kind == "finetune":
             finetunes.add(s.key)
         elif s.kind == "features":
-            features.setdefault(s.config["split"], set()).add(s.key)
+            features.setdefault(s.config.split, set()).add(s.key)
     assert len(finetunes) == 1
     assert set(features) == {"train", "val", "test"}
     assert all(len(keys) == 1 for keys in features.values()), features
@@ -100,8 +100,8 @@ def test_knn_and_fc_read_the_chosen_encoder():
 
     for encoder in ("cvlp", "clip"):
         sets = [*TINY, f"knn.encoder={encoder}", f"fc.encoder={encoder}"]
-        for p in ltrbench.plan(["knn", "fc"], "synthetic_lt", overrides=sets).runs:
-            model = next(s for s in topological([p.target]) if s.kind == "features").inputs[0]
+        for p in ltrbench.plan(ltrbench.Request(["knn", "fc"], "synthetic_lt", overrides=sets)).runs:
+            model = next(s for s in topological([p.target]) if s.kind == "features").named_inputs()["model"]
             assert model.kind == ("cvlp" if encoder == "cvlp" else "clip_weights")
 
 

@@ -4,6 +4,7 @@ from the driver, the storage probe's check and the cluster preflight's errors. T
 itself on a two-node cluster is tests/test_ray.py (slow)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -22,7 +23,8 @@ from ltrbench.cluster import check_shared, forwarded_env, runtime_env
 from ltrbench.devices import DEVICE_ENV, stage_device
 from ltrbench.errors import ConfigError, LtrBenchError, RunFailedError
 from ltrbench.execute import _task_env, execute, attempts_log, stage_resources
-from ltrbench.stages import FAULT_ENV, Stage, artifact_dir, fault_plan, is_done, stage_kind
+from ltrbench.stage_kinds import ClipWeightsConfig
+from ltrbench.stages import FAULT_ENV, Stage, artifact_dir, fault_plan, is_done, stage_kind, topological
 
 CALLS: list[str] = []
 
@@ -53,7 +55,7 @@ def test_a_failed_stage_fails_only_the_stages_that_need_it(tmp_path):
     assert set(ex.infos) == {a.key, other.key} and is_done(tmp_path, other)
     f = ex.failures[bad.key]
     assert (f.kind, f.attempts, f.error) == ("test_exec_write", 2, "second line of the message")
-    assert ex.failure_of(after_bad) is f and ex.failure_of(other) is None
+    assert ex.failure_of(topological([after_bad])) is f and ex.failure_of(topological([other])) is None
     log = attempts_log(tmp_path, bad).read_text()  # every attempt, with where it ran and its traceback
     assert log.count(f"attempt 1 of {bad.describe()}") == 1 and log.count("attempt 2 of") == 1
     assert log.count("RuntimeError: boom in bad") == 2 and f"host {socket.gethostname()}" in log
@@ -85,25 +87,25 @@ def test_the_fault_switch_fails_the_first_n_attempts_counted_across_processes(tm
 def test_a_retried_training_stage_resumes_from_its_checkpoint_with_the_same_result(tmp_path, monkeypatch):
     """The drill's failure comes after the stage's work and before its artifact is committed, as a
     crash at the worst moment would: the retry resumes after the last epoch and gives the same model."""
-    clean = ltrbench.run(["baseline"], "synthetic_lt", overrides=TINY)  # the session cache
+    clean = ltrbench.run(ltrbench.Request(["baseline"], "synthetic_lt", overrides=TINY))  # the session cache
     first = Path(os.environ["LTRBENCH_CACHE"])
     for name in ("clip_weights", "worlds"):
         shutil.copytree(first / name, tmp_path / name)
     monkeypatch.setenv("LTRBENCH_CACHE", str(tmp_path))
     monkeypatch.setenv(FAULT_ENV, "finetune:1")
-    df = ltrbench.run(["baseline"], "synthetic_lt", overrides=TINY)
-    (ft,) = [s for s in df.attrs["records"][0]["stages"] if s["kind"] == "finetune"]
+    df = ltrbench.run(ltrbench.Request(["baseline"], "synthetic_lt", overrides=TINY))
+    (ft,) = [s for s in df.records[0]["stages"] if s["kind"] == "finetune"]
     info = json.loads((tmp_path / "finetune" / ft["key"] / "stage.json").read_text())
     assert info["attempt"] == 2 and info["resumed_after_epoch"] == 1  # TINY: one epoch
-    assert df.attrs["records"][0]["metrics"] == clean.attrs["records"][0]["metrics"]
-    assert df.attrs["records"][0]["per_class_accuracy"] == clean.attrs["records"][0]["per_class_accuracy"]
+    assert df.records[0]["metrics"] == clean.records[0]["metrics"]
+    assert df.records[0]["per_class_accuracy"] == clean.records[0]["per_class_accuracy"]
 
 
 def test_run_returns_the_completed_runs_and_raises_with_the_failed_ones(tmp_path, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, "finetune")  # every attempt of every finetune stage fails
     sets = [*TINY, "baseline.train.lr=0.002"]  # a finetune stage no other test has built
     with pytest.raises(RunFailedError) as err:
-        ltrbench.run(["baseline", "zeroshot"], "synthetic_lt", overrides=sets, retries=0, out=tmp_path / "out")
+        ltrbench.run(ltrbench.Request(["baseline", "zeroshot"], "synthetic_lt", overrides=sets), ltrbench.ExecOptions(retries=0, out=tmp_path / "out", progress=False))
     e = err.value
     assert list(e.frame["method"]) == ["zeroshot"] and len(e.failures) == 1
     f = e.failures[0]
@@ -111,9 +113,9 @@ def test_run_returns_the_completed_runs_and_raises_with_the_failed_ones(tmp_path
     assert f["error"].startswith("ltrbench.stages.InjectedFault") and Path(f["log"]).is_file()
     assert f"baseline · synthetic_lt · mini-clip · seed 0: stage finetune[baseline] key {f['key']}" in str(e)
     assert [json.loads(p.read_text())["method"] for p in (tmp_path / "out" / "runs").glob("*.json")] == ["zeroshot"]
-    df = ltrbench.run(["baseline", "zeroshot"], "synthetic_lt", overrides=sets, retries=0, raise_on_failure=False)
-    assert list(df["method"]) == ["zeroshot"] and df.attrs["failures"][0]["key"] == f["key"]
-    assert df.attrs["execution"]["failed_runs"] == 1
+    df = ltrbench.run(ltrbench.Request(["baseline", "zeroshot"], "synthetic_lt", overrides=sets), ltrbench.ExecOptions(retries=0, progress=False), raise_on_failure=False)
+    assert list(df.frame["method"]) == ["zeroshot"] and df.failures[0]["key"] == f["key"]
+    assert df.execution["failed_runs"] == 1
 
 
 def test_the_cli_summarises_failed_runs_and_exits_1(tmp_path, monkeypatch, capsys):
@@ -144,7 +146,7 @@ def test_devices_are_chosen_in_the_process_that_runs_the_stage(tmp_path, monkeyp
 
 
 def test_resources_follow_the_stage(monkeypatch):
-    plan = ltrbench.plan(["baseline"], "synthetic_lt", overrides=[*TINY, "data.num_workers=3"])
+    plan = ltrbench.plan(ltrbench.Request(["baseline"], "synthetic_lt", overrides=[*TINY, "data.num_workers=3"]))
     by_kind = {s.kind: s for s in plan.stages}
     ft = stage_resources(by_kind["finetune"], gpus_used=True)
     assert ft == {"num_cpus": 4.0, "num_gpus": 1.0, "memory": int(5.5 * 2**30)}  # 3 loader workers + 1
@@ -157,7 +159,7 @@ def test_resources_follow_the_stage(monkeypatch):
     # clip_weights asks for a GPU only where it trains (the built-in mini-CLIP), not to convert a file
     clip = by_kind["clip_weights"]
     assert stage_resources(clip, gpus_used=True)["num_gpus"] == 1.0
-    converted = Stage("clip_weights", {**clip.config, "pretrained": "openai"}, env=clip.env)
+    converted = Stage("clip_weights", dataclasses.replace(clip.config, pretrained="openai", generated={}), env=clip.env)
     assert stage_resources(converted, gpus_used=True)["num_gpus"] == 0.0
 
 
@@ -237,9 +239,9 @@ def test_which_stages_ask_for_gpus_depends_on_the_cluster_not_its_gpus_now():
     assert gpu_policy(embedded, ExecOptions("ray")) == (torch.cuda.is_available(), {"CPU": 4.0, "memory": 8.0 * 2**30})
     by_caller = Connection(None, "token", "by the caller", by_caller=True, nodes=[node], resources={"CPU": 4.0})
     assert gpu_policy(by_caller, ExecOptions("ray"))[0] is False
-    plan = ltrbench.plan(["baseline"], "synthetic_lt", overrides=TINY)
+    plan = ltrbench.plan(ltrbench.Request(["baseline"], "synthetic_lt", overrides=TINY))
     ft = next(s for s in plan.stages if s.kind == "finetune")
-    converted = Stage("clip_weights", {"backbone": "mini-clip", "pretrained": "openai"})
+    converted = Stage("clip_weights", ClipWeightsConfig("mini-clip", "openai"))
     assert _stage_device(ft, ExecOptions("ray", device="auto"), gpus_used=True) == "auto"
     assert _stage_device(ft, ExecOptions("ray", device="cuda"), gpus_used=True) == "cuda"
     assert _stage_device(ft, ExecOptions("ray", device="auto"), gpus_used=False) == "cpu"

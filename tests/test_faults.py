@@ -30,7 +30,7 @@ def seeded(tmp_path_factory) -> Path:
     old = os.environ["LTRBENCH_CACHE"]
     os.environ["LTRBENCH_CACHE"] = str(cache)
     try:
-        ltrbench.run(["zeroshot"], "synthetic_lt", overrides=TINY)
+        ltrbench.run(ltrbench.Request(["zeroshot"], "synthetic_lt", overrides=TINY))
     finally:
         os.environ["LTRBENCH_CACHE"] = old
     return cache

@@ -90,25 +90,25 @@ def test_the_result_lists_every_replaced_image(tmp_path, monkeypatch):
     monkeypatch.setenv("LTRBENCH_CACHE", str(tmp_path / "cache"))
     over = [*TINY, "data.augment=light", "baseline.train.batch_size=4", f"backbone.pretrained={weights}",
             "data.allow_corrupt=true"]
-    df = ltrbench.run(["baseline"], "places_lt", data_root=str(root), backbone="mini-clip", overrides=over)
-    (rec,) = df.attrs["records"]
+    df = ltrbench.run(ltrbench.Request(["baseline"], "places_lt", data_root=str(root), backbone="mini-clip", overrides=over))
+    (rec,) = df.records
     assert rec["replaced_images"] == [{"path": bad, "label": 1, "replaced_by": "val/airplane_cabin/Places365_val_00010.jpg",
                                        "reason": rec["replaced_images"][0]["reason"]}]
     assert "truncated" in rec["replaced_images"][0]["reason"]
-    plan = ltrbench.plan(["baseline"], "places_lt", data_root=str(root), backbone="mini-clip", overrides=over)
-    test_feats = next(s for s in plan.stages if s.kind == "features" and s.config["split"] == "test")
+    plan = ltrbench.plan(ltrbench.Request(["baseline"], "places_lt", data_root=str(root), backbone="mini-clip", overrides=over))
+    test_feats = next(s for s in plan.stages if s.kind == "features" and s.config.split == "test")
     info = json.loads((artifact_dir(plan.cache, test_feats) / "stage.json").read_text())
     assert [r["path"] for r in info["replaced_images"]] == [bad]  # recorded by the stage that read it
     # The flag is not part of any key (it changes nothing where every image reads): a later run
     # without it reuses the stage, and its result still lists the replacement, never silently.
-    again = ltrbench.run(["baseline"], "places_lt", data_root=str(root), backbone="mini-clip", overrides=over[:-1])
-    assert again.attrs["execution"]["executed"] == 0
-    assert again.attrs["records"][0]["replaced_images"] == rec["replaced_images"]
+    again = ltrbench.run(ltrbench.Request(["baseline"], "places_lt", data_root=str(root), backbone="mini-clip", overrides=over[:-1]))
+    assert again.execution["executed"] == 0
+    assert again.records[0]["replaced_images"] == rec["replaced_images"]
 
 
 @pytest.mark.parametrize("progress", [False, True])
 def test_world_generation_shows_a_bar_only_with_progress(capfd, tmp_path, monkeypatch, progress):
     monkeypatch.setenv("LTRBENCH_CACHE", str(tmp_path / "cache"))
-    ltrbench.plan(["zeroshot"], "synthetic_lt", overrides=[*TINY, "world.num_captions=16"], progress=progress)
+    ltrbench.plan(ltrbench.Request(["zeroshot"], "synthetic_lt", overrides=[*TINY, "world.num_captions=16"]), progress=progress)
     err = capfd.readouterr().err
     assert ("synthetic_lt" in err) == progress, err

@@ -167,8 +167,8 @@ def test_a_lock_wait_names_the_stage_and_the_holder_at_once_and_beats(tmp_path, 
 # --------------------------------------------------------------------------- end to end
 
 
-def _metrics(df):
-    return {r["method"]: r["metrics"] for r in df.attrs["records"]}
+def _metrics(res):
+    return {r["method"]: r["metrics"] for r in res.records}
 
 
 METHODS = ["baseline", "zeroshot"]
@@ -181,7 +181,7 @@ def built(tmp_path_factory):
     old = os.environ.get("LTRBENCH_CACHE")
     os.environ["LTRBENCH_CACHE"] = str(cache)
     try:
-        df = ltrbench.run(METHODS, "synthetic_lt", overrides=TINY)
+        df = ltrbench.run(ltrbench.Request(METHODS, "synthetic_lt", overrides=TINY))
     finally:
         if old is None:
             os.environ.pop("LTRBENCH_CACHE", None)
@@ -211,11 +211,11 @@ def _corrupt_every_file(cache: Path, plan) -> int:
 
 
 def test_flipped_bytes_in_every_artifact_are_caught_and_the_rebuild_gives_the_same_metrics(built, cache_copy):
-    plan = ltrbench.plan(METHODS, "synthetic_lt", overrides=TINY)
+    plan = ltrbench.plan(ltrbench.Request(METHODS, "synthetic_lt", overrides=TINY))
     assert _corrupt_every_file(cache_copy, plan) >= 10  # weights.pt, model.pt, feats/logits .npy, result.json ...
     _forget_verified()
-    again = ltrbench.run(METHODS, "synthetic_lt", overrides=TINY)
-    assert again.attrs["execution"]["executed"] == len(plan.stages)  # every damaged stage was rebuilt
+    again = ltrbench.run(ltrbench.Request(METHODS, "synthetic_lt", overrides=TINY))
+    assert again.execution["executed"] == len(plan.stages)  # every damaged stage was rebuilt
     assert _metrics(again) == built[1]
     assert len(list(cache_copy.glob("*/*.corrupt-*"))) == len(plan.stages)
 
@@ -227,7 +227,7 @@ def test_a_malicious_finished_artifact_with_a_matching_manifest_never_runs(tmp_p
     clip_weights stage's weights.pt (a CLIP model, as CVLP's) are replaced by a crafted pickle; the
     stages that read them are removed, so they must load it again."""
     marker = tmp_path / "PWNED"
-    plan = ltrbench.plan(["baseline"], "synthetic_lt", overrides=TINY)
+    plan = ltrbench.plan(ltrbench.Request(["baseline"], "synthetic_lt", overrides=TINY))
     target = next(s for s in plan.stages if s.kind == kind)
     folder = artifact_dir(cache_copy, target)
     write_evil_pickle(folder / name, marker, wrap="module")
@@ -242,7 +242,7 @@ def test_a_malicious_finished_artifact_with_a_matching_manifest_never_runs(tmp_p
             shutil.rmtree(artifact_dir(cache_copy, s))
     # A CacheError in the stage that reads it: a user error, so not retried; the run fails with it.
     with pytest.raises(RunFailedError, match=f"CacheError: .*Delete {re.escape(str(folder))}") as e:
-        ltrbench.run(["baseline"], "synthetic_lt", overrides=TINY)
+        ltrbench.run(ltrbench.Request(["baseline"], "synthetic_lt", overrides=TINY))
     assert e.value.failures[0]["attempts"] == 1
     assert not marker.exists()
 
@@ -251,7 +251,7 @@ def test_a_malicious_resume_checkpoint_is_discarded_and_the_stage_restarts(built
     """A last.pt planted in <cache>/finetune/<key>.partial/work/ckpt/ (a shared cache) never runs;
     the stage trains from scratch to the untouched run's numbers."""
     marker = tmp_path / "PWNED"
-    plan = ltrbench.plan(["baseline"], "synthetic_lt", overrides=TINY)
+    plan = ltrbench.plan(ltrbench.Request(["baseline"], "synthetic_lt", overrides=TINY))
     ft = next(s for s in plan.stages if s.kind == "finetune")
     for s in plan.stages:  # the finetune stage and what follows it are to be built again
         if s.kind != "clip_weights":
@@ -263,7 +263,7 @@ def test_a_malicious_resume_checkpoint_is_discarded_and_the_stage_restarts(built
     assert marker.exists()
     marker.unlink()
     with caplog.at_level(logging.WARNING):
-        df = ltrbench.run(["baseline"], "synthetic_lt", overrides=TINY)
+        df = ltrbench.run(ltrbench.Request(["baseline"], "synthetic_lt", overrides=TINY))
     assert not marker.exists()
     assert any("resume checkpoint" in r.getMessage() and "discarded" in r.getMessage() for r in caplog.records)
     assert _metrics(df)["baseline"] == built[1]["baseline"]
@@ -316,15 +316,14 @@ def test_a_bad_weights_file_is_refused_before_any_work(tmp_path, monkeypatch, ca
 
 def test_a_weights_file_is_used_through_the_safe_path(tmp_path, cache_copy):
     w = _mini_clip_weights(tmp_path / "mini.pt")
-    df = ltrbench.run(["zeroshot"], "synthetic_lt", overrides=[*TINY, f"backbone.pretrained={w}"])
-    assert len(df) == 1
+    df = ltrbench.run(ltrbench.Request(["zeroshot"], "synthetic_lt", overrides=[*TINY, f"backbone.pretrained={w}"]))
+    assert len(df.frame) == 1
     from safetensors.torch import save_file
 
     sd = torch.load(w, weights_only=True)
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "mini.safetensors"))
-    df2 = ltrbench.run(["zeroshot"], "synthetic_lt",
-                       overrides=[*TINY, f"backbone.pretrained={tmp_path / 'mini.safetensors'}"])
-    assert df2["overall"].tolist() == df["overall"].tolist()  # the same weights through safetensors
+    df2 = ltrbench.run(ltrbench.Request(["zeroshot"], "synthetic_lt", overrides=[*TINY, f"backbone.pretrained={tmp_path / 'mini.safetensors'}"]))
+    assert df2.frame["overall"].tolist() == df.frame["overall"].tolist()  # the same weights through safetensors
 
 
 def test_a_weights_file_changed_in_its_middle_at_the_same_path_gets_a_new_key(tmp_path, cache_copy):
@@ -332,7 +331,7 @@ def test_a_weights_file_changed_in_its_middle_at_the_same_path_gets_a_new_key(tm
     over = [*TINY, f"backbone.pretrained={w}"]
 
     def clip_key():
-        return next(s for s in ltrbench.plan(["zeroshot"], "synthetic_lt", overrides=over).stages
+        return next(s for s in ltrbench.plan(ltrbench.Request(["zeroshot"], "synthetic_lt", overrides=over)).stages
                     if s.kind == "clip_weights").key
 
     before = clip_key()

@@ -24,6 +24,7 @@ from ltrbench.backbones import create_clip
 from ltrbench.config import load_config
 from ltrbench.paths import cache_root
 from ltrbench.registry import BACKBONES
+from ltrbench.stage_kinds import Draw
 from ltrbench.stages import artifact_dir, run_stage
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -157,12 +158,11 @@ def test_inat_faithful_scoring_is_one_epoch_of_the_training_loader(tmp_path):
     root = make_inat2018(tmp_path / "root")
     weights = _random_weights(tmp_path)
     common = [f"backbone.pretrained={weights}", "cvlp.enabled=false", "data.num_workers=0", "data.augment=official"]
-    plan = ltrbench.plan(["vlltr"], "inat2018", backbone="mini-clip", data_root=str(root),
-                         overrides=[*common, "anss.scoring_batch_size=4"])
+    plan = ltrbench.plan(ltrbench.Request(["vlltr"], "inat2018", backbone="mini-clip", data_root=str(root), overrides=[*common, "anss.scoring_batch_size=4"]))
     feats = _scoring_stage(plan)
-    assert feats.config["split"] == "train" and feats.config["max_per_class"] == 50
-    assert feats.config["draw"] == {"sampler": "sqrt", "batch_size": 4, "seed": 0}
-    assert feats.config["image"]["augment"] == "official"
+    assert feats.config.split == "train" and feats.config.max_per_class == 50
+    assert feats.config.draw == Draw("sqrt", 4) and feats.run_seed == 0  # the run's seed draws the epoch
+    assert feats.config.image["augment"] == "official"
     cache = cache_root()
     for s in (*feats.inputs, feats):
         run_stage(s, cache, progress=False)
@@ -171,20 +171,19 @@ def test_inat_faithful_scoring_is_one_epoch_of_the_training_loader(tmp_path):
     assert len(labels) == (n // 4) * 4  # N draws, the last incomplete batch of 4 dropped
     assert np.load(artifact_dir(cache, feats) / "feats.npy").shape[0] == len(labels)
 
-    clean = ltrbench.plan(["vlltr"], "inat2018", backbone="mini-clip", data_root=str(root),
-                          overrides=[*common, "anss.scoring=clean"])
+    clean = ltrbench.plan(ltrbench.Request(["vlltr"], "inat2018", backbone="mini-clip", data_root=str(root), overrides=[*common, "anss.scoring=clean"]))
     cf = _scoring_stage(clean)
-    assert "draw" not in cf.config and cf.config["image"]["augment"] == "none" and cf.config["max_per_class"] == 50
+    assert cf.config.draw is None and cf.config.image["augment"] == "none" and cf.config.max_per_class == 50
+    assert cf.run_seed is None  # the evaluation transform over fixed images: one set for every seed
 
 
 def test_places_faithful_scoring_is_the_val_split(tmp_path):
     (tmp_path / "root").mkdir()
     root = make_places_lt(tmp_path / "root")
     weights = _random_weights(tmp_path)
-    plan = ltrbench.plan(["vlltr"], "places_lt", backbone="mini-clip", data_root=str(root),
-                         overrides=[f"backbone.pretrained={weights}"])
+    plan = ltrbench.plan(ltrbench.Request(["vlltr"], "places_lt", backbone="mini-clip", data_root=str(root), overrides=[f"backbone.pretrained={weights}"]))
     feats = _scoring_stage(plan)
-    assert feats.config["split"] == "val" and "draw" not in feats.config and "max_per_class" not in feats.config
+    assert feats.config.split == "val" and feats.config.draw is None and feats.config.max_per_class is None
     (lgr,) = [s for s in plan.stages if s.kind == "lgr"]
     assert lgr.roles == ("anchors", "model")  # D1: through the encoder, no feature-cache inputs
-    assert lgr.config["lgr"]["image_augment"] is True and lgr.config["lgr"]["mixup"] == 0.8
+    assert lgr.config.lgr.image_augment is True and lgr.config.lgr.mixup == 0.8

@@ -33,7 +33,7 @@ def test_ray_executor_runs_vlltr_and_baseline_into_the_shared_cache(tmp_path):
     recs = {json.loads(f.read_text())["method"]: json.loads(f.read_text())
             for f in (tmp_path / "out" / "runs").glob("*.json")}
     assert set(recs) == {"baseline", "vlltr"}
-    for p in ltrbench.plan(["baseline", "vlltr"], "synthetic_lt", overrides=[*TINY, *FAST]).runs:
+    for p in ltrbench.plan(ltrbench.Request(["baseline", "vlltr"], "synthetic_lt", overrides=[*TINY, *FAST])).runs:
         planned = {s.key for s in topological([p.target])}
         recorded = {s["key"] for s in recs[p.spec.method]["stages"]}
         assert recorded == planned  # the Ray path ran exactly the planned DAG ...
@@ -86,9 +86,9 @@ def _stage_info(kind: str, stages) -> list[dict]:
 def test_two_training_stages_run_at_once_one_per_node(cluster):
     c, gpu_nodes = cluster
     sets = [*TINY, "baseline.train.epochs=6"]
-    df = ltrbench.run(["baseline"], "synthetic_lt", seeds=[0, 1], overrides=sets, ray_address=c.address)
-    assert list(df["seed"]) == [0, 1]
-    a, b = [_stage_info("finetune", rec["stages"])[0] for rec in df.attrs["records"]]
+    df = ltrbench.run(ltrbench.Request(["baseline"], "synthetic_lt", seeds=[0, 1], overrides=sets), ltrbench.ExecOptions(address=c.address, progress=False))
+    assert list(df.frame["seed"]) == [0, 1]
+    a, b = [_stage_info("finetune", rec["stages"])[0] for rec in df.records]
     assert {a["node"], b["node"]} == gpu_nodes  # one per GPU node (both nodes share this host's name)
     assert a["started"] < b["finished"] and b["started"] < a["finished"]  # at the same time
     for info in (a, b):
@@ -100,10 +100,9 @@ def test_two_training_stages_run_at_once_one_per_node(cluster):
 def test_a_stage_failing_once_is_retried_and_the_run_succeeds(cluster, monkeypatch):
     c, _ = cluster
     monkeypatch.setenv(FAULT_ENV, "finetune:1")  # forwarded to the workers; counted in the cache
-    df = ltrbench.run(["baseline"], "synthetic_lt", seeds=[2], overrides=[*TINY, "baseline.train.epochs=2"],
-                      ray_address=c.address)
-    assert len(df) == 1 and not df.attrs["failures"]
-    (ft,) = _stage_info("finetune", df.attrs["records"][0]["stages"])
+    df = ltrbench.run(ltrbench.Request(["baseline"], "synthetic_lt", seeds=[2], overrides=[*TINY, "baseline.train.epochs=2"]), ltrbench.ExecOptions(address=c.address, progress=False))
+    assert len(df.frame) == 1 and not df.failures
+    (ft,) = _stage_info("finetune", df.records[0]["stages"])
     assert ft["attempt"] == 2 and ft["resumed_after_epoch"] == 2  # the retry resumed from the checkpoint
     log = (Path(os.environ["LTRBENCH_CACHE"]) / "finetune" / f"{ft['key']}.log").read_text()
     assert "attempt 1 of finetune[baseline]" in log and "InjectedFault" in log and "attempt 2 of" in log
@@ -128,7 +127,7 @@ def test_a_stage_failing_always_fails_only_its_runs(cluster, tmp_path):
 def test_the_driver_killed_mid_plan_and_rerun_redoes_no_finished_stage(cluster, tmp_path):
     c, _ = cluster
     sets = [*TINY, "baseline.train.epochs=4"]
-    plan = ltrbench.plan(["baseline"], "synthetic_lt", seeds=[4, 5], overrides=sets)
+    plan = ltrbench.plan(ltrbench.Request(["baseline"], "synthetic_lt", seeds=[4, 5], overrides=sets))
     proc = subprocess.Popen([sys.executable, str(REPO / "run_bench.py"), "--methods", "baseline", "--seeds", "4,5",
                              "--ray-address", c.address, "--out", str(tmp_path), "--quiet",
                              *[a for t in sets for a in ("--set", t)]], cwd=REPO, stdout=subprocess.DEVNULL,
@@ -143,12 +142,12 @@ def test_the_driver_killed_mid_plan_and_rerun_redoes_no_finished_stage(cluster, 
         proc.wait(30)
     finished = {s.key: read_info(plan.cache, s)["started"] for s in plan.stages if is_done(plan.cache, s)}
     assert 0 < len(finished) < len(plan.stages)
-    df = ltrbench.run(["baseline"], "synthetic_lt", seeds=[4, 5], overrides=sets, ray_address=c.address)
-    assert list(df["seed"]) == [4, 5]
+    df = ltrbench.run(ltrbench.Request(["baseline"], "synthetic_lt", seeds=[4, 5], overrides=sets), ltrbench.ExecOptions(address=c.address, progress=False))
+    assert list(df.frame["seed"]) == [4, 5]
     for s in plan.stages:
         if s.key in finished:  # not recomputed: the same artifact, started before the kill
             assert read_info(plan.cache, s)["started"] == finished[s.key]
-    assert df.attrs["execution"]["executed"] <= len(plan.stages) - len(finished)
+    assert df.execution["executed"] <= len(plan.stages) - len(finished)
 
 
 def test_a_sweep_on_the_cluster_prints_its_ranked_table(cluster, tmp_path):

@@ -54,4 +54,25 @@ def test_add_a_method_example_runs_as_written(tmp_path):
     # the method's own loss trained its model: the finetune stage (in the session's cache) recorded it
     (ft,) = [s for s in rec["stages"] if s["kind"] == "finetune"]
     stage = json.loads((Path(os.environ["LTRBENCH_CACHE"]) / "finetune" / ft["key"] / "stage.json").read_text())
-    assert stage["loss"] == name and stage["config"]["loss"]["params"] == {"tau": 1.0}
+    assert stage["loss"] == name and stage["config"]["loss_params"] == {"tau": 1.0}
+
+
+@pytest.mark.slow
+def test_the_example_leaves_the_key_and_conformance_tests_green(tmp_path):
+    """Saved into methods/ of a copy of the project, the example touches no other file: the
+    key-pinning test pins only the plans its data file names, the conformance test derives its fast
+    settings from a rule, and both pass (the new method conforms too)."""
+    path, block, _ = readme_example()
+    copy = tmp_path / "project"
+    for item in ("ltrbench", "methods", "datasets", "configs", "tests"):
+        shutil.copytree(REPO / item, copy / item, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "results").mkdir()
+    for item in ("run_bench.py", "pyproject.toml", "results/paper_numbers.csv"):  # results/: no run outputs
+        shutil.copy(REPO / item, copy / item)
+    (copy / path).write_text(block)
+    env = {**os.environ, "PYTHONPATH": str(copy), "LTRBENCH_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "tests/test_stage_keys.py",
+                        "tests/test_conformance.py"], cwd=copy, env=env, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    name = REPO.joinpath(path).stem
+    assert f"PASSED tests/test_conformance.py::test_method_plans_runs_and_records_deterministically[{name}]" in r.stdout

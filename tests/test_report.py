@@ -25,7 +25,7 @@ METHODS = ["baseline", "zeroshot", "vlltr"]
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("report-out")
-    ltrbench.run(METHODS, "synthetic_lt", seeds=[0, 1], overrides=FAST, out=out)
+    ltrbench.run(ltrbench.Request(METHODS, "synthetic_lt", seeds=[0, 1], overrides=FAST), ltrbench.ExecOptions(out=out, progress=False))
     return out
 
 

@@ -118,7 +118,7 @@ def world_plan(tmp_path_factory):
     old = os.environ["LTRBENCH_CACHE"]
     os.environ["LTRBENCH_CACHE"] = str(cache)
     try:
-        yield ltrbench.plan(["zeroshot"], "synthetic_lt", overrides=TINY), cache
+        yield ltrbench.plan(ltrbench.Request(["zeroshot"], "synthetic_lt", overrides=TINY)), cache
     finally:
         os.environ["LTRBENCH_CACHE"] = old
 

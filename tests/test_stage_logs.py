@@ -113,11 +113,11 @@ def test_writing_events_draws_no_random_number(tmp_path):
 
 
 def test_training_stages_of_the_built_in_run_leave_tensorboard_events():
-    df = ltrbench.run(["baseline", "crt"], "synthetic_lt", overrides=FAST)
+    df = ltrbench.run(ltrbench.Request(["baseline", "crt"], "synthetic_lt", overrides=FAST))
     from ltrbench.paths import cache_root
 
     cache = cache_root()
-    trained = [s for rec in df.attrs["records"] for s in rec["stages"] if s["kind"] in ("finetune", "head")]
+    trained = [s for rec in df.records for s in rec["stages"] if s["kind"] in ("finetune", "head")]
     assert {s["label"] for s in trained} == {"baseline", "stage1", "crt/seed0"}
     for s in trained:
         folder = cache / s["kind"] / s["key"]

@@ -13,7 +13,7 @@ CALLS: list[str] = []
 @stage_kind("test_write", version="1")
 def _write(ctx):
     CALLS.append(ctx.stage.config["name"])
-    text = ctx.config["name"] + "".join((p / "out.txt").read_text() for p in ctx.inputs)
+    text = ctx.config["name"] + "".join((p / "out.txt").read_text() for p in ctx.paths.values())
     (ctx.out / "out.txt").write_text(text)
     return {"n": len(text)}
 

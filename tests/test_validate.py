@@ -116,7 +116,7 @@ def test_a_bad_wiki_file_exits_2_when_the_corpus_is_used(tmp_path, monkeypatch, 
     assert _nothing_created(cache, out)
     # The baseline reads no corpus: the same root plans fine for it.
     monkeypatch.setenv("LTRBENCH_CACHE", str(tmp_path / "cache2"))
-    ltrbench.plan(["baseline"], "places_lt", data_root=str(root), backbone="mini-clip", overrides=TINY)
+    ltrbench.plan(ltrbench.Request(["baseline"], "places_lt", data_root=str(root), backbone="mini-clip", overrides=TINY))
 
 
 def test_train_problems_cover_every_range():
@@ -132,4 +132,4 @@ def test_train_problems_cover_every_range():
 
 def test_plan_raises_the_config_error_in_the_library_too():
     with pytest.raises(ConfigError, match="baseline.train.epochs=-1: must be at least 1"):
-        ltrbench.plan(["baseline"], "synthetic_lt", overrides=[*TINY, "baseline.train.epochs=-1"])
+        ltrbench.plan(ltrbench.Request(["baseline"], "synthetic_lt", overrides=[*TINY, "baseline.train.epochs=-1"]))

@@ -117,7 +117,7 @@ def test_frozen_lgr_on_augmented_images_keeps_the_encoder(tmp_path):
 
 
 def _lgr_and_eval_keys(*sets):
-    plan = ltrbench.plan(["vlltr"], "synthetic_lt", overrides=[*TINY, *FAST, *sets])
+    plan = ltrbench.plan(ltrbench.Request(["vlltr"], "synthetic_lt", overrides=[*TINY, *FAST, *sets]))
     (lgr,) = [s for s in plan.stages if s.kind == "lgr"]
     return lgr.key, plan.targets[0].key
 

@@ -12,7 +12,8 @@
   epoch to the next, so over training every class is visited equally often (±1).
 
 A sampler whose draws changed after results were cached has a revision (:data:`REVISIONS`), which
-the stages that train with it add to their key (:func:`sampler_key`).
+the engine adds to the key of every stage whose config names it (``"sampler": name``, at any
+depth: :mod:`ltrbench.stages`; :func:`sampler_key` is the old per-stage form).
 """
 from __future__ import annotations
 
