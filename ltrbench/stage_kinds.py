@@ -110,6 +110,10 @@ class ClassifierTask:
         if not self.cfg.train_mode or self.cfg.freeze_encoder:
             self.module.visual.eval()
 
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.loss_fn, "set_epoch"):  # an epoch-aware loss (LDAM-DRW)
+            self.loss_fn.set_epoch(epoch, self.cfg.epochs)
+
     def loss(self, batch) -> torch.Tensor:
         x, y = batch
         return self.loss_fn(self.module(x), y)
