@@ -312,6 +312,8 @@ def test_registered_losses_build_and_differ():
         v = fn(zt, yt)
         assert torch.isfinite(v)
         vals[name] = round(v.item(), 6)
+    assert vals["la"] == pytest.approx(vals["bs"], abs=1e-6)  # LA with τ = 1 is balanced softmax
+    del vals["bs"]
     assert len(set(vals.values())) == len(vals), vals
 
 
