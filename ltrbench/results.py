@@ -125,6 +125,8 @@ def build_record(run: PlannedRun, infos: Mapping[str, Mapping[str, Any]], cache:
         "eval_split": res["eval_split"],
         "num_eval": res["num_eval"],
         "info": res.get("info", {}),
+        # the trainable and added (head, PEFT modules) parameter counts of each training stage that records them
+        "params": {s.label or s.kind: infos[s.key]["params"] for s in stages if infos[s.key].get("params")},
         # data.allow_corrupt: every unreadable image a stage of this run replaced (by one of its class)
         "replaced_images": [replaced[p] for p in sorted(replaced)],
         "config": run.cfg.to_dict(),

@@ -133,16 +133,26 @@ def finetune(ctx: StageContext) -> dict[str, Any]:
     clip = load_model(src, "cpu", image_size=img.image_size)
     man = read_manifest(src)
     spec = BACKBONES.get(man["backbone"])
-    model = Classifier(clip.visual, spec.embed_dim, ds.num_classes).to(dev)
+    head = ctx.config.get("head", {"type": "linear"})
+    model = Classifier(clip.visual, spec.embed_dim, ds.num_classes, head["type"], head.get("scale", 1.0)).to(dev)
     del clip
     loader = train_loader(ds, img, sampler=cfg.sampler, batch_size=cfg.batch_size, seed=ctx.config["seed"],
                           samples_per_class=cfg.samples_per_class)
     loss_fn = LOSSES.get(loss["name"])(ds.train_counts(), **loss.get("params", {}))
     res = ctx.train(ClassifierTask(model, cfg, loss_fn), loader, cfg, device=dev, seed=ctx.config["seed"])
     torch.save(model.state_dict(), ctx.out / "model.pt")
+    extra = {"head": head["type"], "head_scale": head.get("scale", 1.0)} if head["type"] != "linear" else {}
     write_manifest(ctx.out, type="classifier", backbone=man["backbone"], checkpoint="model.pt",
-                   embed_dim=spec.embed_dim, num_classes=ds.num_classes)
-    return {**res.info, "loss": loss["name"]}
+                   embed_dim=spec.embed_dim, num_classes=ds.num_classes, **extra)
+    return {**res.info, "loss": loss["name"], "params": parameter_counts(model, model.head)}
+
+
+def parameter_counts(model: nn.Module, added: nn.Module | list) -> dict[str, int]:
+    """What a training stage records (and its result shows): the parameters trained and those
+    added to the CLIP tower (a head, PEFT modules), each counted once."""
+    params = list(added.parameters()) if isinstance(added, nn.Module) else list(added)
+    uniq = lambda ps: sum(p.numel() for p in {id(p): p for p in ps}.values())  # noqa: E731
+    return {"trainable": uniq(p for p in model.parameters() if p.requires_grad), "added": uniq(params)}
 
 
 # --------------------------------------------------------------------------- features
@@ -207,7 +217,8 @@ def features(ctx: StageContext) -> dict[str, Any]:
         save_array(ctx.out, "logits", lg.astype(np.float32))
         clf = model.head
         save_array(ctx.out, "head_weight", clf.weight.detach().float().numpy())
-        save_array(ctx.out, "head_bias", clf.bias.detach().float().numpy())
+        if getattr(clf, "bias", None) is not None:  # a cosine head has none
+            save_array(ctx.out, "head_bias", clf.bias.detach().float().numpy())
     return {"n": int(f.shape[0]), "dim": int(f.shape[1]) if f.ndim == 2 else 0}
 
 
