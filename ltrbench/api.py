@@ -32,7 +32,7 @@ from .plan import PlannedRun, RunSpec, plan_runs, resolve_configs
 from .registry import DATASETS, METHODS
 from .results import build_record, load_results, write_result
 from .stages import Stage, is_done, topological
-from .tables import load_table, table_runs
+from .tables import any_table, table_runs
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,14 @@ class Plan:
 
 
 def _specs(methods: Sequence[str] | None, dataset: str | None, backbone: str | None, seeds: Sequence[int],
-           table: int | None) -> list[RunSpec]:
+           table: int | str | None) -> list[RunSpec]:
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ConfigError("No seed given; pass at least one, e.g. seeds=[0] (--seeds 0).")
     if table is not None:
         if methods is not None:
             raise ConfigError("A paper table fixes its methods: pass either methods or table, not both.")
-        specs = table_runs(load_table(table), seeds, dataset, backbone)
+        specs = table_runs(any_table(table), seeds, dataset, backbone)
     else:
         if dataset is None:
             raise ConfigError("No data set given; pass one, e.g. dataset='synthetic_lt' (--dataset NAME).")
@@ -81,7 +81,7 @@ def _specs(methods: Sequence[str] | None, dataset: str | None, backbone: str | N
 
 def plan(methods: Sequence[str] | None, dataset: str | None, *, backbone: str | None = None,
          seeds: Sequence[int] = (0,), overrides: Sequence[str] = (), config_files: Sequence[str | Path] = (),
-         data_root: str | None = None, table: int | None = None, progress: bool = False) -> Plan:
+         data_root: str | None = None, table: int | str | None = None, progress: bool = False) -> Plan:
     """Resolve a request into its runs and de-duplicated stage DAG, without running anything.
 
     ``methods=None`` means every registered method; ``table=N`` every row of paper table N (on the
@@ -110,7 +110,7 @@ def plan(methods: Sequence[str] | None, dataset: str | None, *, backbone: str | 
 def run(methods: Sequence[str] | None, dataset: str | None, *, backbone: str | None = None,
         seeds: Sequence[int] = (0,), overrides: Sequence[str] = (), config_files: Sequence[str | Path] = (),
         data_root: str | None = None, out: str | Path | None = None, executor: str = "inline",
-        ray_address: str | None = None, table: int | None = None, progress: bool = False, retries: int = 2,
+        ray_address: str | None = None, table: int | str | None = None, progress: bool = False, retries: int = 2,
         device: str = "auto", ship_code: bool = True, cpus_per_stage: int | None = None,
         raise_on_failure: bool = True) -> pd.DataFrame:
     """Plan, execute and collect: one row per run (the :func:`~ltrbench.results.load_results` frame).

@@ -24,8 +24,9 @@ from .errors import LtrBenchError
 from .metrics import CONVENTION_NOTE, CONVENTIONS
 from .registry import BACKBONES, DATASETS, METHODS
 from .report import build_report, summary_of
-from .results import load_results
-from .tables import TOLERANCE, available_tables, load_table, markdown as render, render_diff, render_table, summary_table
+from .results import load_results, read_results
+from .tables import (TOLERANCE, available_tables, extra_tables, leaderboard, load_extra_table, load_table, markdown as render,
+                     params_of, render_diff, render_extra_table, render_table, summary_table)
 
 DEFAULT_DATASET = "synthetic_lt"
 DEFAULT_BASELINE = "baseline"  # what `report` measures per-class gains against (the paper's Figure 4)
@@ -45,8 +46,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="results", help="output folder for result JSONs and tables (default: results/)")
     p.add_argument("--executor", choices=("inline", "ray"), default="inline",
                    help="run stages in this process in order (inline) or as Ray tasks (ray)")
-    p.add_argument("--table", type=int, default=None,
-                   help="run every row of a paper table (1-4, 8-10) on --dataset (default: the paper's data sets)")
+    p.add_argument("--table", default=None,
+                   help="run every row of a paper table (1-4, 8-10) on --dataset (default: the paper's data sets), "
+                        "or of a table beyond the paper by name (lift_peft, lt_losses, ...)")
     _add_execution_args(p)
 
 
@@ -112,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     tb = sub.add_parser("tables", parents=[common],
                         help="print the summary tables of a results folder, or a paper table with diffs")
     tb.add_argument("--out", default="results")
-    tb.add_argument("--table", type=int, default=None, help="render paper table N: ours, the paper's, the difference")
+    tb.add_argument("--table", default=None, help="render paper table N (ours, the paper's, the difference) or a "
+                                                  "table beyond the paper by name")
     tb.add_argument("--dataset", default=None, help="with --table: compare the results on this data set")
     df = sub.add_parser("diff", parents=[common], help="ours against the paper's numbers, row by row; --strict exits 1 on a gap")
     df.add_argument("--table", type=int, default=None, help="paper table N (default: every table, 1-4 and 8-10)")
@@ -224,8 +227,13 @@ def cmd_run(args) -> int:
     if df.empty:  # every run failed: nothing to tabulate
         print(api.failure_summary(failures, len(failures), args.retries), file=sys.stderr)
         return 1
-    if args.table is not None:
-        spec = load_table(args.table)
+    if args.table is not None and not str(args.table).isdigit():
+        spec = load_extra_table(args.table)
+        params = params_of(read_results(Path(args.out)))
+        md = "\n".join(render_extra_table(spec, df, conv, params=params) for conv in CONVENTIONS)
+        name = f"{spec.name}__{dataset or 'default'}.md"
+    elif args.table is not None:
+        spec = load_table(int(args.table))
         md = "\n".join(render_table(spec, df, conv) for conv in CONVENTIONS)
         name = f"table{spec.number}__{dataset or 'paper'}.md"
     else:
@@ -266,8 +274,14 @@ def cmd_sweep(args) -> int:
 
 def cmd_tables(args) -> int:
     df = load_results(Path(args.out))
+    params = params_of(read_results(Path(args.out)))
+    if args.table is not None and not str(args.table).isdigit():
+        spec = load_extra_table(args.table)
+        for conv in CONVENTIONS:
+            print(render_extra_table(spec, df, conv, dataset=args.dataset, params=params))
+        return 0
     if args.table is not None:
-        spec = load_table(args.table)
+        spec = load_table(int(args.table))
         for conv in CONVENTIONS:
             print(render_table(spec, df, conv, dataset=args.dataset))
         return 0
@@ -276,6 +290,11 @@ def cmd_tables(args) -> int:
     for conv in CONVENTIONS:
         print(f"### top-1 accuracy (%), {CONVENTION_NOTE[conv]}\n")
         print(summary_table(df, conv) + "\n")
+    print(leaderboard(df, "paper", params))
+    for name in extra_tables():  # the tables beyond the paper that this folder has runs of
+        spec = load_extra_table(name)
+        if df["variant"].isin([spec.variant(r) for r in spec.rows]).any():
+            print(render_extra_table(spec, df, "paper", params=params))
     return 0
 
 

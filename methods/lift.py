@@ -185,7 +185,7 @@ def lift_stage(ctx) -> dict[str, Any]:
     counts["peft_added"] = peft.count(added)
     return {**res.info, "loss": c.loss, "loss_params": params, "params": counts,
             "peft": peft.describe(visual, c.peft, ds.num_classes, **options),
-            "transforms": {"train": f"{c.augment} (interpolation: {'bicubic' if c.augment == 'lift_plus' else 'bilinear'})",
+            "transforms": {"train": f"{c.augment} (interpolation: {'bilinear' if c.augment == 'lift' else 'bicubic'})",
                            "single_crop": f"resize {sizes['single']} ({c.interpolation}) + centre crop {img.image_size}",
                            "five_crop": f"resize {sizes['five']} ({c.interpolation}) + five crops {img.image_size}"}}
 
