@@ -42,7 +42,8 @@ from .errors import LtrBenchError
 from .metrics import BUCKETS, CONVENTION_NOTE, CONVENTIONS, shot_buckets
 from .paths import cache_root
 from .results import load_results, metric_columns, read_results
-from .tables import METRICS, available_tables, load_table, markdown, render_diff, summary_frame, summary_table
+from .tables import (METRICS, available_tables, extra_tables, leaderboard, load_extra_table, load_table, markdown,
+                     params_of, render_diff, render_extra_table, summary_frame, summary_table)
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,7 @@ def _section(dataset: str, records: list[Mapping[str, Any]], baseline: str | Non
     df = load_results(kept)
     _summary_tables(sec, df, csvdir)
     _paper_tables(sec, df, csvdir)
+    _beyond_paper_tables(sec, df, kept)
 
     import matplotlib  # matplotlib takes ~0.6 s to import: only the report draws
 
@@ -252,6 +254,17 @@ def _paper_tables(sec: Section, df: pd.DataFrame, csvdir: Path) -> None:
                 "pairs": o.pairs, "flips": " ".join(f"{a}>{b}" for a, b in o.flips),
                 "missing_rows": " ".join(map(str, o.missing))} for o in rep.orders]))
         sec.blocks.append(f"{rep.markdown}\n{where}")
+
+
+def _beyond_paper_tables(sec: Section, df: pd.DataFrame, records: list[Mapping[str, Any]]) -> None:
+    """The leaderboard (every method ranked, with parameter counts) and each table beyond the paper
+    (configs/tables/<name>.yaml) this data set has runs of."""
+    params = params_of(records)
+    sec.blocks.append(leaderboard(df, "paper", params))
+    for name in extra_tables():
+        spec = load_extra_table(name)
+        if df["variant"].isin([spec.variant(r) for r in spec.rows]).any():
+            sec.blocks.append(render_extra_table(spec, df, "paper", dataset=sec.dataset, params=params))
 
 
 # --------------------------------------------------------------------------- figures
