@@ -191,6 +191,15 @@ def lift_stage(ctx) -> dict[str, Any]:
                            "five_crop": f"resize {sizes['five']} ({c.interpolation}) + five crops {img.image_size}"}}
 
 
+def check_backbone(name: str) -> None:
+    """LIFT needs a ViT tower (its feature is the class token before the projection)."""
+    vision = (open_clip.get_model_config(name) or {}).get("vision_cfg", {})
+    if isinstance(vision.get("layers"), (list, tuple)):
+        raise ConfigError(f"lift needs a ViT image tower and {name} is a ResNet: LIFT's feature is the class token "
+                          "before the projection. Use a ViT backbone (e.g. --backbone ViT-B-16); on a ResNet, "
+                          f"lift.peft could only be one of {', '.join(peft.RESNET_MODULES)}.")
+
+
 @METHODS.register("lift")
 class Lift(Method):
     name = "lift"
@@ -205,11 +214,7 @@ class Lift(Method):
             c = plus_recipe(c)
         if c.peft not in peft.PEFT_MODULES:
             raise ConfigError(f"lift.peft={c.peft!r}: use one of {', '.join(peft.PEFT_MODULES)}.")
-        vision = (open_clip.get_model_config(run.backbone) or {}).get("vision_cfg", {})
-        if isinstance(vision.get("layers"), (list, tuple)):
-            raise ConfigError(f"lift needs a ViT image tower and {run.backbone} is a ResNet: LIFT's feature is the "
-                              "class token before the projection. Use a ViT backbone (e.g. --backbone ViT-B-16); "
-                              f"on a ResNet, lift.peft could only be one of {', '.join(peft.RESNET_MODULES)}.")
+        check_backbone(run.backbone)
         LOSSES.get(c.loss)
         if c.loss_variant not in ("lift", "official"):
             raise ConfigError(f"lift.loss_variant={c.loss_variant!r}: use lift or official.")

@@ -18,7 +18,8 @@ from ltrbench.results import REQUIRED_KEYS, RESULT_COLUMNS, read_results
 #: Every training stage of every method cut to one or two epochs of small batches.
 FAST = [*TINY, "cvlp.train.epochs=1", "cvlp.train.batch_size=64", "lgr.train.epochs=1", "lgr.train.batch_size=64",
         "stage1.train.epochs=1", "stage1.train.batch_size=64", "crt.train.epochs=2", "crt.train.batch_size=32",
-        "lws.train.epochs=2", "lws.train.batch_size=32", "fc.train.epochs=1", "fc.train.batch_size=32"]
+        "lws.train.epochs=2", "lws.train.batch_size=32", "fc.train.epochs=1", "fc.train.batch_size=32",
+        "lift.train.epochs=1", "lift.train.batch_size=64"]
 #: Stages shared by every method and costly to redo: kept when a method is rerun from scratch.
 SHARED = ("clip_weights", "worlds")
 

@@ -1,0 +1,109 @@
+"""The new methods end to end on the tiny built-in world: LIFT's stage and records (rules,
+parameter counts, transforms), ``lift.peft``/``lift.loss``/``lift.variant``, the loss methods'
+post-hoc rule and LDAM-DRW's cosine head, the tables beyond the paper and the leaderboard."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import ltrbench
+from conftest import TINY, run_cli
+from ltrbench import peft
+from ltrbench.errors import ConfigError
+from ltrbench.results import read_results
+from ltrbench.tables import extra_tables, leaderboard, load_extra_table, params_of, render_extra_table
+
+FAST = [*TINY, "lift.train.epochs=1", "lift.train.batch_size=64"]
+
+
+def _stage(rec, kind):
+    (s,) = [s for s in rec["stages"] if s["kind"] == kind]
+    return json.loads((Path(os.environ["LTRBENCH_CACHE"]) / kind / s["key"] / "stage.json").read_text())
+
+
+def test_lift_records_rules_params_and_transforms(tmp_path):
+    df = ltrbench.run(["lift"], "synthetic_lt", overrides=FAST, out=tmp_path)
+    (rec,) = read_results(tmp_path)
+    assert set(rec["rules"]) == {"single_crop", "five_crop", "posthoc_la"} and rec["primary_rule"] == "five_crop"
+    assert rec["metrics"]["paper"] == rec["rules"]["five_crop"]["paper"]
+    assert rec["info"]["posthoc_tau"] in ltrbench.losses.POSTHOC_TAUS
+    stage = _stage(rec, "lift")
+    C = len(rec["train_counts"])
+    D, L = 64, 3  # mini-clip's tower
+    r = peft.default_bottleneck(C, L)
+    adaptformer = L * (2 * D + D * r + r + r * D + D + 1)
+    (p,) = rec["params"].values()
+    assert p == {"trainable": adaptformer + C * D, "added": adaptformer + C * D, "peft_added": adaptformer}
+    assert stage["peft"] == {"module": "adaptformer", "bottleneck": r}
+    assert stage["loss"] == "la" and stage["loss_params"] == {"tau": 1.0, "variant": "lift"}
+    assert "bilinear" in stage["transforms"]["five_crop"] and "five crops 32" in stage["transforms"]["five_crop"]
+    assert df.loc[0, "overall"] == rec["metrics"]["paper"]["overall"]
+
+
+@pytest.mark.parametrize("overrides", [["lift.peft=lora"], ["lift.peft=none"], ["lift.loss=ldam"],
+                                       ["lift.variant=plus", "lift.plus_epochs=1"], ["lift.tte=false"]])
+def test_lift_options(tmp_path, overrides):
+    ltrbench.run(["lift"], "synthetic_lt", overrides=[*FAST, *overrides], out=tmp_path)
+    (rec,) = read_results(tmp_path)
+    stage = _stage(rec, "lift")
+    (p,) = rec["params"].values()
+    if "lift.peft=none" in overrides:
+        assert p["peft_added"] == 0 and p["trainable"] == len(rec["train_counts"]) * 64
+    if "lift.loss=ldam" in overrides:
+        assert stage["loss"] == "ldam" and stage["loss_params"]["variant"] == "lift"
+    if "lift.variant=plus" in overrides:
+        assert "bicubic" in stage["transforms"]["five_crop"] and stage["effective_lr"] == pytest.approx(0.02 * 64 / 128)
+    if "lift.tte=false" in overrides:
+        assert set(rec["rules"]) == {"single_crop", "posthoc_la"} and rec["primary_rule"] == "single_crop"
+
+
+def test_lift_on_a_resnet_is_refused_at_planning():
+    from ltrbench.methods.lift import check_backbone
+
+    with pytest.raises(ConfigError, match="needs a ViT image tower and RN50 is a ResNet.*none, full, bitfit"):
+        check_backbone("RN50")
+    check_backbone("ViT-B-16")
+    check_backbone("mini-clip")
+
+
+def test_loss_methods_record_posthoc_rule_and_ldam_uses_a_cosine_head(tmp_path):
+    ltrbench.run(["la", "ldam_drw"], "synthetic_lt", overrides=FAST, out=tmp_path)
+    recs = {r["method"]: r for r in read_results(tmp_path)}
+    for r in recs.values():
+        assert set(r["rules"]) == {"posthoc_la"} and "posthoc_tau" in r["info"]
+        (p,) = r["params"].values()
+        assert p["added"] < p["trainable"]
+    ft = _stage(recs["ldam_drw"], "finetune")
+    assert ft["config"]["head"] == {"type": "cosine", "scale": 1.0} and ft["config"]["train"]["sampler"] == "instance"
+    C = len(recs["la"]["train_counts"])
+    assert list(recs["ldam_drw"]["params"].values())[0]["added"] == C * 64  # no bias
+    assert list(recs["la"]["params"].values())[0]["added"] == C * 64 + C
+
+
+def test_tables_beyond_the_paper_load():
+    assert {"lift_peft", "lt_losses"} <= set(extra_tables())
+    spec = load_extra_table("lift_peft")
+    assert {r.method for r in spec.rows} == {"zeroshot", "lift"}
+    overrides = [o for r in spec.rows for o in r.overrides]
+    assert {f"lift.peft={m}" for m in peft.PEFT_MODULES if m != "adaptformer"} <= set(overrides)
+    with pytest.raises(ConfigError, match="No table 'nope'"):
+        load_extra_table("nope")
+
+
+@pytest.mark.slow
+def test_a_table_beyond_the_paper_runs_and_prints(tmp_path):
+    r = run_cli("--table", "lt_losses", "--dataset", "synthetic_lt", "--out", str(tmp_path), "--quiet",
+                *[a for o in [*FAST, "baseline.train.epochs=1"] for a in ("--set", o)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "The long-tail losses" in r.stdout and "| LIFT + LDAM " in r.stdout
+    t = run_cli("tables", "--out", str(tmp_path))
+    assert t.returncode == 0 and "Leaderboard: synthetic_lt, mini-clip" in t.stdout and "The long-tail losses" in t.stdout
+    recs = read_results(tmp_path)
+    df = ltrbench.results.load_results(tmp_path)
+    board = leaderboard(df, "paper", params_of(recs))
+    assert board.count("| 1 ") == 1 and "added params" in board
+    table = render_extra_table(load_extra_table("lt_losses"), df, params=params_of(recs))
+    assert table.count("| 1       |") >= 16  # every row ran with one seed
