@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .metrics import mean_class_accuracy
 from .registry import LOSSES
 
 DISTILL_TYPES = ("logits", "feature", "none")
@@ -160,12 +161,12 @@ def cross_entropy(train_counts: np.ndarray | None = None) -> Callable[[Tensor, T
 # --------------------------------------------------------------------------------------------
 # The long-tail losses (ALGORITHMS.md §9). Pure tensor functions first, each following its paper's
 # official code by default (the file and line are named in tests/test_lt_losses.py); LIFT's
-# parameterisation (github:shijxcs/LIFT utils/losses.py) is the named ``variant="lift"`` where the
+# parameterisation (github:shijxcs/LIFT utils/losses.py) is the named ``variant="LIFT"`` where the
 # two differ. ``counts`` are the training counts per class n_c (a sequence, array or tensor);
 # π_c = n_c / Σn. Then the registered factories the ``finetune`` stage builds by name.
 
-LOSS_VARIANTS = ("official", "lift")
-CB_LOSS_TYPES = ("softmax", "sigmoid", "focal")
+LOSS_VARIANTS = ("official", "LIFT")
+CB_LOSS_TYPES = ("softmax", "sigmoid", "sigmoid_focal")
 
 
 def _variant(variant: str) -> None:
@@ -195,7 +196,7 @@ def logit_adjusted_loss(logits: Tensor, targets: Tensor, counts, tau: float = 1.
                         variant: str = "official") -> Tensor:
     """Logit-adjusted softmax cross-entropy (Menon et al., ICLR 2021).
 
-    Official: mean CE(z + log(π^τ + 1e-12)). ``variant="lift"``: mean CE(z + τ·log π) (LIFT's
+    Official: mean CE(z + log(π^τ + 1e-12)). ``variant="LIFT"``: mean CE(z + τ·log π) (LIFT's
     ``LogitAdjustedLoss``). The two differ only by the 1e-12 floor and where τ sits inside it.
     """
     _variant(variant)
@@ -216,8 +217,6 @@ def select_posthoc_tau(val_logits: Tensor, val_labels: Tensor, counts,
                        taus: tuple[float, ...] = POSTHOC_TAUS) -> tuple[float, float]:
     """The τ of the grid with the best mean per-class accuracy on val, and that accuracy
     (ties: the smallest τ). Per-class accuracy because a long-tailed benchmark's val is balanced."""
-    from .metrics import mean_class_accuracy
-
     best = (None, -1.0)
     y = np.asarray(torch.as_tensor(val_labels).cpu())
     for tau in taus:
@@ -256,7 +255,7 @@ def ldam_loss(logits: Tensor, targets: Tensor, counts, max_m: float = 0.5, s: fl
     """LDAM (Cao et al., NeurIPS 2019), with optional class weights (DRW passes them).
 
     Official (kaidic/LDAM-DRW ``losses.py``): the logits are cosines (a normalised linear head);
-    CE(s · (z − m_y·1_y), weight). ``variant="lift"``: the logits are already scaled (LIFT's cosine
+    CE(s · (z − m_y·1_y), weight). ``variant="LIFT"``: the logits are already scaled (LIFT's cosine
     head, scale 25), so only the margin is scaled: CE(z − s·m_y·1_y), and LIFT passes no weight.
     """
     _variant(variant)
@@ -271,7 +270,7 @@ def ldam_loss(logits: Tensor, targets: Tensor, counts, max_m: float = 0.5, s: fl
 def focal_loss(logits: Tensor, targets: Tensor, gamma: float = 2.0, weight: Tensor | None = None) -> Tensor:
     """Softmax focal loss as LDAM-DRW and LIFT implement it: mean_i (1 − p_i)^γ · CE_i, where
     CE_i is the (class-weighted) cross-entropy and p_i = exp(−CE_i). Lin et al.'s sigmoid form
-    with α is the class-balanced loss's ``loss_type="focal"`` (:func:`class_balanced_loss`)."""
+    with α is the class-balanced loss's ``loss_type="sigmoid_focal"`` (:func:`class_balanced_loss`)."""
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     weight = weight.to(logits.device, logits.dtype) if weight is not None else None
@@ -298,15 +297,15 @@ def class_balanced_loss(logits: Tensor, targets: Tensor, counts, beta: float = 0
     - ``softmax``: mean_i w_i · CE_i (``tf.losses.softmax_cross_entropy`` with per-example weights
       divides by the batch size, not by Σ w_i);
     - ``sigmoid``: Σ_i w_i Σ_c BCE(z_ic, 1[c = y_i]) / B;
-    - ``focal``: as sigmoid with each term times exp(−γ·y·z − γ·log(1 + e^(−z))) = (1 − p_t)^γ.
+    - ``sigmoid_focal``: as sigmoid with each term times exp(−γ·y·z − γ·log(1 + e^(−z))) = (1 − p_t)^γ.
 
-    ``variant="lift"`` (softmax only): PyTorch's weighted CE, Σ_i w_i CE_i / Σ_i w_i.
+    ``variant="LIFT"`` (softmax only): PyTorch's weighted CE, Σ_i w_i CE_i / Σ_i w_i.
     """
     _variant(variant)
     if loss_type not in CB_LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {CB_LOSS_TYPES}, got {loss_type!r}")
     w = class_balanced_weights(counts, beta).to(logits.device, torch.promote_types(logits.dtype, torch.float32))
-    if variant == "lift":
+    if variant == "LIFT":
         if loss_type != "softmax":
             raise ValueError("LIFT's class-balanced loss is the softmax form only; use variant='official'")
         return F.cross_entropy(logits.to(w.dtype), targets, weight=w)
@@ -315,7 +314,7 @@ def class_balanced_loss(logits: Tensor, targets: Tensor, counts, beta: float = 0
         return (wi * F.cross_entropy(logits, targets, reduction="none")).mean()
     onehot = F.one_hot(targets, logits.shape[1]).to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
-    if loss_type == "focal" and gamma:
+    if loss_type == "sigmoid_focal" and gamma:
         bce = torch.exp(-gamma * onehot * logits - gamma * torch.log1p(torch.exp(-logits))) * bce
     return (wi[:, None] * bce).sum() / onehot.sum()
 
@@ -341,7 +340,7 @@ def lade_loss(logits: Tensor, targets: Tensor, counts, remine_lambda: float = 0.
     L = CE(z + log(π + δ)) + w·L_est, L_est = −Σ_c π_c [F_c − S_c − λ S_c²], where F_c is the mean
     logit z_ic over the batch's images of class c (0 for a class absent from the batch), and
     S_c = logsumexp_i(z_ic − log(π_c + δ) + log(1/C + δ)) − log B. Official (hyperconnect/LADE
-    ``loss/PriorCELoss.py`` + ``loss/LADELoss.py``): δ = 1e-9 in both terms. ``variant="lift"``: the
+    ``loss/PriorCELoss.py`` + ``loss/LADELoss.py``): δ = 1e-9 in both terms. ``variant="LIFT"``: the
     CE term without δ (LIFT's ``LADELoss``), the estimate as the official.
     """
     _variant(variant)
@@ -381,14 +380,14 @@ def drw_start(epochs: int, drw_epoch: float) -> int:
     return int(drw_epoch) if drw_epoch >= 1 else int(math.floor(drw_epoch * epochs))
 
 
-@LOSSES.register("la")
+@LOSSES.register("logit_adjusted")
 def _make_la(train_counts, tau: float = 1.0, variant: str = "official"):
     """Logit-adjusted loss (``tau``, ``variant``)."""
     _variant(variant)
     return lambda z, y: logit_adjusted_loss(z, y, train_counts, tau, variant=variant)
 
 
-@LOSSES.register("bs")
+@LOSSES.register("balanced_softmax")
 def _make_bs(train_counts):
     """Balanced softmax."""
     return lambda z, y: balanced_softmax_loss(z, y, train_counts)
@@ -399,7 +398,7 @@ def _make_ldam(train_counts, max_m: float = 0.5, s: float = 30.0, drw: bool = Tr
                beta: float = 0.9999, variant: str = "official"):
     """LDAM, with the deferred re-weighting schedule by default (``drw``: from ``drw_epoch`` on, CE
     weighted by the effective-number weights of ``beta``; before it, unweighted). LIFT's is
-    ``variant=lift, drw=false``."""
+    ``variant=LIFT, drw=false``."""
     _variant(variant)
     weights = class_balanced_weights(train_counts, beta).float()
 
@@ -410,27 +409,27 @@ def _make_ldam(train_counts, max_m: float = 0.5, s: float = 30.0, drw: bool = Tr
     return EpochAwareLoss(fn)
 
 
-@LOSSES.register("cb")
+@LOSSES.register("class_balanced")
 def _make_cb(train_counts, beta: float = 0.9999, loss_type: str = "softmax", gamma: float = 0.5,
              variant: str = "official"):
-    """Class-balanced loss (``beta``, ``loss_type`` softmax/sigmoid/focal, ``gamma``, ``variant``)."""
+    """Class-balanced loss (``beta``, ``loss_type`` softmax/sigmoid/sigmoid_focal, ``gamma``, ``variant``)."""
     _variant(variant)
     return lambda z, y: class_balanced_loss(z, y, train_counts, beta, loss_type, gamma, variant=variant)
 
 
-@LOSSES.register("focal")
+@LOSSES.register("softmax_focal")
 def _make_focal(train_counts, gamma: float = 2.0):
     """Softmax focal loss (``gamma``)."""
     return lambda z, y: focal_loss(z, y, gamma)
 
 
-@LOSSES.register("grw")
+@LOSSES.register("generalized_reweight")
 def _make_grw(train_counts, exponent: float = 1.2):
     """Generalised re-weighting (``exponent``; DisAlign's 1.2 on ImageNet-LT, LIFT's 1.0)."""
     return lambda z, y: grw_loss(z, y, train_counts, exponent)
 
 
-@LOSSES.register("lade")
+@LOSSES.register("lade_loss")
 def _make_lade(train_counts, remine_lambda: float = 0.1, estim_loss_weight: float = 0.1, variant: str = "official"):
     """LADE (``remine_lambda``, ``estim_loss_weight``: 0.1, 0.1 on ImageNet-LT/Places-LT, 0.5, 0.05 on iNat)."""
     _variant(variant)

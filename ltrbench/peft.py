@@ -20,7 +20,7 @@ fine-tuning, are trainable but not added). How the modules enter the model:
 Initialisation is LIFT's: the modules that LIFT zero-initialises (AdaptFormer, Adapter, LoRA's B,
 the mask, which starts from the frozen values) leave the tower's output unchanged right after
 attaching. LIFT's SSF (scale ~ N(1, 0.02), shift ~ N(0, 0.02)) and VPT (prompts ~ U(±√(6/(3p²+D))),
-which the class token attends to) do change it; ``ssf_init="identity"`` starts SSF at (1, 0).
+which the class token attends to) do change it; ``ssf_init="identity"`` starts SSF at (1, 0) (default ``"random"``, LIFT's).
 
 On a ResNet tower only ``none``, ``full`` and ``bitfit`` apply (LIFT's ``peft_rn.py`` also has
 BatchNorm tuning and SSF, not ported); any other name is refused with that list.
@@ -105,15 +105,15 @@ class LoRA(nn.Module):
 class SSF(nn.Module):
     """Scale-and-shift x ↦ γ⊙x + β; LIFT's init γ ~ N(1, 0.02), β ~ N(0, 0.02), or identity."""
 
-    def __init__(self, dim: int, init: str = "lift") -> None:
+    def __init__(self, dim: int, init: str = "random") -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.ones(dim))
         self.shift = nn.Parameter(torch.zeros(dim))
-        if init == "lift":
+        if init == "random":
             nn.init.normal_(self.scale, mean=1.0, std=0.02)
             nn.init.normal_(self.shift, std=0.02)
         elif init != "identity":
-            raise ConfigError(f"ssf_init={init!r}: use 'lift' (LIFT's random init) or 'identity'.")
+            raise ConfigError(f"ssf_init={init!r}: use 'random' (LIFT's init) or 'identity'.")
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale + self.shift
@@ -247,13 +247,13 @@ def tower_info(visual: nn.Module) -> dict[str, int]:
 
 def attach(visual: nn.Module, name: str, num_classes: int, *, bottleneck: int | None = None,
            vpt_len: int = 10, blocks: int = 1, mask_ratio: float | None = None, mask_seed: int = 0,
-           ssf_init: str = "lift") -> list[nn.Parameter]:
+           ssf_init: str = "random") -> list[nn.Parameter]:
     """Freeze ``visual`` (an open_clip image tower), add the fine-tuning module ``name`` to it and
     return the parameters added (the tower's own that ``name`` unfreezes are trainable, not added).
 
     ``bottleneck`` (adapter, adaptformer, lora; None: :func:`default_bottleneck`), ``vpt_len``
     (prompts per layer), ``blocks`` (``partial``: the last k blocks trained), ``mask_ratio`` (None:
-    :func:`default_mask_ratio`) and ``mask_seed``, ``ssf_init`` ("lift" or "identity").
+    :func:`default_mask_ratio`) and ``mask_seed``, ``ssf_init`` ("random", LIFT's, or "identity").
     """
     if name not in PEFT_MODULES:
         raise ConfigError(f"Unknown fine-tuning module {name!r}; use one of {', '.join(PEFT_MODULES)}.")

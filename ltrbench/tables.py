@@ -580,7 +580,11 @@ def load_extra_table(name: str, folder: Path = TABLE_DIR) -> ExtraTable:
     for i, r in enumerate(doc.get("runs", ()), start=1):
         if "method" not in r or "label" not in r:
             raise ConfigError(f"{path}: run #{i} needs a label and a method, got {r!r}.")
-        rows.append(ExtraRow(i, str(r["label"]), str(r["method"]), str(r.get("dataset", doc.get("dataset", "synthetic_lt"))),
+        dataset = r.get("dataset", doc.get("dataset"))
+        if not dataset:
+            raise ConfigError(f"{path}: run #{i} has no data set; give the spec a `dataset:` (the default of "
+                              "--table) or the run one.")
+        rows.append(ExtraRow(i, str(r["label"]), str(r["method"]), str(dataset),
                              r.get("backbone", doc.get("backbone")), tuple(r.get("set", ()))))
     return ExtraTable(str(doc["name"]), str(doc["title"]), tuple(rows), str(doc.get("note", "")), path)
 

@@ -18,6 +18,6 @@ class BSConfig:
 @METHODS.register("bs")
 class BS(LossMethod):
     name = "bs"
-    loss = "bs"
+    loss = "balanced_softmax"
     sections = ("bs", "baseline")
     description = "Balanced softmax (Ren et al.) on the baseline's recipe"

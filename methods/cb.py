@@ -1,7 +1,7 @@
 """``cb``: the class-balanced loss by effective number (Cui et al., CVPR 2019; ALGORITHMS.md §9).
 
-w_c = (1−β)/(1−β^n_c), Σw = C; ``cb.loss_type`` softmax (default), sigmoid or focal (γ =
-``cb.gamma``), each as the official TensorFlow code reduces it; ``cb.variant=lift``: PyTorch's
+w_c = (1−β)/(1−β^n_c), Σw = C; ``cb.loss_type`` softmax (default), sigmoid or sigmoid_focal (γ =
+``cb.gamma``), each as the official TensorFlow code reduces it; ``cb.variant=LIFT``: PyTorch's
 weighted-mean softmax CE. The baseline's recipe with instance-balanced sampling
 (methods/_lt_losses.py).
 """
@@ -27,6 +27,6 @@ class CBConfig:
 @METHODS.register("cb")
 class CB(LossMethod):
     name = "cb"
-    loss = "cb"
+    loss = "class_balanced"
     sections = ("cb", "baseline")
     description = "Class-balanced loss (Cui et al.) on the baseline's recipe"

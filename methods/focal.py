@@ -20,6 +20,6 @@ class FocalConfig:
 @METHODS.register("focal")
 class Focal(LossMethod):
     name = "focal"
-    loss = "focal"
+    loss = "softmax_focal"
     sections = ("focal", "baseline")
     description = "Softmax focal loss on the baseline's recipe"

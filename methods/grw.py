@@ -21,6 +21,6 @@ class GRWConfig:
 @METHODS.register("grw")
 class GRW(LossMethod):
     name = "grw"
-    loss = "grw"
+    loss = "generalized_reweight"
     sections = ("grw", "baseline")
     description = "Generalised re-weighting (DisAlign's GRW) on the baseline's recipe"

@@ -1,6 +1,6 @@
 """``la``: fine-tuning with the logit-adjusted loss (Menon et al., ICLR 2021; ALGORITHMS.md §9).
 
-CE(z + log(π^τ + 1e-12)), the official code's form (``la.variant=lift``: LIFT's CE(z + τ log π)).
+CE(z + log(π^τ + 1e-12)), the official code's form (``la.variant=LIFT``: LIFT's CE(z + τ log π)).
 The baseline's recipe with instance-balanced sampling (methods/_lt_losses.py).
 """
 from __future__ import annotations
@@ -23,6 +23,6 @@ class LAConfig:
 @METHODS.register("la")
 class LA(LossMethod):
     name = "la"
-    loss = "la"
+    loss = "logit_adjusted"
     sections = ("la", "baseline")
     description = "Logit-adjusted loss (Menon et al.) on the baseline's recipe"

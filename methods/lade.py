@@ -23,6 +23,6 @@ class LADEConfig:
 @METHODS.register("lade")
 class LADE(LossMethod):
     name = "lade"
-    loss = "lade"
+    loss = "lade_loss"
     sections = ("lade", "baseline")
     description = "LADE (Hong et al.) on the baseline's recipe"

@@ -2,7 +2,7 @@
 
 As kaidic/LDAM-DRW: a normalised (cosine, scale 1) linear head, CE(s·(cos − m_y·1_y)) with
 m_c ∝ n_c^(−1/4) (max 0.5) and s = 30; from epoch ⌊0.8·E⌋ on (the official 160 of 200) the CE is
-weighted by the effective-number weights of β = 0.9999. ``ldam_drw.variant=lift``: LIFT's form
+weighted by the effective-number weights of β = 0.9999. ``ldam_drw.variant=LIFT``: LIFT's form
 (margin s·m subtracted from logits a cosine head of scale s already scaled). The baseline's
 recipe with instance-balanced sampling (methods/_lt_losses.py).
 """

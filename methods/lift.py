@@ -7,7 +7,7 @@ photo of a {class}." mapped back through the image projection and normalised (LI
 ``init_head_text_feat``), trained with the logit-adjusted loss (τ = 1, LIFT's form) by SGD
 (lr 0.01, momentum 0.9, weight decay 5e-4 on every trained tensor), batch 128, cosine per epoch
 without warm-up, 10 epochs (20 on iNat), fp16 autocast on CUDA. ``lift.loss`` trains with another
-registered loss in LIFT's parameterisation (:data:`LIFT_LOSS_PARAMS`; ``lift.loss_variant=official``
+registered loss (``ldam``, ``class_balanced``, …) in LIFT's parameterisation (:data:`LIFT_LOSS_PARAMS`; ``lift.loss_variant=official``
 for the official one).
 
 Inference rules, each scored and recorded: ``single_crop`` (LIFT's test transform: short side to
@@ -51,13 +51,13 @@ from ltrbench.stages import Reads, Stage, stage_kind
 #: ``lift.loss_variant=official``, which takes the losses' official defaults.
 LIFT_LOSS_PARAMS: dict[str, dict[str, Any]] = {
     "ce": {},
-    "la": {"tau": 1.0, "variant": "lift"},
-    "bs": {},
-    "ldam": {"s": 25.0, "drw": False, "variant": "lift"},
-    "cb": {"beta": 0.9999, "variant": "lift"},
-    "focal": {"gamma": 2.0},
-    "grw": {"exponent": 1.0},
-    "lade": {"remine_lambda": 0.1, "estim_loss_weight": 0.1, "variant": "lift"},
+    "logit_adjusted": {"tau": 1.0, "variant": "LIFT"},
+    "balanced_softmax": {},
+    "ldam": {"s": 25.0, "drw": False, "variant": "LIFT"},
+    "class_balanced": {"beta": 0.9999, "variant": "LIFT"},
+    "softmax_focal": {"gamma": 2.0},
+    "generalized_reweight": {"exponent": 1.0},
+    "lade_loss": {"remine_lambda": 0.1, "estim_loss_weight": 0.1, "variant": "LIFT"},
 }
 VARIANTS = ("lift", "plus")
 
@@ -71,15 +71,15 @@ class LiftConfig:
     blocks: int = 1  # peft=partial: the last k blocks
     mask_ratio: float = 0.0  # peft=mask; 0: LIFT's C/(12·L·D) floored to 0.001
     mask_seed: int = 0
-    ssf_init: str = "lift"
-    loss: str = "la"
+    ssf_init: str = "random"
+    loss: str = "logit_adjusted"
     loss_variant: str = "lift"  # lift | official
     scale: float = 25.0
     template: str = "a photo of a {}."
     head_init: str = "text"  # text | random
     tte: bool = True
     interpolation: str = "bilinear"
-    augment: str = "lift"
+    augment: str = "crop_flip"
     variant: str = "lift"  # lift | plus
     plus_epochs: int = 5  # lift.variant=plus: LIFT+'s epochs (15 on iNat)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
@@ -91,7 +91,7 @@ def plus_recipe(c: LiftConfig) -> LiftConfig:
     """LIFT+'s changes to a LIFT recipe: ``plus_epochs`` epochs (5; 15 on iNat), twice the lr (0.02),
     bicubic resizing, no flips."""
     train = dataclasses.replace(c.train, epochs=c.plus_epochs, lr=2 * c.train.lr)
-    return dataclasses.replace(c, train=train, interpolation="bicubic", augment="lift_plus")
+    return dataclasses.replace(c, train=train, interpolation="bicubic", augment="crop_bicubic")
 
 
 class LiftModel(nn.Module):
@@ -186,7 +186,7 @@ def lift_stage(ctx) -> dict[str, Any]:
     counts["peft_added"] = peft.count(added)
     return {**res.info, "loss": c.loss, "loss_params": params, "params": counts,
             "peft": peft.describe(visual, c.peft, ds.num_classes, **options),
-            "transforms": {"train": f"{c.augment} (interpolation: {'bilinear' if c.augment == 'lift' else 'bicubic'})",
+            "transforms": {"train": f"{c.augment} (interpolation: {'bilinear' if c.augment == 'crop_flip' else 'bicubic'})",
                            "single_crop": f"resize {sizes['single']} ({c.interpolation}) + centre crop {img.image_size}",
                            "five_crop": f"resize {sizes['five']} ({c.interpolation}) + five crops {img.image_size}"}}
 

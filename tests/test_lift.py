@@ -38,7 +38,7 @@ def test_lift_records_rules_params_and_transforms(tmp_path):
     (p,) = rec["params"].values()
     assert p == {"trainable": adaptformer + C * D, "added": adaptformer + C * D, "peft_added": adaptformer}
     assert stage["peft"] == {"module": "adaptformer", "bottleneck": r}
-    assert stage["loss"] == "la" and stage["loss_params"] == {"tau": 1.0, "variant": "lift"}
+    assert stage["loss"] == "logit_adjusted" and stage["loss_params"] == {"tau": 1.0, "variant": "LIFT"}
     assert "bilinear" in stage["transforms"]["five_crop"] and "five crops 32" in stage["transforms"]["five_crop"]
     assert df.loc[0, "overall"] == rec["metrics"]["paper"]["overall"]
 
@@ -53,7 +53,7 @@ def test_lift_options(tmp_path, overrides):
     if "lift.peft=none" in overrides:
         assert p["peft_added"] == 0 and p["trainable"] == len(rec["train_counts"]) * 64
     if "lift.loss=ldam" in overrides:
-        assert stage["loss"] == "ldam" and stage["loss_params"]["variant"] == "lift"
+        assert stage["loss"] == "ldam" and stage["loss_params"]["variant"] == "LIFT"
     if "lift.variant=plus" in overrides:
         assert "bicubic" in stage["transforms"]["five_crop"] and stage["effective_lr"] == pytest.approx(0.02 * 64 / 128)
     if "lift.tte=false" in overrides:

@@ -66,7 +66,7 @@ def test_logit_adjusted_lift(seed):
     """shijxcs/LIFT ``utils/losses.py`` ``LogitAdjustedLoss`` (l. 84-95): ``logit + tau * log(n/Σn)``, CE."""
     z, y, n = _case(seed)
     ref = _ce(z + 0.7 * np.log(n / n.sum()), y).mean()
-    assert abs(L.logit_adjusted_loss(*_t(z, y), n, 0.7, variant="lift").item() - ref) < TOL
+    assert abs(L.logit_adjusted_loss(*_t(z, y), n, 0.7, variant="LIFT").item() - ref) < TOL
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -138,7 +138,7 @@ def test_ldam_lift(seed):
     out = z.copy()
     out[np.arange(len(y)), y] -= 25 * m[y]
     ref = _ce(out, y).mean()
-    assert abs(L.ldam_loss(*_t(z, y), n, 0.5, 25.0, variant="lift").item() - ref) < TOL
+    assert abs(L.ldam_loss(*_t(z, y), n, 0.5, 25.0, variant="LIFT").item() - ref) < TOL
 
 
 def test_ldam_drw_switches_its_weights_on_at_the_deferred_epoch():
@@ -225,7 +225,7 @@ def _sigmoid_bce(z, t):  # tf.nn.sigmoid_cross_entropy_with_logits: max(z,0) −
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("loss_type", ["softmax", "sigmoid", "focal"])
+@pytest.mark.parametrize("loss_type", ["softmax", "sigmoid", "sigmoid_focal"])
 def test_class_balanced_official(seed, loss_type):
     """richardaecn/class-balanced-loss ``src/cifar_main.py`` ``_tower_fn`` (softmax: tf.losses.softmax_cross_entropy
     with per-example weights w_y, SUM_BY_NONZERO_WEIGHTS = mean over the batch; sigmoid: Σ w·BCE / Σ labels)
@@ -238,7 +238,7 @@ def test_class_balanced_official(seed, loss_type):
         ref = (w[y] * _ce(z, y)).sum() / np.count_nonzero(w[y])
     else:
         bce = _sigmoid_bce(z, onehot)
-        if loss_type == "focal":
+        if loss_type == "sigmoid_focal":
             bce = np.exp(-gamma * onehot * z - gamma * np.log1p(np.exp(-z))) * bce
         ref = (w[y][:, None] * bce).sum() / onehot.sum()
     got = L.class_balanced_loss(*_t(z, y), n, beta, loss_type, gamma).item()
@@ -252,7 +252,7 @@ def test_class_balanced_lift(seed):
     z, y, n = _case(seed)
     w = (1 - 0.9999) / (1 - 0.9999 ** n.astype(float))
     ref = _weighted_ce_mean(z, y, w / w.mean())
-    assert abs(L.class_balanced_loss(*_t(z, y), n, variant="lift").item() - ref) < TOL
+    assert abs(L.class_balanced_loss(*_t(z, y), n, variant="LIFT").item() - ref) < TOL
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -300,20 +300,21 @@ def test_lade_lift(seed):
     """shijxcs/LIFT ``utils/losses.py`` ``LADELoss`` (l. 98-132): CE(logit + log prior) without 1e-9."""
     z, y, n = _case(seed)
     ref = _lade_reference(z, y, n, 0.1, 0.1, 0.0)
-    assert abs(L.lade_loss(*_t(z, y), n, variant="lift").item() - ref) < TOL
+    assert abs(L.lade_loss(*_t(z, y), n, variant="LIFT").item() - ref) < TOL
 
 
 def test_registered_losses_build_and_differ():
     z, y, n = _case(4)
     zt, yt = _t(z, y)
     vals = {}
-    for name in ("ce", "la", "bs", "ldam", "cb", "focal", "grw", "lade"):
+    for name in ("ce", "logit_adjusted", "balanced_softmax", "ldam", "class_balanced", "softmax_focal",
+                 "generalized_reweight", "lade_loss"):
         fn = LOSSES.get(name)(n)
         v = fn(zt, yt)
         assert torch.isfinite(v)
         vals[name] = round(v.item(), 6)
-    assert vals["la"] == pytest.approx(vals["bs"], abs=1e-6)  # LA with τ = 1 is balanced softmax
-    del vals["bs"]
+    assert vals["logit_adjusted"] == pytest.approx(vals["balanced_softmax"], abs=1e-6)  # LA τ = 1 is BS
+    del vals["balanced_softmax"]
     assert len(set(vals.values())) == len(vals), vals
 
 
@@ -322,4 +323,4 @@ def test_bad_variant_is_refused():
     with pytest.raises(ValueError, match="variant"):
         L.logit_adjusted_loss(*_t(z, y), n, variant="paper")
     with pytest.raises(ValueError, match="softmax form only"):
-        L.class_balanced_loss(*_t(z, y), n, loss_type="focal", variant="lift")
+        L.class_balanced_loss(*_t(z, y), n, loss_type="sigmoid_focal", variant="LIFT")

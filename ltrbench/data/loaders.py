@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
 from torch.utils.data import DataLoader, Subset
 
 from ..config import BenchConfig
@@ -211,9 +213,6 @@ def crops_loader(ds: LTDataset, split: str, img: ImageSettings, *, resize: int, 
     """Batches (N×K×3×S×S images, labels) of ``split`` for test-time ensembling (LIFT): the short
     side resized to ``resize`` with ``interpolation`` (bilinear | bicubic), then the centre crop
     (``crops`` = 1) or the five crops (``crops`` = 5: corners and centre) of ``img.image_size``."""
-    import torchvision.transforms as T
-    import torchvision.transforms.functional as TF
-
     if crops not in (1, 5):
         raise ValueError(f"crops must be 1 or 5, got {crops}")
     size = img.image_size
