@@ -107,3 +107,26 @@ def test_a_table_beyond_the_paper_runs_and_prints(tmp_path):
     assert board.count("| 1 ") == 1 and "added params" in board
     table = render_extra_table(load_extra_table("lt_losses"), df, params=params_of(recs))
     assert table.count("| 1       |") >= 16  # every row ran with one seed
+
+
+def test_five_crops_equal_lifts_test_transform():
+    """LIFT trainer.py ``transform_test`` with tte: Resize(S + expand) → FiveCrop(S) → ToTensor →
+    Normalize, on a non-square image; and the in-memory batch path on the same crops."""
+    import numpy as np
+    import torch
+    import torchvision.transforms as T
+    import torchvision.transforms.functional as TF
+    from PIL import Image
+
+    from ltrbench.data.loaders import _Crops
+
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8))
+    mean, std = (0.48, 0.45, 0.40), (0.26, 0.26, 0.27)
+    lift = T.Compose([T.Resize(35), T.FiveCrop(32), T.Lambda(lambda cs: torch.stack([T.ToTensor()(c) for c in cs])),
+                      T.Normalize(mean, std)])
+    ours = T.Compose([T.Resize(35), T.PILToTensor(), _Crops(32, 5, mean, std)])
+    assert torch.allclose(lift(im), ours(im), atol=1e-6)
+    x = torch.rand(2, 3, 35, 35)
+    ref = torch.stack([T.Normalize(mean, std)(torch.stack(TF.five_crop(x[i], [32, 32]))) for i in range(2)])
+    assert torch.allclose(_Crops(32, 5, mean, std)(x), ref, atol=1e-6)
+    assert _Crops(32, 1, mean, std)(x).shape == (2, 1, 3, 32, 32)
