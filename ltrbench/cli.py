@@ -26,9 +26,10 @@ from .errors import LtrBenchError
 from .metrics import CONVENTION_NOTE, CONVENTIONS
 from .registry import BACKBONES, DATASETS, METHODS
 from .report import build_report, summary_of
-from .results import load_results
+from .results import load_results, read_results, scan_results
 from .safeio import real_dir, write_atomic
-from .tables import TOLERANCE, available_tables, load_table, markdown as render, render_diff, render_table, summary_table
+from .tables import (TOLERANCE, available_tables, extra_tables, leaderboard, load_extra_table, load_table, markdown as render,
+                     params_of, render_diff, render_extra_table, render_table, summary_table)
 
 DEFAULT_DATASET = "synthetic_lt"
 DEFAULT_BASELINE = "baseline"  # what `report` measures per-class gains against (the paper's Figure 4)
@@ -87,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated method names (default: every registered method)")
     run.add_argument("--executor", choices=("inline", "ray"), default="inline",
                      help="run stages in this process in order (inline) or as Ray tasks (ray)")
-    run.add_argument("--table", type=int, default=None,
-                     help="run every row of a paper table (1-4, 8-10) on --dataset (default: the paper's data sets)")
+    run.add_argument("--table", default=None,
+                     help="run every row of a paper table (1-4, 8-10) on --dataset (default: the paper's data sets), "
+                          "or of a table beyond the paper by name (lift_peft, lt_losses, ...)")
     _add_request_args(run, dataset_default=None,
                       dataset_help=f"data set name (default: {DEFAULT_DATASET}; with --table the paper's)",
                       out_help="output folder for result JSONs and tables (default: results/)")
@@ -118,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     tb = sub.add_parser("tables", parents=[common],
                         help="print the summary tables of a results folder, or a paper table with diffs")
     tb.add_argument("--out", default="results")
-    tb.add_argument("--table", type=int, default=None, help="render paper table N: ours, the paper's, the difference")
+    tb.add_argument("--table", default=None, help="render paper table N (ours, the paper's, the difference) or a "
+                                                  "table beyond the paper by name")
     tb.add_argument("--dataset", default=None, help="with --table: compare the results on this data set")
     tb.add_argument("--strict", action="store_true", help="exit 1 when a file of the folder is not a readable result")
     df = sub.add_parser("diff", parents=[common], help="ours against the paper's numbers, row by row; --strict exits 1 on a gap")
@@ -263,8 +266,13 @@ def cmd_run(args) -> int:
     if df.empty:  # every run failed: nothing to tabulate
         print(api.failure_summary(failures, len(failures), args.retries), file=sys.stderr)
         return 1
-    if args.table is not None:
-        spec = load_table(args.table)
+    if args.table is not None and not str(args.table).isdigit():
+        spec = load_extra_table(args.table)
+        params = params_of(res.records)
+        md = "\n".join(render_extra_table(spec, df, conv, params=params) for conv in CONVENTIONS)
+        name = f"{spec.name}__{dataset or 'default'}.md"
+    elif args.table is not None:
+        spec = load_table(int(args.table))
         md = "\n".join(render_table(spec, df, conv) for conv in CONVENTIONS)
         name = f"table{spec.number}__{dataset or 'paper'}.md"
     else:
@@ -299,9 +307,10 @@ def cmd_sweep(args) -> int:
 def _results(args):
     """The results folder's frame, each file that is not a readable result said in one line on stderr."""
     df = load_results(Path(args.out))
-    for s in df.attrs["skipped"]:
+    scan = scan_results(Path(args.out))
+    for s in scan.skipped:
         print(s.line(), file=sys.stderr)
-    return df
+    return load_results(scan.records), scan
 
 
 def _skipped_status(args, skipped: int) -> int:
@@ -313,18 +322,29 @@ def _skipped_status(args, skipped: int) -> int:
 
 
 def cmd_tables(args) -> int:
-    df = _results(args)
+    df, scan = _results(args)
+    params = params_of(scan.records)
+    if args.table is not None and not str(args.table).isdigit():
+        spec = load_extra_table(args.table)
+        for conv in CONVENTIONS:
+            print(render_extra_table(spec, df, conv, dataset=args.dataset, params=params))
+        return _skipped_status(args, len(scan.skipped))
     if args.table is not None:
-        spec = load_table(args.table)
+        spec = load_table(int(args.table))
         for conv in CONVENTIONS:
             print(render_table(spec, df, conv, dataset=args.dataset))
-        return _skipped_status(args, len(df.attrs["skipped"]))
+        return _skipped_status(args, len(scan.skipped))
     if df.empty:
         raise LtrBenchError(f"No result JSONs under {Path(args.out) / 'runs'}; run `python run_bench.py` first.")
     for conv in CONVENTIONS:
         print(f"### top-1 accuracy (%), {CONVENTION_NOTE[conv]}\n")
         print(summary_table(df, conv) + "\n")
-    return _skipped_status(args, len(df.attrs["skipped"]))
+    print(leaderboard(df, "paper", params))
+    for name in extra_tables():  # the tables beyond the paper that this folder has runs of
+        spec = load_extra_table(name)
+        if df["variant"].isin([spec.variant(r) for r in spec.rows]).any():
+            print(render_extra_table(spec, df, "paper", params=params))
+    return _skipped_status(args, len(scan.skipped))
 
 
 def cmd_diff(args) -> int:
@@ -334,7 +354,7 @@ def cmd_diff(args) -> int:
     """
     if args.tolerance < 0:
         raise LtrBenchError(f"--tolerance must be 0 or more points, got {args.tolerance:g}.")
-    df = _results(args)
+    df, scan = _results(args)
     numbers = [args.table] if args.table is not None else available_tables()
     failures = 0
     for n in numbers:
@@ -348,7 +368,7 @@ def cmd_diff(args) -> int:
     else:
         print(f"no runnable row is missing or outside ±{args.tolerance:g} points in {where} (an order of rows on a "
               "data set without paper numbers is reported above, not judged)")
-    return max(1 if args.strict and failures else 0, _skipped_status(args, len(df.attrs["skipped"])))
+    return max(1 if args.strict and failures else 0, _skipped_status(args, len(scan.skipped)))
 
 
 def cmd_report(args) -> int:

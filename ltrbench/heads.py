@@ -443,3 +443,26 @@ def select_anchors(
         mask[c, : len(idx)] = True
         chosen.append(idx)
     return anchors, mask, chosen
+
+
+# --------------------------------------------------------------------------------------------
+# §9 LIFT's cosine classifier
+
+
+def cosine_logits(features: Tensor, weight: Tensor, scale: float) -> Tensor:
+    """scale · ⟨x/‖x‖, w_c/‖w_c‖⟩ for each row x of ``features`` (N×D) and class row w_c of
+    ``weight`` (C×D), no bias (LIFT ``models/classifiers.py`` ``CosineClassifier``)."""
+    return F.linear(F.normalize(features, dim=-1), F.normalize(weight, dim=-1)) * scale
+
+
+class CosineHead(nn.Module):
+    """A cosine classifier with a fixed scale (LIFT: 25), weight C×D."""
+
+    def __init__(self, dim: int, num_classes: int, scale: float = 25.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, dim))
+        nn.init.kaiming_normal_(self.weight)
+        self.scale = float(scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return cosine_logits(x, self.weight.to(x.dtype), self.scale)

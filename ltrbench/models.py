@@ -17,15 +17,22 @@ from torch import nn
 
 from .backbones import create_clip
 from .errors import CacheError
+from .heads import CosineHead
 
 
 class Classifier(nn.Module):
-    """A CLIP image tower + a linear head: the baseline, stage 1 of the decoupled heads, FC."""
+    """A CLIP image tower + a linear head: the baseline, stage 1 of the decoupled heads, FC.
 
-    def __init__(self, visual: nn.Module, embed_dim: int, num_classes: int) -> None:
+    ``head="cosine"``: a cosine classifier of scale ``head_scale`` instead (no bias; LDAM-DRW's
+    ``NormedLinear`` is scale 1, its loss scales by s)."""
+
+    def __init__(self, visual: nn.Module, embed_dim: int, num_classes: int, head: str = "linear",
+                 head_scale: float = 1.0) -> None:
         super().__init__()
         self.visual = visual
-        self.head = nn.Linear(embed_dim, num_classes)
+        if head not in ("linear", "cosine"):
+            raise ValueError(f"head must be 'linear' or 'cosine', got {head!r}")
+        self.head = nn.Linear(embed_dim, num_classes) if head == "linear" else CosineHead(embed_dim, num_classes, head_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.visual(x))
@@ -54,7 +61,8 @@ def load_model(folder: Path, device: torch.device | str = "cpu", image_size: int
             return create_clip(man["backbone"], folder / man["checkpoint"], device=device, image_size=image_size)
         if man["type"] == "classifier":
             clip = create_clip(man["backbone"], None, device="cpu", image_size=image_size)
-            model = Classifier(clip.visual, man["embed_dim"], man["num_classes"])
+            model = Classifier(clip.visual, man["embed_dim"], man["num_classes"], man.get("head", "linear"),
+                               man.get("head_scale", 1.0))
             model.load_state_dict(torch.load(folder / man["checkpoint"], map_location="cpu", weights_only=True))
             return model.to(device)
     except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError) as e:

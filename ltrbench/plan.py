@@ -94,11 +94,13 @@ class RunContext:
         return clip_weights_stage(self.cfg, env)
 
     def finetune(self, src: Stage, train: TrainConfig, label: str, *, loss: str = "ce",
-                 loss_params: dict[str, Any] | None = None) -> Stage:
-        """Image tower of ``src`` + a linear head, trained with ``train`` and the classification
-        loss registered as ``loss`` (:data:`ltrbench.registry.LOSSES`) with ``loss_params``."""
+                 loss_params: dict[str, Any] | None = None, head: str = "linear", head_scale: float = 1.0) -> Stage:
+        """Image tower of ``src`` + a linear head (``head="cosine"``: a cosine classifier of scale
+        ``head_scale``), trained with ``train`` and the classification loss registered as ``loss``
+        (:data:`ltrbench.registry.LOSSES`) with ``loss_params``."""
         LOSSES.get(loss)  # an unknown name fails at planning, not inside the stage
-        conf = FinetuneConfig(self.dataset_key(), self.img.key(), train, loss, dict(loss_params or {}))
+        conf = FinetuneConfig(self.dataset_key(), self.img.key(), train, loss, dict(loss_params or {}), head,
+                              float(head_scale))
         return self.stage("finetune", conf, {"weights": src}, label=label)
 
     def features(self, model: Stage, split: str, max_per_class: int | None = None, *,

@@ -94,6 +94,7 @@ data, saying what was wrong, where, and what to do.
 """
 from __future__ import annotations
 
+from . import peft
 from .backbones import BackboneSpec, create_clip, tokenizer
 from .config import BenchConfig, TrainConfig, from_dict, register_section
 from .data.base import DatasetPlugin, LTDataset, Split
@@ -101,22 +102,23 @@ from .data.batched import BatchLoader
 from .data.corpus import SOURCES
 from .data.images import open_rgb
 from .data.lists import path_problem, read_list, read_split_lists
-from .data.loaders import DatasetRef, ImageSettings, eval_loader, open_dataset, train_loader
+from .data.loaders import DatasetRef, ImageSettings, crops_loader, eval_loader, open_dataset, train_loader
 from .data.samplers import SAMPLERS, InstanceSampler, build_sampler, sampler_key
 from .devices import stage_device
 from .errors import ConfigError, DataError, LtrBenchError, PluginError
 from .head_fit import (HeadData, HeadEnv, HeadFit, HeadMethod, HeadStageConfig, TrainedHeadMethod, head_logits,
                        load_head_data, train_head)
-from .heads import (ANCHOR_MODES, DEFAULT_TAUS, NCM_DIST_TYPES, NCM_FEAT_TYPES, CRTHead, LGRHead, LWSHead,
+from .heads import (ANCHOR_MODES, DEFAULT_TAUS, NCM_DIST_TYPES, NCM_FEAT_TYPES, CosineHead, CRTHead, LGRHead, LWSHead,
                     anss_scores, fuse_logits, knn_predict, ncm_logits, select_anchors, select_tau, tau_normalize)
-from .losses import DISTILL_TYPES, cvlp_loss, soft_cross_entropy
+from .losses import DISTILL_TYPES, cvlp_loss, posthoc_rule, soft_cross_entropy
 from .models import Classifier, load_model, read_manifest, write_manifest
 from .paths import cache_root
 from .plan import Method, PlannedRun, RunContext, RunSpec
 from .safeio import refuse_link, write_atomic
 from .registry import BACKBONES, DATASETS, LOSSES, METHODS, SECTIONS, STAGES, WEIGHTS
-from .stage_kinds import (ClipWeightsConfig, Draw, EvaluateConfig, FeaturesConfig, FinetuneConfig, Prediction,
-                          TextFeaturesConfig, dataset_of, device, image_settings, load_array, save_array)
+from .stage_kinds import (ClassifierTask, ClipWeightsConfig, Draw, EvaluateConfig, FeaturesConfig, FinetuneConfig,
+                          Prediction, TextFeaturesConfig, dataset_of, device, encode_texts, image_settings, load_array,
+                          parameter_counts, save_array)
 from .stages import Reads, Stage, StageContext, StageKind, config_value, stage_kind
 from .train import FitResult, TrainTask, seed_everything
 from .validate import train_problems
@@ -127,6 +129,7 @@ __all__ = [
     "HeadData", "HeadEnv", "HeadFit", "HeadStageConfig", "head_logits", "load_head_data", "train_head",
     # stages
     "Stage", "StageContext", "StageKind", "Reads", "stage_kind", "config_value",
+    "ClassifierTask", "encode_texts", "parameter_counts", "crops_loader", "CosineHead", "peft",
     "ClipWeightsConfig", "FinetuneConfig", "FeaturesConfig", "Draw", "TextFeaturesConfig", "EvaluateConfig",
     "dataset_of", "device", "image_settings", "load_array", "save_array", "stage_device",
     # config
@@ -142,7 +145,7 @@ __all__ = [
     # models, training, building blocks
     "BackboneSpec", "create_clip", "tokenizer", "Classifier", "load_model", "read_manifest", "write_manifest",
     "FitResult", "TrainTask", "seed_everything", "cache_root", "refuse_link", "write_atomic",
-    "DISTILL_TYPES", "cvlp_loss", "soft_cross_entropy",
+    "DISTILL_TYPES", "cvlp_loss", "posthoc_rule", "soft_cross_entropy",
     "ANCHOR_MODES", "DEFAULT_TAUS", "NCM_DIST_TYPES", "NCM_FEAT_TYPES", "CRTHead", "LGRHead", "LWSHead",
     "anss_scores", "fuse_logits", "knn_predict", "ncm_logits", "select_anchors", "select_tau", "tau_normalize",
 ]

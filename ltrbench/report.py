@@ -43,7 +43,8 @@ from .metrics import BUCKETS, CONVENTION_NOTE, CONVENTIONS, shot_buckets
 from .paths import cache_root
 from .results import Skipped, load_results, metric_columns, scan_results
 from .safeio import real_dir, refuse_links, write_atomic, write_with
-from .tables import METRICS, available_tables, load_table, markdown, render_diff, summary_frame, summary_table
+from .tables import (METRICS, available_tables, extra_tables, leaderboard, load_extra_table, load_table, markdown,
+                     params_of, render_diff, render_extra_table, summary_frame, summary_table)
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +234,7 @@ def _section(dataset: str, records: list[Mapping[str, Any]], baseline: str | Non
     df = load_results(kept)
     _summary_tables(sec, df, csvdir)
     _paper_tables(sec, df, csvdir)
+    _beyond_paper_tables(sec, df, kept)
     shown = md_text(dataset)
 
     import matplotlib  # matplotlib takes ~0.6 s to import: only the report draws
@@ -314,6 +316,17 @@ def _paper_tables(sec: Section, df: pd.DataFrame, csvdir: Path) -> None:
                 "pairs": o.pairs, "flips": " ".join(f"{a}>{b}" for a, b in o.flips),
                 "missing_rows": " ".join(map(str, o.missing))} for o in rep.orders]))
         sec.blocks.append(f"{shown}\n{where}")
+
+
+def _beyond_paper_tables(sec: Section, df: pd.DataFrame, records: list[Mapping[str, Any]]) -> None:
+    """The leaderboard (every method ranked, with parameter counts) and each table beyond the paper
+    (configs/tables/<name>.yaml) this data set has runs of."""
+    params = params_of(records)
+    sec.blocks.append(leaderboard(df, "paper", params))
+    for name in extra_tables():
+        spec = load_extra_table(name)
+        if df["variant"].isin([spec.variant(r) for r in spec.rows]).any():
+            sec.blocks.append(render_extra_table(spec, df, "paper", dataset=sec.dataset, params=params))
 
 
 # --------------------------------------------------------------------------- figures

@@ -13,7 +13,7 @@ from typing import Sequence
 from .config import BenchConfig, load_config
 from .errors import ConfigError
 from .registry import BACKBONES, DATASETS, METHODS, WEIGHTS
-from .tables import TableSpec, load_table
+from .tables import TableSpec, any_table
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Request:
     overrides: tuple[str, ...] = ()
     config_files: tuple[str, ...] = ()
     data_root: str | None = None
-    table: int | None = None
+    table: int | str | None = None  # paper table N, or a table beyond the paper by name
 
     def __post_init__(self) -> None:  # lists in, tuples kept (a request is a value)
         if isinstance(self.methods, str):
@@ -76,7 +76,7 @@ def run_specs(request: Request) -> list[RunSpec]:
     if r.table is not None:
         if r.methods is not None:
             raise ConfigError("A paper table fixes its methods: pass either methods or table, not both.")
-        specs = table_runs(load_table(r.table), seeds, r.dataset, r.backbone)
+        specs = table_runs(any_table(r.table), seeds, r.dataset, r.backbone)
     else:
         if r.dataset is None:
             raise ConfigError("No data set given; pass one, e.g. dataset='synthetic_lt' (--dataset NAME).")

@@ -216,6 +216,8 @@ def build_record(run: Any, infos: Mapping[str, Mapping[str, Any]], cache: Path) 
         "eval_split": res["eval_split"],
         "num_eval": res["num_eval"],
         "info": res.get("info", {}),
+        # the trainable and added (head, PEFT modules) parameter counts of each training stage that records them
+        "params": {s.label or s.kind: infos[s.key]["params"] for s in stages if infos[s.key].get("params")},
         # data.allow_corrupt: every unreadable image a stage of this run replaced (by one of its class)
         "replaced_images": [replaced[p] for p in sorted(replaced)],
         "config": run.cfg.to_dict(),
@@ -277,5 +279,4 @@ def load_results(folder: Path | Iterable[Mapping[str, Any]], *, rules: bool = Fa
     df = pd.DataFrame(rows, columns=cols)
     metric_cols = [c for conv in CONVENTIONS for c in metric_columns(conv).values()]
     df[list(dict.fromkeys(metric_cols))] = df[list(dict.fromkeys(metric_cols))].astype(float)
-    df.attrs["skipped"] = scan.skipped  # files of the folder that are not readable results
     return df

@@ -126,6 +126,10 @@ class ClassifierTask:
         if not self.cfg.train_mode or self.cfg.freeze_encoder:
             self.module.visual.eval()
 
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.loss_fn, "set_epoch"):  # an epoch-aware loss (LDAM-DRW)
+            self.loss_fn.set_epoch(epoch, self.cfg.epochs)
+
     def loss(self, batch) -> torch.Tensor:
         x, y = batch
         return self.loss_fn(self.module(x), y)
@@ -144,6 +148,8 @@ class FinetuneConfig:
     train: TrainConfig
     loss: str = "ce"
     loss_params: Mapping[str, Any] = field(default_factory=dict)
+    head: str = "linear"  # linear | cosine (LDAM-DRW's NormedLinear: scale 1, its loss scales)
+    head_scale: float = 1.0
 
 
 @stage_kind("finetune", version="1", gpus=1.0, memory_gb=4.0, loader=True, reads=lambda c: Reads(splits=("train",)),
@@ -158,16 +164,25 @@ def finetune(ctx: StageContext) -> dict[str, Any]:
     clip = load_model(src, "cpu", image_size=img.image_size)
     man = read_manifest(src)
     spec = BACKBONES.get(man["backbone"])
-    model = Classifier(clip.visual, spec.embed_dim, ds.num_classes).to(dev)
+    model = Classifier(clip.visual, spec.embed_dim, ds.num_classes, conf.head, conf.head_scale).to(dev)
     del clip
     loader = train_loader(ds, img, sampler=cfg.sampler, batch_size=cfg.batch_size, seed=ctx.seed,
                           samples_per_class=cfg.samples_per_class)
     loss_fn = LOSSES.get(conf.loss)(ds.train_counts(), **dict(conf.loss_params))
     res = ctx.train(ClassifierTask(model, cfg, loss_fn), loader, cfg, device=dev, seed=ctx.seed)
     torch.save(model.state_dict(), ctx.out / "model.pt")
+    extra = {"head": conf.head, "head_scale": conf.head_scale} if conf.head != "linear" else {}
     write_manifest(ctx.out, type="classifier", backbone=man["backbone"], checkpoint="model.pt",
-                   embed_dim=spec.embed_dim, num_classes=ds.num_classes)
-    return {**res.info, "loss": conf.loss}
+                   embed_dim=spec.embed_dim, num_classes=ds.num_classes, **extra)
+    return {**res.info, "loss": conf.loss, "params": parameter_counts(model, model.head)}
+
+
+def parameter_counts(model: nn.Module, added: nn.Module | list) -> dict[str, int]:
+    """What a training stage records (and its result shows): the parameters trained and those
+    added to the CLIP tower (a head, PEFT modules), each counted once."""
+    params = list(added.parameters()) if isinstance(added, nn.Module) else list(added)
+    uniq = lambda ps: sum(p.numel() for p in {id(p): p for p in ps}.values())  # noqa: E731
+    return {"trainable": uniq(p for p in model.parameters() if p.requires_grad), "added": uniq(params)}
 
 
 # --------------------------------------------------------------------------- features
@@ -254,7 +269,8 @@ def features(ctx: StageContext) -> dict[str, Any]:
         save_array(ctx.out, "logits", lg.astype(np.float32))
         clf = model.head
         save_array(ctx.out, "head_weight", clf.weight.detach().float().numpy())
-        save_array(ctx.out, "head_bias", clf.bias.detach().float().numpy())
+        if getattr(clf, "bias", None) is not None:  # a cosine head has none
+            save_array(ctx.out, "head_bias", clf.bias.detach().float().numpy())
     return {"n": int(f.shape[0]), "dim": int(f.shape[1]) if f.ndim == 2 else 0}
 
 

@@ -510,3 +510,133 @@ def _render_order(spec: TableSpec, orders: list[OrderComparison], dataset: str) 
 
 def _fmt_tau(x: float, digits: int = 2) -> str:
     return MISSING if pd.isna(x) else f"{x:.{digits}f}"
+
+
+# --------------------------------------------------------------------------- tables beyond the paper
+#
+# ``configs/tables/<name>.yaml`` with a ``name`` (not a ``table`` number): rows of (label, method,
+# --set overrides), no paper numbers. They run with ``run_bench.py --table <name>`` (on --dataset,
+# default the spec's ``dataset``), print with ``tables --table <name>`` and appear in ``report``.
+# Every row shows the trainable and added parameter counts its runs recorded. The leaderboard is
+# not a spec: every method and variant of a results folder, ranked by overall accuracy per data
+# set and backbone.
+
+
+@dataclass(frozen=True)
+class ExtraRow:
+    index: int
+    label: str
+    method: str
+    dataset: str
+    backbone: str | None = None
+    overrides: tuple[str, ...] = ()
+    runnable: bool = True
+
+
+@dataclass(frozen=True)
+class ExtraTable:
+    """A table beyond the paper: labelled runs, ours only."""
+
+    name: str
+    title: str
+    rows: tuple[ExtraRow, ...]
+    note: str = ""
+    source: Path = field(default=Path())
+
+    def variant(self, row: ExtraRow) -> str:
+        return f"{self.name}-r{row.index}"
+
+    @property
+    def runs(self) -> tuple[ExtraRow, ...]:
+        return self.rows
+
+
+def extra_tables() -> list[str]:
+    """The names of the specs beyond the paper under configs/tables/."""
+    return sorted(p.stem for p in TABLE_DIR.glob("*.yaml") if not p.stem.startswith("table"))
+
+
+def load_extra_table(name: str, folder: Path = TABLE_DIR) -> ExtraTable:
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"No table {name!r}: the paper's tables are {', '.join(map(str, available_tables()))}, the "
+                          f"others {', '.join(extra_tables()) or 'none'} (configs/tables/<name>.yaml).")
+    doc = yaml.safe_load(path.read_text())
+    rows = []
+    for i, r in enumerate(doc.get("runs", ()), start=1):
+        if "method" not in r or "label" not in r:
+            raise ConfigError(f"{path}: run #{i} needs a label and a method, got {r!r}.")
+        dataset = r.get("dataset", doc.get("dataset"))
+        if not dataset:
+            raise ConfigError(f"{path}: run #{i} has no data set; give the spec a `dataset:` (the default of "
+                              "--table) or the run one.")
+        rows.append(ExtraRow(i, str(r["label"]), str(r["method"]), str(dataset),
+                             r.get("backbone", doc.get("backbone")), tuple(r.get("set", ()))))
+    return ExtraTable(str(doc["name"]), str(doc["title"]), tuple(rows), str(doc.get("note", "")), path)
+
+
+def any_table(ref: int | str) -> "TableSpec | ExtraTable":
+    """Paper table N (a number) or a table beyond the paper (a name)."""
+    return load_table(int(ref)) if str(ref).isdigit() else load_extra_table(str(ref))
+
+
+def params_of(records: Sequence[Mapping[str, Any]]) -> dict[str, tuple[int | None, int | None]]:
+    """run_key → (trainable, added) parameters of the run's training stages (summed over them)."""
+    out = {}
+    for r in records:
+        p = list((r.get("params") or {}).values())
+        out[r.get("run_key")] = (sum(x.get("trainable", 0) for x in p) if p else None,
+                                 sum(x.get("added", 0) for x in p) if p else None)
+    return out
+
+
+def _count(values: Sequence[int | None]) -> str:
+    v = sorted({x for x in values if x is not None})
+    return MISSING if not v else ", ".join(f"{x:,}" for x in v)
+
+
+def render_extra_table(spec: ExtraTable, df: pd.DataFrame, convention: str = "paper", dataset: str | None = None,
+                       params: Mapping[str, tuple[int | None, int | None]] | None = None) -> str:
+    cols = metric_columns(convention)
+    params = params or {}
+    lines = [f"### {spec.title} — top-1 accuracy (%), {CONVENTION_NOTE[convention]}", ""]
+    if spec.note:
+        lines += [spec.note, ""]
+    rows = []
+    for r in spec.rows:
+        g = df[(df["variant"] == spec.variant(r)) & (df["method"] == r.method)] if len(df) else df
+        if dataset is not None and len(g):
+            g = g[g["dataset"] == dataset]
+        row = {"#": r.index, "row": r.label, "method": r.method, "set": " ".join(r.overrides) or "",
+               "dataset": ", ".join(sorted(g["dataset"].unique())) if len(g) else MISSING,
+               "seeds": str(g["seed"].nunique()) if len(g) else "0"}
+        row.update({m: mean_std(g[cols[m]]) if len(g) else MISSING for m in METRICS})
+        keys = list(g["run_key"]) if len(g) else []
+        row["trainable params"] = _count([params.get(k, (None, None))[0] for k in keys])
+        row["added params"] = _count([params.get(k, (None, None))[1] for k in keys])
+        rows.append(row)
+    return "\n".join(lines) + "\n" + markdown(pd.DataFrame(rows)) + "\n"
+
+
+def leaderboard(df: pd.DataFrame, convention: str = "paper",
+                params: Mapping[str, tuple[int | None, int | None]] | None = None) -> str:
+    """Every method (and variant) of ``df`` ranked by mean overall accuracy, one table per data set
+    and backbone, mean ± std over seeds, with the parameter counts the runs recorded."""
+    cols = metric_columns(convention)
+    params = params or {}
+    out = []
+    for (dataset, backbone), d in df.groupby(["dataset", "backbone"], sort=True):
+        rows = []
+        for (method, variant), g in d.groupby(["method", "variant"], sort=False):
+            row = {"method": method + (f" [{variant}]" if variant else ""), "seeds": str(g["seed"].nunique()),
+                   "_key": g[cols["overall"]].mean()}
+            row.update({m: mean_std(g[cols[m]]) for m in METRICS})
+            keys = list(g["run_key"])
+            row["trainable params"] = _count([params.get(k, (None, None))[0] for k in keys])
+            row["added params"] = _count([params.get(k, (None, None))[1] for k in keys])
+            rows.append(row)
+        frame = pd.DataFrame(rows).sort_values("_key", ascending=False, na_position="last").drop(columns="_key")
+        frame.insert(0, "rank", range(1, len(frame) + 1))
+        out.append(f"### Leaderboard: {dataset}, {backbone} — top-1 accuracy (%), {CONVENTION_NOTE[convention]}\n\n"
+                   + markdown(frame) + "\n")
+    return "\n".join(out)

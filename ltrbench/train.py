@@ -59,6 +59,9 @@ class TrainTask(Protocol):
     def validate(self) -> float | None:
         """Val accuracy for best-epoch selection, or None."""
 
+    # Optional: ``set_epoch(epoch)`` (0-based), called at the start of every epoch, resumed ones
+    # included, for a task whose loss depends on the epoch (LDAM's deferred re-weighting).
+
 
 def split_weight_decay(
     named: Iterable[tuple[str, nn.Parameter]], weight_decay: float
@@ -282,6 +285,8 @@ def fit(
         _step_schedule(sched, epoch, cfg.schedule_shift)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
+        if hasattr(task, "set_epoch"):  # optional: a task whose loss changes with the epoch (LDAM-DRW)
+            task.set_epoch(epoch)
         task.set_mode()
         total, n, seen = 0.0, 0, 0
         bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)

@@ -54,7 +54,7 @@ def test_add_a_method_example_runs_as_written(tmp_path):
     # the method's own loss trained its model: the finetune stage (in the session's cache) recorded it
     (ft,) = [s for s in rec["stages"] if s["kind"] == "finetune"]
     stage = json.loads((Path(os.environ["LTRBENCH_CACHE"]) / "finetune" / ft["key"] / "stage.json").read_text())
-    assert stage["loss"] == name and stage["config"]["loss_params"] == {"tau": 1.0}
+    assert stage["loss"] == name and stage["config"]["loss_params"] == {"smoothing": 0.1}
 
 
 @pytest.mark.slow

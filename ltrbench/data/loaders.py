@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
 from torch.utils.data import DataLoader, Subset
 
 from ..config import BenchConfig
@@ -205,6 +207,43 @@ def eval_loader(ds: LTDataset, split: str, img: ImageSettings, indices: np.ndarr
         data = Subset(data, indices.tolist())
     return DataLoader(data, batch_size=img.eval_batch_size, shuffle=False,
                       **loader_settings(img.num_workers, persistent=False))
+
+
+class _Crops:
+    """uint8 or [0, 1] images (…×3×H×W, already resized) → their centre crop or five crops of
+    ``size``, normalised: …×K×3×S×S (a class, not a lambda: DataLoader workers pickle it)."""
+
+    def __init__(self, size: int, crops: int, mean, std) -> None:
+        self.size, self.crops = size, crops
+        self.mean, self.std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div(255.0)
+        s = [self.size, self.size]
+        parts = TF.five_crop(x, s) if self.crops == 5 else (TF.center_crop(x, s),)
+        return (torch.stack(parts, dim=-4) - self.mean) / self.std
+
+
+def crops_loader(ds: LTDataset, split: str, img: ImageSettings, *, resize: int, crops: int, interpolation: str):
+    """Batches (N×K×3×S×S images, labels) of ``split`` for test-time ensembling (LIFT): the short
+    side resized to ``resize`` with ``interpolation`` (bilinear | bicubic), then the centre crop
+    (``crops`` = 1) or the five crops (``crops`` = 5: corners and centre) of ``img.image_size``."""
+    if crops not in (1, 5):
+        raise ValueError(f"crops must be 1 or 5, got {crops}")
+    mode = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}[interpolation]
+    cut = _Crops(img.image_size, crops, img.mean, img.std)
+    images = _batched(ds, split, img, "none")
+    if images is not None:
+        labels = torch.from_numpy(ds.labels(split))
+        for i in range(0, len(images), img.eval_batch_size):
+            x = torch.from_numpy(images[i : i + img.eval_batch_size]).permute(0, 3, 1, 2).float().div_(255.0)
+            yield cut(TF.resize(x, [resize], interpolation=mode, antialias=True)), labels[i : i + img.eval_batch_size]
+        return
+    data = image_dataset(ds, split, img, train=False)
+    data.transform = T.Compose([T.Resize(resize, interpolation=mode), T.PILToTensor(), cut])
+    yield from DataLoader(data, batch_size=img.eval_batch_size, shuffle=False,
+                          **loader_settings(img.num_workers, persistent=False))
 
 
 #: The most loader workers :func:`worker_count` gives one stage.

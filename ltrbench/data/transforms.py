@@ -5,6 +5,9 @@
 * ``light``: RandomResizedCrop (scale 0.6–1) and flip; for the small built-in world, where an
   8 % crop of a 32-px image would erase the object.
 * ``none``: the evaluation transform.
+* ``crop_flip``: LIFT's RandomResizedCrop (scale 0.08–1, bilinear) and flip, nothing else;
+  ``crop_bicubic``: LIFT+'s bicubic RandomResizedCrop without the flip (its epoch-dependent crop
+  schedule is not implemented: the scale range stays 0.08–1).
 
 Evaluation: bicubic resize of the short side to ``eval_resize``, centre crop ``image_size``.
 Normalisation: the backbone's mean/std (CLIP's for every CLIP model).
@@ -24,7 +27,7 @@ from timm.data import auto_augment
 
 from ..errors import ConfigError
 
-AUGMENTS = ("official", "light", "none")
+AUGMENTS = ("official", "light", "none", "crop_flip", "crop_bicubic")
 
 
 def eval_transform(image_size: int, eval_resize: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
@@ -66,6 +69,17 @@ def train_transform(
             hflip=0.5,
             color_jitter=None,
             interpolation="bicubic",
+            mean=tuple(mean),
+            std=tuple(std),
+        )
+    if kind in ("crop_flip", "crop_bicubic"):
+        return create_transform(
+            input_size=image_size,
+            is_training=True,
+            scale=(0.08, 1.0),
+            hflip=0.5 if kind == "crop_flip" else 0.0,
+            color_jitter=None,
+            interpolation="bilinear" if kind == "crop_flip" else "bicubic",
             mean=tuple(mean),
             std=tuple(std),
         )

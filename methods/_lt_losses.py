@@ -1,0 +1,61 @@
+"""The long-tail loss family (ALGORITHMS.md §9): ``la``, ``bs``, ``ldam_drw``, ``cb``, ``focal``,
+``grw``, ``lade``, each the baseline's fine-tuning recipe (``baseline.train``: epochs, lr,
+batch) with its loss from :mod:`ltrbench.losses` and instance-balanced sampling (the losses
+correct for the training prior themselves, as in every one of their official codes; the
+baseline's square-root sampler would correct twice). ``<method>.sampler`` changes that.
+
+Every run also records the post-hoc logit adjustment (Menon et al.) as the inference rule
+``posthoc_la``: τ chosen on val over :data:`ltrbench.losses.POSTHOC_TAUS`, then the evaluation
+logits adjusted (``info.posthoc_tau``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from ltrbench.plugin import Method, Prediction, RunContext, load_array, posthoc_rule
+
+
+def logits_with_posthoc(ctx, ds) -> Prediction:
+    """A classifier's evaluation logits (input ``features``) and, from its val logits (input
+    ``val``, or ``features`` where val is the evaluation split), the post-hoc LA rule."""
+    ev = ctx.input("features")
+    val = ctx.input("val") if ctx.has_role("val") else ev
+    logits, labels = load_array(ev, "logits"), load_array(ev, "labels")
+    adjusted, info = posthoc_rule(logits, load_array(val, "logits"), load_array(val, "labels"), ds.train_counts())
+    return Prediction(scores=logits, labels=labels, rules={"posthoc_la": adjusted}, info=info)
+
+
+def eval_and_val_features(run: RunContext, model):
+    """``features`` of the evaluation split and, named ``val``, of val when it is another split."""
+    val = "val" if "val" in run.ds.splits else run.eval_split
+    out = {"features": run.features(model, run.eval_split)}
+    if val != run.eval_split:
+        out["val"] = run.features(model, val)
+    return out
+
+
+class LossMethod(Method):
+    """A method = the baseline's recipe + ``loss`` with the params of its own config section."""
+
+    loss: ClassVar[str] = ""
+    #: fields of the method's section that are not loss parameters
+    not_loss_params: ClassVar[tuple[str, ...]] = ("sampler",)
+
+    def loss_params(self, run: RunContext) -> dict[str, Any]:
+        sec = dataclasses.asdict(getattr(run.cfg, self.name))
+        return {k: v for k, v in sec.items() if k not in self.not_loss_params}
+
+    def head(self, run: RunContext) -> tuple[str, float]:
+        """The finetune stage's head and its scale (the baseline's linear head by default)."""
+        return "linear", 1.0
+
+    def plan(self, run: RunContext):
+        train = dataclasses.replace(run.cfg.baseline.train, sampler=getattr(run.cfg, self.name).sampler)
+        head, scale = self.head(run)
+        model = run.finetune(run.clip_weights(), train, label=self.name, loss=self.loss,
+                             loss_params=self.loss_params(run), head=head, head_scale=scale)
+        return run.evaluate(eval_and_val_features(run, model))
+
+    def predict(self, ctx, ds) -> Prediction:
+        return logits_with_posthoc(ctx, ds)
