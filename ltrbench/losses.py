@@ -230,9 +230,9 @@ def select_posthoc_tau(val_logits: Tensor, val_labels: Tensor, counts,
 def posthoc_rule(eval_logits, val_logits, val_labels, counts) -> tuple[np.ndarray, dict[str, float]]:
     """The post-hoc logit-adjustment inference rule: τ chosen on val (:func:`select_posthoc_tau`),
     then the evaluation logits adjusted with it. Returns (scores, {"posthoc_tau", "posthoc_val_acc"})."""
-    tau, acc = select_posthoc_tau(torch.as_tensor(np.asarray(val_logits)), torch.as_tensor(np.asarray(val_labels)),
+    tau, acc = select_posthoc_tau(torch.from_numpy(np.array(val_logits)), torch.from_numpy(np.array(val_labels)),
                                   counts)
-    scores = posthoc_logit_adjustment(torch.as_tensor(np.asarray(eval_logits)), counts, tau).numpy()
+    scores = posthoc_logit_adjustment(torch.from_numpy(np.array(eval_logits)), counts, tau).numpy()
     return scores, {"posthoc_tau": tau, "posthoc_val_acc": round(acc, 4)}
 
 
