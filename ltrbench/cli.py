@@ -1,5 +1,5 @@
 """The command line: ``run_bench.py [run] …``, ``sweep``, ``list``, ``check-data``, ``tables``, ``diff``,
-``report``.
+``compare``, ``report``.
 
 Each command is argparse → the library (:func:`ltrbench.run`, :func:`ltrbench.results.load_results`,
 :func:`ltrbench.checkdata.check_data`) → rendering. Bad input (an unknown method or data set, a bad
@@ -24,8 +24,10 @@ from .errors import LtrBenchError
 from .metrics import CONVENTION_NOTE, CONVENTIONS
 from .registry import BACKBONES, DATASETS, METHODS
 from .report import build_report, summary_of
-from .results import load_results
-from .tables import TOLERANCE, available_tables, load_table, markdown as render, render_diff, render_table, summary_table
+from .metrics import METRIC_NAMES
+from .results import load_results, read_results
+from .tables import (CI_MODES, STRICT_RULES, TOLERANCE, Evidence, available_tables, load_table, markdown as render,
+                     render_diff, render_table, shifted_table, summary_table)
 
 DEFAULT_DATASET = "synthetic_lt"
 DEFAULT_BASELINE = "baseline"  # what `report` measures per-class gains against (the paper's Figure 4)
@@ -95,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="every grid point (grid) or --samples points drawn at random (random)")
     sw.add_argument("--samples", type=int, default=1, help="trials of a random search (default: 1)")
     sw.add_argument("--seeds", default="0", help="comma-separated seeds per trial (default: 0)")
-    sw.add_argument("--metric", choices=("overall", "many", "medium", "few"), default="overall",
-                    help="what ranks the trials (default: overall)")
+    sw.add_argument("--metric", choices=METRIC_NAMES, default="overall",
+                    help="what ranks the trials (default: overall; nll and the ece metrics rank lowest first)")
     sw.add_argument("--split", default="val", help="the split trials are evaluated on (default: val, never test)")
     sw.add_argument("--scheduler", choices=("none", "asha"), default="none",
                     help="asha: stop trials whose first seeds rank low (a trial's iterations are its seeds)")
@@ -114,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--out", default="results")
     tb.add_argument("--table", type=int, default=None, help="render paper table N: ours, the paper's, the difference")
     tb.add_argument("--dataset", default=None, help="with --table: compare the results on this data set")
+    _add_stats_args(tb)
+    tb.add_argument("--against", default=None, metavar="METHOD",
+                    help="mark cells that differ significantly from METHOD's row (paired bootstrap, Holm-corrected)")
     df = sub.add_parser("diff", parents=[common], help="ours against the paper's numbers, row by row; --strict exits 1 on a gap")
     df.add_argument("--table", type=int, default=None, help="paper table N (default: every table, 1-4 and 8-10)")
     df.add_argument("--dataset", default=None,
@@ -121,14 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("--out", default="results", help="the results folder (default: results/)")
     df.add_argument("--tolerance", type=float, default=TOLERANCE,
                     help=f"points ours may differ from the paper's (default: {TOLERANCE:g})")
-    df.add_argument("--strict", action="store_true",
-                    help="exit 1 when a runnable row has no result or differs by more than the tolerance")
+    df.add_argument("--strict", nargs="?", const="tolerance", default=None, choices=STRICT_RULES,
+                    help="exit 1 when a runnable row has no result or a number breaks the rule: tolerance (the "
+                         "default rule), interval (the paper's number outside our 95 %% interval), either (outside "
+                         "both), both (outside either)")
+    df.add_argument("--metric", action="append", default=None, choices=("overall", "many", "medium", "few"),
+                    help="only this metric's numbers (repeatable; the paper prints only these four)")
+    _add_compare_parser(sub, common)
     rp = sub.add_parser("report", parents=[common], help="write <out>/report/: report.md, a self-contained report.html, PNG figures, CSV")
     rp.add_argument("--out", default="results", help="the results folder (default: results/); the report goes "
                     "to <out>/report/")
     rp.add_argument("--dataset", default=None, help="only this data set (default: every data set in the results)")
     rp.add_argument("--baseline", default=DEFAULT_BASELINE,
                     help=f"the method per-class gains are measured against (default: {DEFAULT_BASELINE})")
+    rp.add_argument("--ci", choices=CI_MODES, default="seeds",
+                    help="what the tables show beside mean ± std: none, seeds (t interval over seeds; default) or "
+                         "bootstrap (over test images, seeds paired)")
     return p
 
 
@@ -151,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_tables(args)
         if args.command == "diff":
             return cmd_diff(args)
+        if args.command == "compare":
+            return cmd_compare(args)
         if args.command == "report":
             return cmd_report(args)
         if args.command == "sweep":
@@ -264,18 +279,34 @@ def cmd_sweep(args) -> int:
     return 0 if not table["status"].str.startswith("failed").any() else 1
 
 
+def _add_stats_args(p: argparse.ArgumentParser) -> None:
+    """``--ci`` and ``--metric``, for the commands that print tables of ours."""
+    p.add_argument("--ci", choices=CI_MODES, default="seeds",
+                   help="beside mean ± std: none, seeds (95 %% t interval over seeds; default) or bootstrap (95 %% "
+                        "bootstrap over test images, stratified by class, seeds paired)")
+    p.add_argument("--metric", action="append", default=None, choices=METRIC_NAMES,
+                   help="a column to show (repeatable; default: overall, many, medium, few)")
+
+
 def cmd_tables(args) -> int:
-    df = load_results(Path(args.out))
+    records = read_results(Path(args.out))
+    df = load_results(records)
+    evidence = Evidence(records) if args.ci == "bootstrap" or args.against else None
     if args.table is not None:
         spec = load_table(args.table)
         for conv in CONVENTIONS:
-            print(render_table(spec, df, conv, dataset=args.dataset))
+            print(render_table(spec, df, conv, dataset=args.dataset, ci=args.ci, evidence=evidence))
         return 0
     if df.empty:
         raise LtrBenchError(f"No result JSONs under {Path(args.out) / 'runs'}; run `python run_bench.py` first.")
+    if args.against and not (df["method"] == args.against).any():
+        raise LtrBenchError(f"--against {args.against}: no runs of {args.against!r} under {Path(args.out) / 'runs'}; "
+                            f"it has {', '.join(sorted(df['method'].unique()))}.")
     for conv in CONVENTIONS:
         print(f"### top-1 accuracy (%), {CONVENTION_NOTE[conv]}\n")
-        print(summary_table(df, conv) + "\n")
+        print(summary_table(df, conv, ci=args.ci, metrics=args.metric, evidence=evidence, against=args.against) + "\n")
+    for ds in dict.fromkeys(df["dataset"]):
+        print(shifted_table(records, ds))
     return 0
 
 
@@ -286,24 +317,67 @@ def cmd_diff(args) -> int:
     """
     if args.tolerance < 0:
         raise LtrBenchError(f"--tolerance must be 0 or more points, got {args.tolerance:g}.")
-    df = load_results(Path(args.out))
+    records = read_results(Path(args.out))
+    df = load_results(records)
     numbers = [args.table] if args.table is not None else available_tables()
+    rule = args.strict or "tolerance"
     failures = 0
     for n in numbers:
-        rep = render_diff(load_table(n), df, dataset=args.dataset, tolerance=args.tolerance)
+        rep = render_diff(load_table(n), df, dataset=args.dataset, tolerance=args.tolerance, records=records,
+                          metrics=args.metric)
         print(rep.markdown)
-        failures += rep.failures
+        failures += rep.failing(rule)
     where = Path(args.out) / "runs"
+    broken = {"tolerance": f"outside ±{args.tolerance:g} points", "interval": "outside our 95 % interval",
+              "either": f"outside both ±{args.tolerance:g} points and our 95 % interval",
+              "both": f"outside ±{args.tolerance:g} points or our 95 % interval"}[rule]
     if failures:
-        print(f"{failures} failing (missing, or outside ±{args.tolerance:g} points) in {where}"
+        print(f"{failures} failing (missing, or {broken}) in {where}"
               + ("" if args.strict else "; --strict would exit 1"))
     else:
-        print(f"no runnable row is missing or outside ±{args.tolerance:g} points in {where} (an order of rows on a "
+        print(f"no runnable row is missing or {broken} in {where} (an order of rows on a "
               "data set without paper numbers is reported above, not judged)")
     return 1 if args.strict and failures else 0
 
 
 def cmd_report(args) -> int:
-    rep = build_report(Path(args.out), dataset=args.dataset, baseline=args.baseline)
+    rep = build_report(Path(args.out), dataset=args.dataset, baseline=args.baseline, ci=args.ci)
     print(summary_of(rep))
+    return 0
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def _add_compare_parser(sub, common: argparse.ArgumentParser) -> None:
+    cp = sub.add_parser("compare", parents=[common],
+                        help="method A against method B: Δ with a 95 %% interval and p, paired over test images and seeds")
+    cp.add_argument("a", metavar="A", help="a method (its plain runs; METHOD[VARIANT] for a table row's runs)")
+    cp.add_argument("b", metavar="B", help="the method A is compared with")
+    cp.add_argument("--dataset", default=None, help="only this data set (default: every one both ran on)")
+    cp.add_argument("--metric", action="append", default=None, choices=METRIC_NAMES,
+                    help="the metric(s) compared (repeatable; default: overall, many, medium, few)")
+    cp.add_argument("--convention", choices=tuple(CONVENTIONS), default="paper",
+                    help="the shot convention of the bucket metrics (default: paper)")
+    cp.add_argument("--out", default="results", help="the results folder (default: results/); the table is also "
+                    "written to <out>/tables/")
+
+
+def cmd_compare(args) -> int:
+    """``compare A B``: prints the table of :func:`ltrbench.tables.compare_table` and writes it to
+    ``<out>/tables/compare__A__B.md``."""
+    from .tables import compare_table
+
+    records = read_results(Path(args.out))
+    md = compare_table(records, args.a, args.b, dataset=args.dataset, metrics=args.metric,
+                       convention=args.convention, where=Path(args.out) / "runs")
+    print(md)
+    tables = Path(args.out) / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"compare__{args.a}__{args.b}"
+                   + (f"__{args.dataset}" if args.dataset else "")) + ".md"
+    tmp = tables / f".{name}.{os.getpid()}.tmp"
+    tmp.write_text(md)
+    os.replace(tmp, tables / name)
+    print(f"table: {tables / name}")
     return 0

@@ -96,7 +96,8 @@ def mean_std(values: pd.Series | Sequence[float], digits: int = 1) -> str:
 CI_MODES = ("none", "seeds", "bootstrap")
 CI_NOTE = {
     "none": "mean ± sample std over seeds",
-    "seeds": "mean ± sample std over seeds [95 % t interval over seeds; none with one seed]",
+    "seeds": "mean ± sample std over seeds [95 % t interval over seeds, clipped to 0–100 for percentages; none "
+             "with one seed]",
     "bootstrap": "mean ± sample std over seeds [95 % bootstrap interval of the mean over seeds: test images "
                  "resampled within each class, the seeds paired]",
 }
@@ -115,6 +116,8 @@ def cell(values: pd.Series | Sequence[float], ci: str = "seeds", interval: Seque
         from .stats import t_interval
 
         interval = t_interval(pd.Series(values, dtype=float).dropna())
+        if digits == 1:  # a percentage: the t interval's ends are clipped to [0, 100]
+            interval = (max(interval[0], 0.0), min(interval[1], 100.0))
     if interval is None or any(pd.isna(x) for x in interval):
         return base
     return f"{base} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
@@ -640,7 +643,8 @@ def _fmt(x: float, signed: bool = False) -> str:
 
 
 def render_diff(spec: TableSpec, df: pd.DataFrame, dataset: str | None = None,
-                tolerance: float = TOLERANCE, records: Sequence[Mapping[str, Any]] = ()) -> DiffReport:
+                tolerance: float = TOLERANCE, records: Sequence[Mapping[str, Any]] = (),
+                metrics: Sequence[str] | None = None) -> DiffReport:
     """Markdown of :func:`diff_frame` for the table's data sets with paper numbers, and of
     :func:`order_comparison` for any other data set it was run on."""
     lines: list[str] = []
@@ -649,10 +653,12 @@ def render_diff(spec: TableSpec, df: pd.DataFrame, dataset: str | None = None,
     for ds in diff_datasets(spec, df, dataset):
         if ds in spec.datasets:
             d = diff_frame(spec, df, ds, tolerance, records)
+            if metrics:
+                d = d[d["metric"].isin(metrics)].reset_index(drop=True)
             values.append(d)
             lines += _render_values(spec, d, ds, tolerance)
         else:
-            o = order_comparison(spec, df, ds)
+            o = [c for c in order_comparison(spec, df, ds) if not metrics or c.metric in metrics]
             orders += o
             lines += _render_order(spec, o, ds)
     vals = pd.concat(values, ignore_index=True) if values else pd.DataFrame(columns=list(DIFF_COLUMNS))
@@ -748,3 +754,75 @@ def shifted_table(records: Sequence[Mapping[str, Any]], dataset: str) -> str:
         "split's per-class accuracy (uniform = mean class accuracy); mean ± std over seeds. The oracle rows "
         "know q and correct each prediction post hoc (arg max log softmax + log q − log π_train): an upper "
         "reference, not a method.", ""])
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def _method_variant(name: str) -> tuple[str, str]:
+    """``method`` or ``method[variant]``."""
+    if name.endswith("]") and "[" in name:
+        m, v = name[:-1].split("[", 1)
+        return m, v
+    return name, ""
+
+
+def compare_table(records: Sequence[Mapping[str, Any]], a: str, b: str, *, dataset: str | None = None,
+                  metrics: Sequence[str] | None = None, convention: str = "paper", where: Path | str = "") -> str:
+    """Markdown: ``a`` − ``b`` (methods, or ``method[variant]``) on each data set and backbone both
+    ran on, per metric: the means over the seeds both have, Δ with its 95 % paired bootstrap interval
+    and p-value (test images resampled within each class, the same for both methods and every
+    seed), and with three seeds or more a paired t-test over seeds (:func:`ltrbench.stats.paired`)."""
+    from .metrics import LOWER_IS_BETTER
+    from .results import load_results
+
+    metrics = _metrics(metrics)
+    df = load_results(list(records))
+    if dataset is not None:
+        df = df[df["dataset"] == dataset]
+    (ma, va), (mb, vb) = _method_variant(a), _method_variant(b)
+    ra = df[(df["method"] == ma) & (df["variant"] == va)]
+    rb = df[(df["method"] == mb) & (df["variant"] == vb)]
+    on = f" on {dataset}" if dataset else ""
+    for name, rows in ((a, ra), (b, rb)):
+        if rows.empty:
+            have = ", ".join(sorted({m + (f"[{v}]" if v else "") for m, v in zip(df["method"], df["variant"])}))
+            raise ConfigError(f"compare: no runs of {name}{on} under {where}; the results there are of: "
+                              f"{have or 'nothing'}. Run it first (`run_bench.py --methods {ma}`).")
+    evidence = Evidence(records)
+    lines = [f"### {a} − {b}: paired comparison ({CONVENTION_NOTE[convention]})", ""]
+    shown = 0
+    for (ds, backbone, split), ga in ra.groupby(["dataset", "backbone", "eval_split"], sort=False, dropna=False):
+        gb = rb[(rb["dataset"] == ds) & (rb["backbone"] == backbone) & (rb["eval_split"].fillna("") == (split or ""))]
+        seeds = sorted(set(ga["seed"]) & set(gb["seed"]))
+        if not seeds:
+            continue
+        missing = [k for k in (*ga["run_key"], *gb["run_key"]) if evidence.preds.get(k) is None]
+        if missing:
+            raise ConfigError(f"compare: {len(missing)} of the runs of {a} and {b} on {ds} have no per-image "
+                              f"predictions in their result files (written before ltrbench stored them, evaluate "
+                              f"stage version 1); run them again to record them (the other stages are cached).")
+        res = evidence.paired(ga, gb, convention, metrics)
+        rows = []
+        for m in metrics:
+            r = res[m]
+            fmt = lambda x, signed=False, d=digits_of(m): MISSING if pd.isna(x) else (  # noqa: E731
+                f"{x:+.{d}f}" if signed else f"{x:.{d}f}")
+            better = {"A": a, "B": b, None: MISSING}[r.better] if r.p_value < 0.05 else "no difference at 0.05"
+            rows.append({"metric": m + (" (lower is better)" if m in LOWER_IS_BETTER else ""),
+                         f"A: {a}": fmt(r.a), f"B: {b}": fmt(r.b), "Δ": fmt(r.delta, True),
+                         "95 % interval": MISSING if pd.isna(r.low) else f"[{fmt(r.low, True)}, {fmt(r.high, True)}]",
+                         "p (bootstrap)": MISSING if pd.isna(r.p_value) else f"{r.p_value:.3g}",
+                         "p (t over seeds)": MISSING if pd.isna(r.t_p_value) else f"{r.t_p_value:.3g}",
+                         "better": better})
+        lines += [f"{ds} · {backbone} · {split} split · seeds {', '.join(map(str, seeds))} ({len(seeds)} paired) · "
+                  f"{res[metrics[0]].images} test images", "", markdown(pd.DataFrame(rows)), ""]
+        shown += 1
+    if not shown:
+        raise ConfigError(f"compare: {a} and {b} have no run on the same data set, backbone, split and seed{on} "
+                          f"under {where}; run both with the same --seeds.")
+    lines.append("Δ = mean over the paired seeds of A − B. Interval and p (two-sided, H0: Δ = 0): paired bootstrap, "
+                 f"the same resample of test images (within each class) for both methods and every seed; p (t over "
+                 "seeds): paired t-test of the per-seed values (three seeds or more). Column better: the side Δ favours "
+                 "where the bootstrap p < 0.05.")
+    return "\n".join(lines) + "\n"
