@@ -300,7 +300,7 @@ def shift_name(direction: str, ratio: float) -> str:
     return "uniform" if direction == "uniform" or ratio == 1 else f"{direction} {ratio:g}"
 
 
-def test_prior(train_counts: np.ndarray, imbalance_ratio: float, backward: bool = False) -> np.ndarray:
+def shifted_prior(train_counts: np.ndarray, imbalance_ratio: float, backward: bool = False) -> np.ndarray:
     """The test class distribution q of SADE's protocol: classes ranked by training images (most
     first, ties in class order), q ∝ ρ^(−rank/(C−1)) (forward: the most frequent training class is
     the most frequent test class, ρ times the rarest) or the ranks reversed (backward); ρ = 1 is uniform."""
@@ -318,11 +318,11 @@ def test_prior(train_counts: np.ndarray, imbalance_ratio: float, backward: bool 
 
 def shifted_accuracy(per_class_accuracy: Sequence[float | None], train_counts: np.ndarray, imbalance_ratio: float,
                      backward: bool = False) -> float:
-    """Accuracy (%) on a test set whose class distribution is :func:`test_prior`: Σ_c q_c · acc_c,
+    """Accuracy (%) on a test set whose class distribution is :func:`shifted_prior`: Σ_c q_c · acc_c,
     exactly (the per-class accuracies of a balanced evaluation split, as records store them). A
     class without evaluation images (None/NaN) is left out and q renormalised over the others."""
     acc = np.array([np.nan if a is None else a for a in per_class_accuracy], float)
-    q = test_prior(train_counts, imbalance_ratio, backward)
+    q = shifted_prior(train_counts, imbalance_ratio, backward)
     ok = ~np.isnan(acc)
     if not ok.any():
         return float("nan")
@@ -363,6 +363,6 @@ def oracle_per_class(scores: np.ndarray, labels: np.ndarray, train_counts: np.nd
     out = {}
     for direction, ratio in SHIFTS:
         pca = prior_corrected_accuracy(scores, labels, train_counts,
-                                       test_prior(train_counts, ratio, direction == "backward"))
+                                       shifted_prior(train_counts, ratio, direction == "backward"))
         out[shift_name(direction, ratio)] = [None if np.isnan(v) else float(v) for v in pca]
     return out

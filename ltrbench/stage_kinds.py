@@ -262,36 +262,24 @@ class Prediction:
 @stage_kind("evaluate", version="2", gpus=0.25, memory_gb=2.0)
 def evaluate(ctx: StageContext) -> dict[str, Any]:
     """A method's scores → ``result.json``: every metric (:data:`ltrbench.metrics.METRIC_NAMES`) of
-    the primary result and of each rule, the bootstrap intervals of the primary result's
+    the primary result and of each rule, the bootstrap intervals of the primary result's metrics
     (:func:`ltrbench.stats.bootstrap`, seeded by the run's seed), the per-image predictions
     (label, prediction, log-probability of the true class, confidence; and the bucket rule's
     prediction) that paired comparisons resample, and the per-class accuracy after the oracle prior
     correction for each SADE test distribution (:func:`ltrbench.metrics.oracle_per_class`).
     Version 2: version 1 recorded overall/many/medium/few and per-class accuracy only."""
-    from .metrics import Predictions, oracle_per_class, shifted
-    from .stats import REPLICATES, bootstrap
+    from .stats import evaluation
 
     method = METHODS.get(ctx.config["method"])()
     ds = dataset_of(ctx)
     pred: Prediction = method.predict(ctx, ds)
     counts = ds.train_counts()
     labels = np.asarray(pred.labels)
-    scores = np.asarray(pred.scores)
-    bucket = np.asarray(pred.rules[pred.bucket_rule]).argmax(1) if pred.bucket_rule else None
-    res = summarize(None, labels, counts, scores=scores, bucket_preds=bucket)
+    res = evaluation(pred.scores, labels, counts, pred.rules.get(pred.bucket_rule) if pred.bucket_rule else None,
+                     seed=int(ctx.config.get("seed") or 0))
     rules = {name: summarize(None, labels, counts, scores=np.asarray(s)) for name, s in pred.rules.items()}
-    predictions = Predictions.from_scores(scores, labels, counts)
-    predictions = Predictions(predictions.labels, predictions.pred, predictions.train_counts, bucket,
-                              predictions.log_p_true, predictions.confidence)
-    oracle = oracle_per_class(scores, labels, counts)
     result = {
         **res,
-        "intervals": bootstrap(predictions, seed=int(ctx.config.get("seed", 0) or 0)) if len(labels) else {},
-        "interval_method": f"95 % percentile bootstrap over evaluation images, stratified by class, "
-                           f"{REPLICATES} replicates (ltrbench.stats.bootstrap)",
-        "predictions": predictions.to_json(),
-        "shifted": shifted(res["per_class_accuracy"], counts, oracle),
-        "shifted_oracle_per_class": oracle,
         "rules": {k: v["metrics"] for k, v in rules.items()},
         "primary_rule": pred.primary_rule,
         "bucket_rule": pred.bucket_rule,

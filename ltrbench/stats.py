@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .metrics import LOWER_IS_BETTER, Predictions
+from .metrics import LOWER_IS_BETTER, Predictions, oracle_per_class, shifted, summarize
 
 REPLICATES = 2000
 LEVEL = 0.95
@@ -212,3 +212,29 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
         running = max(running, min(1.0, (m - i) * p[idx]))
         out[idx] = running
     return out
+
+
+def evaluation(scores: np.ndarray, labels: np.ndarray, train_counts: np.ndarray,
+               bucket_scores: np.ndarray | None = None, seed: int = 0) -> dict[str, object]:
+    """What the evaluate stage records of a method's scores (N × C): :func:`ltrbench.metrics.summarize`'s
+    metrics and per-class accuracy, the bootstrap ``intervals`` of every metric (:func:`bootstrap`,
+    seeded by ``seed``), the per-image ``predictions`` (:meth:`Predictions.to_json`), the SADE
+    ``shifted`` accuracies and the oracle's per-class accuracies (``shifted_oracle_per_class``).
+    ``bucket_scores``: the scores many/medium/few come from, when not ``scores``."""
+    scores = np.asarray(scores)
+    labels = np.asarray(labels, np.int64)
+    counts = np.asarray(train_counts)
+    bucket = None if bucket_scores is None else np.asarray(bucket_scores).argmax(1)
+    res = summarize(None, labels, counts, scores=scores, bucket_preds=bucket)
+    p = Predictions.from_scores(scores, labels, counts)
+    p = Predictions(p.labels, p.pred, p.train_counts, bucket, p.log_p_true, p.confidence)
+    oracle = oracle_per_class(scores, labels, counts)
+    return {
+        **res,
+        "intervals": bootstrap(p, seed=seed) if len(labels) else {},
+        "interval_method": f"95 % percentile bootstrap over evaluation images, stratified by class, {REPLICATES} "
+                           "replicates (ltrbench.stats.bootstrap)",
+        "predictions": p.to_json(),
+        "shifted": shifted(res["per_class_accuracy"], counts, oracle),
+        "shifted_oracle_per_class": oracle,
+    }
