@@ -15,7 +15,8 @@ A trial asks Tune for what its plan's largest stage asks (:func:`ltrbench.execut
 the CPUs of its loader workers + 1, its memory estimate, a GPU where GPUs are used. Trials run on
 the val split (``data.eval_split``, never test), and write their result JSONs under
 ``<out>/sweeps/<name>/runs/``; the table is built from those files, one row per point (and per
-inference rule with ``rules=True``), mean ± std over its seeds, ranked by the metric, and written to
+inference rule with ``rules=True``), mean ± std over its seeds with the 95 % t interval over seeds,
+ranked by the metric (any of :data:`ltrbench.metrics.METRIC_NAMES`; lowest first for NLL and ECE), and written to
 ``<out>/sweeps/<name>/table.md``. Tune's own state goes to ``<out>/sweeps/<name>/`` too.
 """
 from __future__ import annotations
@@ -39,7 +40,8 @@ from .errors import ConfigError
 from .execute import ExecOptions, gpu_policy, stage_resources
 from .paths import cache_root
 from .results import load_results, read_results
-from .tables import METRICS, markdown, mean_std
+from .metrics import LOWER_IS_BETTER, METRIC_NAMES
+from .tables import METRICS, cell, digits_of, markdown
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +134,8 @@ def sweep(method: str, dataset: str, grid: dict[str, list[str]], *, search: str 
         raise ConfigError(f"Unknown search {search!r}; use one of {', '.join(SEARCHES)}.")
     if scheduler not in SCHEDULERS:
         raise ConfigError(f"Unknown scheduler {scheduler!r}; use one of {', '.join(SCHEDULERS)}.")
-    if metric not in METRICS:
-        raise ConfigError(f"Unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
+    if metric not in METRIC_NAMES:
+        raise ConfigError(f"Unknown metric {metric!r}; use one of {', '.join(METRIC_NAMES)}.")
     if samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {samples}.")
     name = f"{method}__{dataset}__{time.strftime('%Y%m%d-%H%M%S')}"
@@ -166,7 +168,7 @@ def sweep(method: str, dataset: str, grid: dict[str, list[str]], *, search: str 
         tune.with_resources(tune.with_parameters(_trial, spec=spec), res),
         param_space={k: (tune.grid_search(vs) if search == "grid" else tune.choice(vs)) for k, vs in grid.items()},
         tune_config=tune.TuneConfig(
-            metric=spec.report, mode="max", num_samples=1 if search == "grid" else samples, reuse_actors=True,
+            metric=spec.report, mode="min" if metric in LOWER_IS_BETTER else "max", num_samples=1 if search == "grid" else samples, reuse_actors=True,
             scheduler=ASHAScheduler(max_t=len(spec.seeds), grace_period=1, reduction_factor=2)
             if scheduler == "asha" else None),
         run_config=tune.RunConfig(name=name, storage_path=str(root.parent), verbose=0,
@@ -180,6 +182,8 @@ def sweep(method: str, dataset: str, grid: dict[str, list[str]], *, search: str 
 def _table(results, grid: dict[str, list[str]], spec: _TrialSpec, rules: bool) -> pd.DataFrame:
     """One row per trial (and rule), mean ± std over its seeds from its result files, best first."""
     recs = {r["run_key"]: r for r in read_results(Path(spec.out))}
+    shown = [*METRICS, *([spec.metric] if spec.metric not in METRICS else [])]
+    sign = -1.0 if spec.metric in LOWER_IS_BETTER else 1.0
     rows = []
     for res in results:
         m = res.metrics or {}
@@ -196,16 +200,16 @@ def _table(results, grid: dict[str, list[str]], spec: _TrialSpec, rules: bool) -
             frame["rule"] = "primary"
         if frame.empty:
             rows.append({**base, "rule": "—", "seeds": "0", "_score": float("-inf"), "status": status,
-                         **{mm: "—" for mm in METRICS}})
+                         **{mm: "—" for mm in shown}})
             continue
         for rule, g in frame.groupby("rule", sort=False):
             score = g[spec.metric].mean()
             rows.append({**base, "rule": rule, "seeds": str(g["seed"].nunique()),
-                         "_score": float("-inf") if pd.isna(score) else score, "status": status,
-                         **{mm: mean_std(g[mm]) for mm in METRICS}})
+                         "_score": float("-inf") if pd.isna(score) else sign * score, "status": status,
+                         **{mm: cell(g[mm], "seeds", digits=digits_of(mm)) for mm in shown}})
     df = pd.DataFrame(rows).sort_values("_score", ascending=False, kind="stable").drop(columns="_score")
     df.insert(0, "rank", [str(i + 1) for i in range(len(df))])
-    df = df.rename(columns={mm: f"{spec.report.split('_')[0]} {mm}" for mm in METRICS})
+    df = df.rename(columns={mm: f"{spec.report.split('_')[0]} {mm}" for mm in shown})
     return df if rules else df.drop(columns="rule")
 
 
