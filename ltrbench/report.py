@@ -373,8 +373,8 @@ def _shots_figure(dataset: str, series: Sequence[Series], df: pd.DataFrame):
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(f"Accuracy by shot bucket on {dataset}, paper convention (many ≥ 100, few ≤ 20 training images)\n"
-                 "bars: mean over seeds; interval bars: 95 % t interval over seeds (one seed: the run's bootstrap "
-                 "interval over test images)", fontsize=11)
+                 "bars: mean over seeds; interval bars: 95 % t interval over seeds, clipped to 0–100 (one seed: the "
+                 "run's bootstrap interval over test images)", fontsize=11)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), title="bucket")
     return fig
 
@@ -386,7 +386,8 @@ def _interval(g: pd.DataFrame, col: str) -> tuple[float, float]:
 
     v = g[col].dropna()
     if len(v) >= 2:
-        return t_interval(v)
+        lo, hi = t_interval(v)
+        return max(lo, 0.0), min(hi, 100.0)  # accuracies: the t interval clipped to [0, 100]
     if len(v) == 1 and f"{col}_lo" in g:
         row = g.loc[v.index[0]]
         return float(row[f"{col}_lo"]), float(row[f"{col}_hi"])
@@ -399,7 +400,7 @@ def _shifted_figure(dataset: str, shifted: pd.DataFrame):
     from .metrics import SHIFTS, shift_name
 
     names = [shift_name(d, r) for d, r in SHIFTS]
-    fig = _figure(10, 5.5)
+    fig = _figure(12, 6)
     ax = fig.subplots()
     x = np.arange(len(names))
     groups = list(shifted.groupby(["method", "variant"], sort=False))
@@ -418,17 +419,17 @@ def _shifted_figure(dataset: str, shifted: pd.DataFrame):
             if kind == "method" and k["seed"].nunique() > 1:
                 from .stats import t_interval
 
-                band = np.array([t_interval(k[c]) for c in names])
+                band = np.clip(np.array([t_interval(k[c]) for c in names]), 0, 100)
                 ax.fill_between(x, band[:, 0], band[:, 1], color=colors[(method, variant)], alpha=0.12, lw=0)
     ax.axvline(names.index("uniform"), color="grey", ls=":", lw=1)
     ax.set_xticks(x, [n.replace("forward ", "fwd ").replace("backward ", "bwd ") for n in names], rotation=0)
-    ax.set_xlabel("test class distribution: imbalance ratio ρ, forward (head stays head) ← uniform → backward "
-                  "(tail becomes head)")
+    ax.set_xlabel("test class distribution, imbalance ratio ρ: forward (training head = test head) | uniform | "
+                  "backward (tail = head)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.set_title(f"Accuracy under shifted test distributions on {dataset} (SADE's protocol: Σ_c q_c · acc_c)\n"
-                 "solid: the method as trained (mean over seeds, band: 95 % t interval); dashed: the oracle that "
-                 "knows q (not a method)", fontsize=11)
+    ax.set_title(f"Accuracy under shifted test distributions on {dataset} (SADE: Σ_c q_c · acc_c)\n"
+                 "solid: the method (mean over seeds; band: 95 % t interval, clipped to 0–100)\n"
+                 "dashed: oracle prior correction that knows q (a reference, not a method)", fontsize=10.5)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="method", fontsize=8.5)
     return fig
 

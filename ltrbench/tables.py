@@ -670,10 +670,10 @@ def _render_values(spec: TableSpec, d: pd.DataFrame, dataset: str, tolerance: fl
         "#": d["row"].astype(str), "row": d["label"], "metric": d["metric"],
         "convention": d["convention"].replace("", MISSING), "seeds": d["seeds"].astype(str),
         "ours": [mean_std([m]) if pd.isna(s) else f"{m:.1f} ± {s:.1f}" for m, s in zip(d["ours_mean"], d["ours_std"])],
-        "95 % interval": [MISSING if not src else f"[{lo:.1f}, {hi:.1f}] ({src})"
-                          for lo, hi, src in zip(d["ours_lo"], d["ours_hi"], d["interval"])],
         "paper": d["paper"].map(_fmt), "Δ": d["delta"].map(lambda x: _fmt(x, signed=True)),
         "status": d["status"].map({"within": "within", "outside": "⚠ outside", "missing": "missing"}),
+        "ours 95 % interval": [MISSING if not src else f"[{lo:.1f}, {hi:.1f}] ({src})"
+                               for lo, hi, src in zip(d["ours_lo"], d["ours_hi"], d["interval"])],
         "in interval": d["in_interval"].map({True: "inside", False: "⚠ outside"}).fillna(MISSING),
     })
     counts = d["status"].value_counts()
