@@ -62,32 +62,38 @@ def _weights(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.nda
 
 
 def replicate_sums(designs: Sequence, labels: np.ndarray, replicates: int = REPLICATES,
-                   seed: int = 0) -> list[np.ndarray]:
+                   seed: int = 0) -> Iterable[list[np.ndarray]]:
     """Column sums of each design matrix (one per run, rows = the same images) under the same
-    ``replicates`` stratified resamples: a list of R × F arrays."""
+    ``replicates`` stratified resamples, chunk by chunk: per chunk, a list of r × F arrays."""
     labels = np.asarray(labels, np.int64)
     rng = np.random.default_rng(seed)
     n = max(len(labels), 1)
-    step = max(1, _CHUNK // n)
-    out: list[list[np.ndarray]] = [[] for _ in designs]
+    step = max(1, _CHUNK // max(n, max(x.shape[1] for x in designs)))
     done = 0
     while done < replicates:
         w = _weights(labels, min(step, replicates - done), rng)
-        for i, x in enumerate(designs):
-            out[i].append(np.asarray((x.T @ w.T).T))
+        yield [np.asarray((x.T @ w.T).T) for x in designs]
         done += len(w)
-    return [np.concatenate(o) for o in out]
+
+
+def replicate_values(preds: Sequence[Predictions], replicates: int = REPLICATES,
+                     seed: int = 0) -> list[dict[str, dict[str, np.ndarray]]]:
+    """Every metric of each run (on the same images) under the same ``replicates`` stratified
+    resamples: per run, ``{convention: {metric: R values}}`` (computed chunk by chunk, so that a
+    data set of many classes never holds R × F sums at once)."""
+    designs = [p.design() for p in preds]
+    parts = [[p.values(s) for p, s in zip(preds, sums)] for sums in
+             replicate_sums(designs, preds[0].labels, replicates, seed)]
+    return [{conv: {m: np.concatenate([chunk[i][conv][m] for chunk in parts]) for m in row}
+             for conv, row in parts[0][i].items()} for i in range(len(preds))]
 
 
 def bootstrap(pred: Predictions, replicates: int = REPLICATES, seed: int = 0,
               level: float = LEVEL) -> dict[str, dict[str, list[float] | None]]:
     """The percentile interval of every metric of one run: ``{convention: {metric: [lo, hi]}}``
     (None where the metric is undefined)."""
-    (sums,) = replicate_sums([pred.design()], pred.labels, replicates, seed)
-    out: dict[str, dict[str, list[float] | None]] = {}
-    for conv, row in pred.values(sums).items():
-        out[conv] = {m: _percentile(v, level) for m, v in row.items()}
-    return out
+    (vals,) = replicate_values([pred], replicates, seed)
+    return {conv: {m: _percentile(v, level) for m, v in row.items()} for conv, row in vals.items()}
 
 
 def _percentile(v: np.ndarray, level: float) -> list[float] | None:
@@ -103,8 +109,7 @@ def pooled_intervals(preds: Sequence[Predictions], replicates: int = REPLICATES,
     """The bootstrap interval of the mean over seeds of every metric, ``{convention: {metric:
     [lo, hi]}}`` (runs on the same test images, resampled together: the seeds stay paired)."""
     _same_images(preds)
-    sums = replicate_sums([p.design() for p in preds], preds[0].labels, replicates, seed)
-    vals = [p.values(s) for p, s in zip(preds, sums)]
+    vals = replicate_values(preds, replicates, seed)
     return {conv: {m: _percentile(np.mean([v[conv][m] for v in vals], axis=0), level) for m in row}
             for conv, row in vals[0].items()}
 
@@ -177,8 +182,7 @@ def paired(a: Sequence[Predictions], b: Sequence[Predictions], metrics: Sequence
         raise ValueError("a paired comparison needs as many runs of A as of B, one per seed, at least one")
     _same_images([*a, *b])
     runs = (*a, *b)
-    sums = replicate_sums([p.design() for p in runs], a[0].labels, replicates, seed)
-    vals = [p.values(s)[convention] for p, s in zip(runs, sums)]
+    vals = [v[convention] for v in replicate_values(runs, replicates, seed)]
     points = [p.point()[convention] for p in runs]
     k = len(a)
     out = {}
