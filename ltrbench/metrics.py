@@ -122,16 +122,20 @@ _NLL_EPS = 1e-15
 
 def probabilities(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Arg-max predictions, log softmax(scores) of the true class and the arg-max confidence, per image."""
-    s = np.asarray(scores, dtype=np.float64)
+    s = np.asarray(scores)
     labels = np.asarray(labels, dtype=np.int64)
     if not len(labels):
         return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
-    pred = s.argmax(1)
-    top = s.max(1, keepdims=True)
-    with np.errstate(invalid="ignore", over="ignore"):  # a masked class (-inf) has probability 0
-        log_z = top[:, 0] + np.log(np.exp(s - top).sum(1))
-    log_p_true = s[np.arange(len(labels)), labels] - log_z
-    confidence = np.exp(top[:, 0] - log_z)
+    step = max(1, 2_000_000 // max(s.shape[1], 1))  # rows at a time: no N × C float64 copy
+    pred, log_p_true, confidence = (np.empty(len(labels), t) for t in (np.int64, float, float))
+    for i in range(0, len(labels), step):
+        c = np.asarray(s[i:i + step], np.float64)
+        top = c.max(1, keepdims=True)
+        with np.errstate(invalid="ignore", over="ignore"):  # a masked class (-inf) has probability 0
+            log_z = top[:, 0] + np.log(np.exp(c - top).sum(1))
+        pred[i:i + step] = c.argmax(1)
+        log_p_true[i:i + step] = c[np.arange(len(c)), labels[i:i + step]] - log_z
+        confidence[i:i + step] = np.exp(top[:, 0] - log_z)
     return pred, np.maximum(log_p_true, np.log(_NLL_EPS)), confidence
 
 
@@ -196,8 +200,12 @@ class Predictions:
         return len(self.train_counts)
 
     def _groups(self) -> list[np.ndarray]:
-        """Per image: its class's bucket under each convention (the per-bucket ECE's groups)."""
-        return [shot_buckets(self.train_counts, conv)[self.labels] for conv in CONVENTIONS]
+        """Per image: the index in :data:`BUCKETS` of its class's bucket under each convention."""
+        out = []
+        for conv in CONVENTIONS:
+            per_class = np.array([BUCKETS.index(b) for b in shot_buckets(self.train_counts, conv)], np.int64)
+            out.append(per_class[self.labels])
+        return out
 
     def design(self):
         """The sparse N × F matrix whose weighted column sums give every metric (see :meth:`values`)."""
@@ -218,7 +226,7 @@ class Predictions:
             width = 1 + len(BUCKETS) * len(CONVENTIONS)
             groups = [np.zeros(n, np.int64)]  # group 0: every image; 1 + j·3 + i: bucket i of convention j
             for j, conv_b in enumerate(self._groups()):
-                groups.append(1 + j * len(BUCKETS) + np.array([BUCKETS.index(x) for x in conv_b], np.int64))
+                groups.append(1 + j * len(BUCKETS) + conv_b)
             col = np.stack(groups, 1) * ECE_BINS + b[:, None]  # N × groups: the (group, bin) of each image
             g = col.shape[1]
             r = np.repeat(rows, g)
@@ -337,8 +345,11 @@ def prior_corrected_accuracy(scores: np.ndarray, labels: np.ndarray, train_count
     counts = np.asarray(train_counts, float)
     with np.errstate(divide="ignore"):
         shift = np.log(q) - np.log(np.maximum(counts, 1) / counts.sum())
-    s = np.asarray(scores, np.float64)
-    pred = (s + shift[None, :]).argmax(1) if len(s) else np.zeros(0, np.int64)
+    s = np.asarray(scores)
+    shift = shift.astype(s.dtype if s.dtype.kind == "f" else np.float64)
+    step = max(1, 2_000_000 // max(s.shape[1], 1)) if s.ndim == 2 else 1
+    pred = np.concatenate([(s[i:i + step] + shift[None, :]).argmax(1) for i in range(0, len(s), step)]
+                          or [np.zeros(0, np.int64)])
     return per_class_accuracy(pred, np.asarray(labels), len(counts))
 
 
