@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--scheduler", choices=("none", "asha"), default="none",
                     help="asha: stop trials whose first seeds rank low (a trial's iterations are its seeds)")
     sw.add_argument("--rules", action="store_true", help="a row per inference rule (VL-LTR: fusion rules, branches)")
+    sw.add_argument("--ci", choices=CI_MODES, default="seeds",
+                    help="beside mean ± std: none, seeds (t over seeds; default) or bootstrap (test images, seeds paired)")
     sw.add_argument("--dataset", default=DEFAULT_DATASET, help=f"data set name (default: {DEFAULT_DATASET})")
     sw.add_argument("--backbone", default=None, help="backbone name (default: the data set config's)")
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -132,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "both), both (outside either)")
     df.add_argument("--metric", action="append", default=None, choices=("overall", "many", "medium", "few"),
                     help="only this metric's numbers (repeatable; the paper prints only these four)")
+    df.add_argument("--ci", choices=CI_MODES, default="seeds",
+                    help="our 95 %% interval: seeds (t over seeds; one seed: its bootstrap; default), bootstrap "
+                         "(over test images, seeds paired) or none (not shown)")
     _add_compare_parser(sub, common)
     rp = sub.add_parser("report", parents=[common], help="write <out>/report/: report.md, a self-contained report.html, PNG figures, CSV")
     rp.add_argument("--out", default="results", help="the results folder (default: results/); the report goes "
@@ -271,7 +276,7 @@ def cmd_sweep(args) -> int:
                               config_files=args.files, data_root=args.data_root, out=args.out,
                               ray_address=args.ray_address, device=args.device, retries=args.retries,
                               ship_code=args.ship_code, cpus_per_stage=args.cpus_per_stage, rules=args.rules,
-                              progress=not args.quiet)
+                              progress=not args.quiet, ci=args.ci)
     print(f"\n### sweep of {args.method} on {args.dataset}: {args.split} accuracy (%), ranked by {args.metric}, "
           f"{CONVENTION_NOTE['paper']}\n")
     print(render(table))
@@ -285,7 +290,8 @@ def _add_stats_args(p: argparse.ArgumentParser) -> None:
                    help="beside mean ± std: none, seeds (95 %% t interval over seeds; default) or bootstrap (95 %% "
                         "bootstrap over test images, stratified by class, seeds paired)")
     p.add_argument("--metric", action="append", default=None, choices=METRIC_NAMES,
-                   help="a column to show (repeatable; default: overall, many, medium, few)")
+                   help="a column of the summary tables (repeatable; default: overall, many, medium, few; a paper "
+                        "table shows the metrics the paper prints)")
 
 
 def cmd_tables(args) -> int:
@@ -324,7 +330,7 @@ def cmd_diff(args) -> int:
     failures = 0
     for n in numbers:
         rep = render_diff(load_table(n), df, dataset=args.dataset, tolerance=args.tolerance, records=records,
-                          metrics=args.metric)
+                          metrics=args.metric, ci=args.ci)
         print(rep.markdown)
         failures += rep.failing(rule)
     where = Path(args.out) / "runs"

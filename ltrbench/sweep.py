@@ -41,7 +41,7 @@ from .execute import ExecOptions, gpu_policy, stage_resources
 from .paths import cache_root
 from .results import load_results, read_results
 from .metrics import LOWER_IS_BETTER, METRIC_NAMES
-from .tables import METRICS, cell, digits_of, markdown
+from .tables import METRICS, Evidence, cell, digits_of, markdown
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,9 @@ def sweep(method: str, dataset: str, grid: dict[str, list[str]], *, search: str 
           backbone: str | None = None, overrides: Sequence[str] = (), config_files: Sequence[str | Path] = (),
           data_root: str | None = None, out: str | Path = "results", ray_address: str | None = None,
           device: str = "auto", retries: int = 2, ship_code: bool = True, cpus_per_stage: int | None = None,
-          rules: bool = False, progress: bool = True) -> tuple[pd.DataFrame, Path]:
-    """Run the sweep; return the ranked table (a frame of display strings) and where it was written."""
+          rules: bool = False, progress: bool = True, ci: str = "seeds") -> tuple[pd.DataFrame, Path]:
+    """Run the sweep; return the ranked table (a frame of display strings) and where it was written.
+    ``ci``: what the cells show beside mean ± std (:data:`ltrbench.tables.CI_MODES`)."""
     if search not in SEARCHES:
         raise ConfigError(f"Unknown search {search!r}; use one of {', '.join(SEARCHES)}.")
     if scheduler not in SCHEDULERS:
@@ -174,14 +175,17 @@ def sweep(method: str, dataset: str, grid: dict[str, list[str]], *, search: str 
         run_config=tune.RunConfig(name=name, storage_path=str(root.parent), verbose=0,
                                   callbacks=[_Lines(spec.report)] if progress else None),
     )
-    table = _table(tuner.fit(), grid, spec, rules)
+    table = _table(tuner.fit(), grid, spec, rules, ci)
     (root / "table.md").write_text(markdown(table) + "\n")
     return table, root / "table.md"
 
 
-def _table(results, grid: dict[str, list[str]], spec: _TrialSpec, rules: bool) -> pd.DataFrame:
-    """One row per trial (and rule), mean ± std over its seeds from its result files, best first."""
+def _table(results, grid: dict[str, list[str]], spec: _TrialSpec, rules: bool, ci: str = "seeds") -> pd.DataFrame:
+    """One row per trial (and rule), mean ± std over its seeds from its result files (with the
+    interval ``ci`` names; a rule's cells never a bootstrap one: only the primary result stores its
+    predictions), best first."""
     recs = {r["run_key"]: r for r in read_results(Path(spec.out))}
+    evidence = Evidence(list(recs.values())) if ci == "bootstrap" else None
     shown = [*METRICS, *([spec.metric] if spec.metric not in METRICS else [])]
     sign = -1.0 if spec.metric in LOWER_IS_BETTER else 1.0
     rows = []
@@ -206,11 +210,17 @@ def _table(results, grid: dict[str, list[str]], spec: _TrialSpec, rules: bool) -
             score = g[spec.metric].mean()
             rows.append({**base, "rule": rule, "seeds": str(g["seed"].nunique()),
                          "_score": float("-inf") if pd.isna(score) else sign * score, "status": status,
-                         **{mm: cell(g[mm], "seeds", digits=digits_of(mm)) for mm in shown}})
+                         **{mm: cell(g[mm], ci, _pooled(evidence, g, mm, rule), digits_of(mm)) for mm in shown}})
     df = pd.DataFrame(rows).sort_values("_score", ascending=False, kind="stable").drop(columns="_score")
     df.insert(0, "rank", [str(i + 1) for i in range(len(df))])
     df = df.rename(columns={mm: f"{spec.report.split('_')[0]} {mm}" for mm in shown})
     return df if rules else df.drop(columns="rule")
+
+
+def _pooled(evidence: Evidence | None, g: pd.DataFrame, metric: str, rule: str):
+    if evidence is None or rule != "primary":
+        return None
+    return evidence.pooled(list(g["run_key"]), "paper", metric)
 
 
 class _Lines(Callback):

@@ -502,7 +502,8 @@ STRICT_RULES = ("tolerance", "interval", "either", "both")
 
 
 def diff_frame(spec: TableSpec, df: pd.DataFrame, dataset: str | None = None,
-               tolerance: float = TOLERANCE, records: Sequence[Mapping[str, Any]] = ()) -> pd.DataFrame:
+               tolerance: float = TOLERANCE, records: Sequence[Mapping[str, Any]] = (),
+               ci: str = "seeds") -> pd.DataFrame:
     """Every number of the paper's own rows on their data set against ours, one row per number.
 
     Ours is taken under the paper number's shot convention (overall has none), so Δ always compares
@@ -510,11 +511,14 @@ def diff_frame(spec: TableSpec, df: pd.DataFrame, dataset: str | None = None,
     of that row on its data set). With ``dataset``, only the rows whose paper data set it is.
     ``ours_lo``/``ours_hi``: our 95 % interval, the t interval over seeds with two seeds or more
     (``interval`` = ``seeds``), else the one run's bootstrap interval over test images
-    (``bootstrap``); ``in_interval``: whether the paper's number lies inside it (None: no interval).
+    (``bootstrap``); with ``ci="bootstrap"`` the bootstrap interval of the mean over seeds (test
+    images resampled, seeds paired; :class:`Evidence` of ``records``) whatever the seeds.
+    ``in_interval``: whether the paper's number lies inside it (None: no interval).
     """
     from .stats import t_interval
 
     stored = {r.get("run_key"): r.get("intervals") or {} for r in records}
+    evidence = Evidence(records) if ci == "bootstrap" else None
     results = row_results(spec, df, dataset)
     out = []
     for r in spec.runs:
@@ -531,7 +535,10 @@ def diff_frame(spec: TableSpec, df: pd.DataFrame, dataset: str | None = None,
             status = "missing" if not len(vals) else ("within" if abs(delta) <= tolerance else "outside")
             lo, hi = t_interval(vals)
             source = "seeds" if not pd.isna(lo) else ""
-            if len(vals) == 1:
+            if evidence is not None and len(vals):
+                got = evidence.pooled(list(mine.loc[vals.index, "run_key"]), number.convention or "paper", m)
+                (lo, hi), source = (got, "bootstrap") if got else ((float("nan"), float("nan")), "")
+            elif len(vals) == 1:
                 one = stored.get(mine.loc[vals.index[0], "run_key"], {}).get(number.convention or "paper", {}).get(m)
                 if one:
                     (lo, hi), source = one, "bootstrap"
@@ -644,7 +651,7 @@ def _fmt(x: float, signed: bool = False) -> str:
 
 def render_diff(spec: TableSpec, df: pd.DataFrame, dataset: str | None = None,
                 tolerance: float = TOLERANCE, records: Sequence[Mapping[str, Any]] = (),
-                metrics: Sequence[str] | None = None) -> DiffReport:
+                metrics: Sequence[str] | None = None, ci: str = "seeds") -> DiffReport:
     """Markdown of :func:`diff_frame` for the table's data sets with paper numbers, and of
     :func:`order_comparison` for any other data set it was run on."""
     lines: list[str] = []
@@ -652,11 +659,11 @@ def render_diff(spec: TableSpec, df: pd.DataFrame, dataset: str | None = None,
     orders: list[OrderComparison] = []
     for ds in diff_datasets(spec, df, dataset):
         if ds in spec.datasets:
-            d = diff_frame(spec, df, ds, tolerance, records)
+            d = diff_frame(spec, df, ds, tolerance, records, ci)
             if metrics:
                 d = d[d["metric"].isin(metrics)].reset_index(drop=True)
             values.append(d)
-            lines += _render_values(spec, d, ds, tolerance)
+            lines += _render_values(spec, d, ds, tolerance, ci)
         else:
             o = [c for c in order_comparison(spec, df, ds) if not metrics or c.metric in metrics]
             orders += o
@@ -665,7 +672,7 @@ def render_diff(spec: TableSpec, df: pd.DataFrame, dataset: str | None = None,
     return DiffReport("\n".join(lines).rstrip() + "\n", vals, orders)
 
 
-def _render_values(spec: TableSpec, d: pd.DataFrame, dataset: str, tolerance: float) -> list[str]:
+def _render_values(spec: TableSpec, d: pd.DataFrame, dataset: str, tolerance: float, ci: str = "seeds") -> list[str]:
     shown = pd.DataFrame({
         "#": d["row"].astype(str), "row": d["label"], "metric": d["metric"],
         "convention": d["convention"].replace("", MISSING), "seeds": d["seeds"].astype(str),
@@ -676,6 +683,8 @@ def _render_values(spec: TableSpec, d: pd.DataFrame, dataset: str, tolerance: fl
                                for lo, hi, src in zip(d["ours_lo"], d["ours_hi"], d["interval"])],
         "in interval": d["in_interval"].map({True: "inside", False: "⚠ outside"}).fillna(MISSING),
     })
+    if ci == "none":  # judged by --strict interval all the same, not shown
+        shown = shown.drop(columns=["ours 95 % interval", "in interval"])
     counts = d["status"].value_counts()
     head = (f"### {spec.title}: ours vs paper on {dataset} (tolerance ±{tolerance:g} points; many/medium/few "
             f"of ours under each paper number's shot convention)")
@@ -684,7 +693,8 @@ def _render_values(spec: TableSpec, d: pd.DataFrame, dataset: str, tolerance: fl
     tail = (f"{len(d)} numbers: {counts.get('within', 0)} within, {counts.get('outside', 0)} outside, "
             f"{counts.get('missing', 0)} missing (rows with no result on {dataset}); the paper's number inside our "
             f"95 % interval: {inside}, outside: {outside}, no interval: {len(d) - inside - outside} (interval: t over "
-            "seeds with two or more, else the one run's bootstrap over test images).")
+            "seeds with two or more, else the one run's bootstrap over test images; `--ci bootstrap`: the bootstrap of the "
+            "mean over seeds).")
     return [head, "", markdown(shown) if len(d) else "(no row of this table is on this data set)", "", tail, ""]
 
 
