@@ -27,7 +27,7 @@ from .report import build_report, summary_of
 from .metrics import METRIC_NAMES
 from .results import load_results, read_results
 from .tables import (CI_MODES, STRICT_RULES, TOLERANCE, Evidence, available_tables, load_table, markdown as render,
-                     render_diff, render_table, shifted_table, summary_table)
+                     compare_table, render_diff, render_table, shifted_table, summary_table)
 
 DEFAULT_DATASET = "synthetic_lt"
 DEFAULT_BASELINE = "baseline"  # what `report` measures per-class gains against (the paper's Figure 4)
@@ -372,7 +372,6 @@ def _add_compare_parser(sub, common: argparse.ArgumentParser) -> None:
 def cmd_compare(args) -> int:
     """``compare A B``: prints the table of :func:`ltrbench.tables.compare_table` and writes it to
     ``<out>/tables/compare__A__B.md``."""
-    from .tables import compare_table
 
     records = read_results(Path(args.out))
     md = compare_table(records, args.a, args.b, dataset=args.dataset, metrics=args.metric,

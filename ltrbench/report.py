@@ -40,9 +40,10 @@ import numpy as np
 import pandas as pd
 
 from .errors import LtrBenchError
-from .metrics import BUCKETS, CONVENTION_NOTE, CONVENTIONS, shot_buckets
+from .metrics import BUCKETS, CONVENTION_NOTE, CONVENTIONS, SHIFTS, shift_name, shot_buckets
 from .paths import cache_root
 from .results import load_results, metric_columns, read_results
+from .stats import t_interval
 from .tables import (CI_NOTE, METRICS, Evidence, available_tables, load_table, markdown, render_diff, shifted_frame,
                      shifted_table, summary_frame, summary_table)
 
@@ -382,7 +383,6 @@ def _shots_figure(dataset: str, series: Sequence[Series], df: pd.DataFrame):
 def _interval(g: pd.DataFrame, col: str) -> tuple[float, float]:
     """The 95 % interval a bar shows: t over seeds with two or more, else the one run's bootstrap
     interval (``<col>_lo``/``_hi``), else none (NaN)."""
-    from .stats import t_interval
 
     v = g[col].dropna()
     if len(v) >= 2:
@@ -397,7 +397,6 @@ def _interval(g: pd.DataFrame, col: str) -> tuple[float, float]:
 def _shifted_figure(dataset: str, shifted: pd.DataFrame):
     """Accuracy on SADE's test distributions, forward 50 … uniform … backward 50, one line per method
     (mean over seeds, 95 % t band over seeds), its oracle prior correction dashed."""
-    from .metrics import SHIFTS, shift_name
 
     names = [shift_name(d, r) for d, r in SHIFTS]
     fig = _figure(12, 6)
@@ -417,7 +416,6 @@ def _shifted_figure(dataset: str, shifted: pd.DataFrame):
             ax.plot(x, mean, style, color=colors[(method, variant)], lw=2 if kind == "method" else 1.3, ms=4,
                     label=label, alpha=1.0 if kind == "method" else 0.8)
             if kind == "method" and k["seed"].nunique() > 1:
-                from .stats import t_interval
 
                 band = np.clip(np.array([t_interval(k[c]) for c in names]), 0, 100)
                 ax.fill_between(x, band[:, 0], band[:, 1], color=colors[(method, variant)], alpha=0.12, lw=0)

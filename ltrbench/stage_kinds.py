@@ -35,6 +35,7 @@ from .metrics import summarize
 from .models import Classifier, load_model, read_manifest, write_manifest
 from .registry import LOSSES, METHODS, WEIGHTS
 from .stages import Reads, StageContext, stage_kind
+from .stats import evaluation
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,6 @@ class Prediction:
     primary one; ``bucket_rule`` names the rule whose predictions give the many/medium/few numbers
     of the primary result when the method reports those from another rule than its overall.
     """
-
     scores: np.ndarray
     labels: np.ndarray
     rules: Mapping[str, np.ndarray] = field(default_factory=dict)
@@ -268,7 +268,6 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
     prediction) that paired comparisons resample, and the per-class accuracy after the oracle prior
     correction for each SADE test distribution (:func:`ltrbench.metrics.oracle_per_class`).
     Version 2: version 1 recorded overall/many/medium/few and per-class accuracy only."""
-    from .stats import evaluation
 
     method = METHODS.get(ctx.config["method"])()
     ds = dataset_of(ctx)

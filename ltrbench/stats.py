@@ -28,6 +28,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .errors import LtrBenchError
 from .metrics import LOWER_IS_BETTER, Predictions, oracle_per_class, shifted, summarize
 
 REPLICATES = 2000
@@ -115,7 +116,6 @@ def pooled_intervals(preds: Sequence[Predictions], replicates: int = REPLICATES,
 
 
 def _same_images(preds: Sequence[Predictions]) -> None:
-    from .errors import LtrBenchError
 
     first = preds[0].labels
     for p in preds[1:]:

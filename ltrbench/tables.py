@@ -33,9 +33,11 @@ import yaml
 
 from .config import CONFIG_DIR
 from .errors import ConfigError
-from .metrics import CONVENTION_NOTE, CONVENTIONS
+from .metrics import (CONVENTION_NOTE, CONVENTIONS, LOWER_IS_BETTER, METRIC_NAMES, SHIFTS, Predictions, shift_name,
+                      shifted)
 from .plan import RunSpec
-from .results import metric_columns
+from .results import load_results, metric_columns
+from .stats import holm, paired, pooled_intervals, t_interval
 
 METRICS = ("overall", "many", "medium", "few")
 TABLE_DIR = CONFIG_DIR / "tables"
@@ -113,7 +115,6 @@ def cell(values: pd.Series | Sequence[float], ci: str = "seeds", interval: Seque
     if ci == "none" or base == MISSING:
         return base
     if ci == "seeds":
-        from .stats import t_interval
 
         interval = t_interval(pd.Series(values, dtype=float).dropna())
         if digits == 1:  # a percentage: the t interval's ends are clipped to [0, 100]
@@ -129,7 +130,6 @@ class Evidence:
     has no predictions (written before they were stored) gives no interval and no comparison."""
 
     def __init__(self, records: Sequence[Mapping[str, Any]]) -> None:
-        from .metrics import Predictions
 
         self.records = {r.get("run_key"): r for r in records}
         self.preds = {k: Predictions.from_record(r) for k, r in self.records.items()}
@@ -147,7 +147,6 @@ class Evidence:
         if len(keys) == 1 and (self.records[keys[0]].get("intervals") or {}).get(convention, {}).get(metric):
             return tuple(self.records[keys[0]]["intervals"][convention][metric])
         if keys not in self._pooled:
-            from .stats import pooled_intervals
 
             runs = self._runs(keys)
             self._pooled[keys] = pooled_intervals(runs) if runs else None
@@ -165,7 +164,6 @@ class Evidence:
         kb = [b.loc[b["seed"] == s, "run_key"].iloc[0] for s in seeds]
         key = (tuple(ka), tuple(kb), convention, tuple(metrics))
         if key not in self._paired:
-            from .stats import paired
 
             ra, rb = self._runs(ka), self._runs(kb)
             self._paired[key] = paired(ra, rb, metrics, convention) if ra and rb else None
@@ -178,7 +176,6 @@ def markdown(frame: pd.DataFrame) -> str:
 
 
 def _metrics(metrics: Sequence[str] | None) -> list[str]:
-    from .metrics import METRIC_NAMES
 
     out = list(metrics or METRICS)
     bad = [m for m in out if m not in METRIC_NAMES]
@@ -191,7 +188,6 @@ def summary_frame(df: pd.DataFrame, convention: str = "paper", metrics: Sequence
     """Numbers of :func:`summary_table`: one row per (dataset, backbone, method, variant) with the
     mean, sample std, 95 % t interval over seeds (``lo``, ``hi``) and count over seeds of each
     metric (default overall/many/medium/few) under ``convention``."""
-    from .stats import t_interval
 
     cols = metric_columns(convention)
     metrics = _metrics(metrics)
@@ -248,7 +244,6 @@ def summary_table(df: pd.DataFrame, convention: str = "paper", *, ci: str = "see
     lines = [markdown(pd.DataFrame(rows, columns=["method", "dataset", "backbone", "seeds", *metrics])), "",
              f"Cells: {CI_NOTE[ci]}."]
     if against:
-        from .stats import holm
 
         adjusted = holm([t[2].p_value for t in tests])
         marked = 0
@@ -515,8 +510,6 @@ def diff_frame(spec: TableSpec, df: pd.DataFrame, dataset: str | None = None,
     images resampled, seeds paired; :class:`Evidence` of ``records``) whatever the seeds.
     ``in_interval``: whether the paper's number lies inside it (None: no interval).
     """
-    from .stats import t_interval
-
     stored = {r.get("run_key"): r.get("intervals") or {} for r in records}
     evidence = Evidence(records) if ci == "bootstrap" else None
     results = row_results(spec, df, dataset)
@@ -728,7 +721,6 @@ def shifted_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     run: one row per (dataset, backbone, method, variant, seed, kind) with a column per
     distribution; ``kind`` is ``method`` (Σ_c q_c · acc_c of the run's per-class accuracy) or
     ``oracle`` (the same after the post-hoc prior correction that knows q; runs since evaluate v2)."""
-    from .metrics import SHIFTS, shift_name, shifted
 
     names = [shift_name(d, r) for d, r in SHIFTS]
     rows = []
@@ -747,7 +739,6 @@ def shifted_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 def shifted_table(records: Sequence[Mapping[str, Any]], dataset: str) -> str:
     """Markdown: accuracy on each shifted test distribution of ``dataset``, one row per method (mean
     ± std over seeds) and, labelled as such, per method's oracle prior correction."""
-    from .metrics import SHIFTS, shift_name
 
     names = [shift_name(d, r) for d, r in SHIFTS]
     f = shifted_frame([r for r in records if r["dataset"] == dataset])
@@ -783,8 +774,6 @@ def compare_table(records: Sequence[Mapping[str, Any]], a: str, b: str, *, datas
     ran on, per metric: the means over the seeds both have, Δ with its 95 % paired bootstrap interval
     and p-value (test images resampled within each class, the same for both methods and every
     seed), and with three seeds or more a paired t-test over seeds (:func:`ltrbench.stats.paired`)."""
-    from .metrics import LOWER_IS_BETTER
-    from .results import load_results
 
     metrics = _metrics(metrics)
     df = load_results(list(records))
