@@ -1,5 +1,5 @@
 """The command line: ``run_bench.py [run] …``, ``sweep``, ``list``, ``check-data``, ``tables``, ``diff``,
-``report``.
+``compare``, ``report``.
 
 Each command is argparse → the library (:func:`ltrbench.run`, :func:`ltrbench.results.load_results`,
 :func:`ltrbench.checkdata.check_data`) → rendering. Bad input (an unknown method or data set, a bad
@@ -26,10 +26,12 @@ from .errors import LtrBenchError
 from .metrics import CONVENTION_NOTE, CONVENTIONS
 from .registry import BACKBONES, DATASETS, METHODS
 from .report import build_report, summary_of
+from .metrics import METRIC_NAMES
 from .results import load_results, read_results, scan_results
 from .safeio import real_dir, write_atomic
-from .tables import (TOLERANCE, available_tables, extra_tables, leaderboard, load_extra_table, load_table, markdown as render,
-                     params_of, render_diff, render_extra_table, render_table, summary_table)
+from .tables import (CI_MODES, STRICT_RULES, TOLERANCE, Evidence, available_tables, compare_table, extra_tables,
+                     leaderboard, load_extra_table, load_table, markdown as render, params_of, render_diff,
+                     render_extra_table, render_table, shifted_table, summary_table)
 
 DEFAULT_DATASET = "synthetic_lt"
 DEFAULT_BASELINE = "baseline"  # what `report` measures per-class gains against (the paper's Figure 4)
@@ -109,12 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--search", choices=("grid", "random"), default="grid",
                     help="every grid point (grid) or --samples points drawn at random (random)")
     sw.add_argument("--samples", type=int, default=1, help="trials of a random search (default: 1)")
-    sw.add_argument("--metric", choices=("overall", "many", "medium", "few"), default="overall",
-                    help="what ranks the trials (default: overall)")
+    sw.add_argument("--metric", choices=METRIC_NAMES, default="overall",
+                    help="what ranks the trials (default: overall; nll and the ece metrics rank lowest first)")
     sw.add_argument("--split", default="val", help="the split trials are evaluated on (default: val, never test)")
     sw.add_argument("--scheduler", choices=("none", "asha"), default="none",
                     help="asha: stop trials whose first seeds rank low (a trial's iterations are its seeds)")
     sw.add_argument("--rules", action="store_true", help="a row per inference rule (VL-LTR: fusion rules, branches)")
+    sw.add_argument("--ci", choices=CI_MODES, default="seeds",
+                    help="beside mean ± std: none, seeds (t over seeds; default) or bootstrap (test images, seeds paired)")
     _add_request_args(sw, dataset_default=DEFAULT_DATASET, dataset_help=f"data set name (default: {DEFAULT_DATASET})",
                       out_help="the sweep's folder is <out>/sweeps/<name>/ (default: results/); --seeds: per trial")
     tb = sub.add_parser("tables", parents=[common],
@@ -124,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "table beyond the paper by name")
     tb.add_argument("--dataset", default=None, help="with --table: compare the results on this data set")
     tb.add_argument("--strict", action="store_true", help="exit 1 when a file of the folder is not a readable result")
+    _add_stats_args(tb)
+    tb.add_argument("--against", default=None, metavar="METHOD",
+                    help="mark cells that differ significantly from METHOD's row (paired bootstrap, Holm-corrected)")
     df = sub.add_parser("diff", parents=[common], help="ours against the paper's numbers, row by row; --strict exits 1 on a gap")
     df.add_argument("--table", type=int, default=None, help="paper table N (default: every table, 1-4 and 8-10)")
     df.add_argument("--dataset", default=None,
@@ -131,9 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("--out", default="results", help="the results folder (default: results/)")
     df.add_argument("--tolerance", type=float, default=TOLERANCE,
                     help=f"points ours may differ from the paper's (default: {TOLERANCE:g})")
-    df.add_argument("--strict", action="store_true",
-                    help="exit 1 when a runnable row has no result or differs by more than the tolerance, or a "
-                         "file of the folder is not a readable result")
+    df.add_argument("--strict", nargs="?", const="tolerance", default=None, choices=STRICT_RULES,
+                    help="exit 1 when a runnable row has no result or a number breaks the rule: tolerance (the "
+                         "default rule), interval (the paper's number outside our 95 %% interval), either (outside "
+                         "both), both (outside either); and when a file of the folder is not a readable result")
+    df.add_argument("--metric", action="append", default=None, choices=("overall", "many", "medium", "few"),
+                    help="only this metric's numbers (repeatable; the paper prints only these four)")
+    df.add_argument("--ci", choices=CI_MODES, default="seeds",
+                    help="our 95 %% interval: seeds (t over seeds; one seed: its bootstrap; default), bootstrap "
+                         "(over test images, seeds paired) or none (not shown)")
+    _add_compare_parser(sub, common)
     rp = sub.add_parser("report", parents=[common], help="write <out>/report/: report.md, a self-contained report.html, PNG figures, CSV")
     rp.add_argument("--out", default="results", help="the results folder (default: results/); the report goes "
                     "to <out>/report/")
@@ -141,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--baseline", default=DEFAULT_BASELINE,
                     help=f"the method per-class gains are measured against (default: {DEFAULT_BASELINE})")
     rp.add_argument("--strict", action="store_true", help="exit 1 when a file of the folder is not a readable result")
+    rp.add_argument("--ci", choices=CI_MODES, default="seeds",
+                    help="what the tables show beside mean ± std: none, seeds (t interval over seeds; default) or "
+                         "bootstrap (over test images, seeds paired)")
     return p
 
 
@@ -164,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_tables(args)
         if args.command == "diff":
             return cmd_diff(args)
+        if args.command == "compare":
+            return cmd_compare(args)
         if args.command == "report":
             return cmd_report(args)
         if args.command == "sweep":
@@ -295,7 +314,7 @@ def cmd_sweep(args) -> int:
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"
     search = sweep.Search(sweep.parse_grid(args.grid), args.search, args.samples, args.metric, args.split,
-                          args.scheduler, args.rules)
+                          args.scheduler, args.rules, args.ci)
     table, path = sweep.sweep(_request(args, [args.method], args.dataset), search, _options(args, "ray", args.out))
     print(f"\n### sweep of {args.method} on {args.dataset}: {args.split} accuracy (%), ranked by {args.metric}, "
           f"{CONVENTION_NOTE['paper']}\n")
@@ -305,8 +324,7 @@ def cmd_sweep(args) -> int:
 
 
 def _results(args):
-    """The results folder's frame, each file that is not a readable result said in one line on stderr."""
-    df = load_results(Path(args.out))
+    """The results folder's frame and scan, each file that is not a readable result said in one line on stderr."""
     scan = scan_results(Path(args.out))
     for s in scan.skipped:
         print(s.line(), file=sys.stderr)
@@ -321,9 +339,21 @@ def _skipped_status(args, skipped: int) -> int:
     return 1 if skipped and getattr(args, "strict", False) else 0
 
 
+def _add_stats_args(p: argparse.ArgumentParser) -> None:
+    """``--ci`` and ``--metric``, for the commands that print tables of ours."""
+    p.add_argument("--ci", choices=CI_MODES, default="seeds",
+                   help="beside mean ± std: none, seeds (95 %% t interval over seeds; default) or bootstrap (95 %% "
+                        "bootstrap over test images, stratified by class, seeds paired)")
+    p.add_argument("--metric", action="append", default=None, choices=METRIC_NAMES,
+                   help="a column of the summary tables (repeatable; default: overall, many, medium, few; a paper "
+                        "table shows the metrics the paper prints)")
+
+
 def cmd_tables(args) -> int:
     df, scan = _results(args)
-    params = params_of(scan.records)
+    records = scan.records
+    params = params_of(records)
+    evidence = Evidence(records) if args.ci == "bootstrap" or args.against else None
     if args.table is not None and not str(args.table).isdigit():
         spec = load_extra_table(args.table)
         for conv in CONVENTIONS:
@@ -332,18 +362,23 @@ def cmd_tables(args) -> int:
     if args.table is not None:
         spec = load_table(int(args.table))
         for conv in CONVENTIONS:
-            print(render_table(spec, df, conv, dataset=args.dataset))
+            print(render_table(spec, df, conv, dataset=args.dataset, ci=args.ci, evidence=evidence))
         return _skipped_status(args, len(scan.skipped))
     if df.empty:
         raise LtrBenchError(f"No result JSONs under {Path(args.out) / 'runs'}; run `python run_bench.py` first.")
+    if args.against and not (df["method"] == args.against).any():
+        raise LtrBenchError(f"--against {args.against}: no runs of {args.against!r} under {Path(args.out) / 'runs'}; "
+                            f"it has {', '.join(sorted(df['method'].unique()))}.")
     for conv in CONVENTIONS:
         print(f"### top-1 accuracy (%), {CONVENTION_NOTE[conv]}\n")
-        print(summary_table(df, conv) + "\n")
+        print(summary_table(df, conv, ci=args.ci, metrics=args.metric, evidence=evidence, against=args.against) + "\n")
     print(leaderboard(df, "paper", params))
     for name in extra_tables():  # the tables beyond the paper that this folder has runs of
         spec = load_extra_table(name)
         if df["variant"].isin([spec.variant(r) for r in spec.rows]).any():
             print(render_extra_table(spec, df, "paper", params=params))
+    for ds in dict.fromkeys(df["dataset"]):
+        print(shifted_table(records, ds))
     return _skipped_status(args, len(scan.skipped))
 
 
@@ -355,25 +390,66 @@ def cmd_diff(args) -> int:
     if args.tolerance < 0:
         raise LtrBenchError(f"--tolerance must be 0 or more points, got {args.tolerance:g}.")
     df, scan = _results(args)
+    records = scan.records
     numbers = [args.table] if args.table is not None else available_tables()
+    rule = args.strict or "tolerance"
     failures = 0
     for n in numbers:
-        rep = render_diff(load_table(n), df, dataset=args.dataset, tolerance=args.tolerance)
+        rep = render_diff(load_table(n), df, dataset=args.dataset, tolerance=args.tolerance, records=records,
+                          metrics=args.metric, ci=args.ci)
         print(rep.markdown)
-        failures += rep.failures
+        failures += rep.failing(rule)
     where = Path(args.out) / "runs"
+    broken = {"tolerance": f"outside ±{args.tolerance:g} points", "interval": "outside our 95 % interval",
+              "either": f"outside both ±{args.tolerance:g} points and our 95 % interval",
+              "both": f"outside ±{args.tolerance:g} points or our 95 % interval"}[rule]
     if failures:
-        print(f"{failures} failing (missing, or outside ±{args.tolerance:g} points) in {where}"
+        print(f"{failures} failing (missing, or {broken}) in {where}"
               + ("" if args.strict else "; --strict would exit 1"))
     else:
-        print(f"no runnable row is missing or outside ±{args.tolerance:g} points in {where} (an order of rows on a "
+        print(f"no runnable row is missing or {broken} in {where} (an order of rows on a "
               "data set without paper numbers is reported above, not judged)")
     return max(1 if args.strict and failures else 0, _skipped_status(args, len(scan.skipped)))
 
 
 def cmd_report(args) -> int:
-    rep = build_report(Path(args.out), dataset=args.dataset, baseline=args.baseline)
+    rep = build_report(Path(args.out), dataset=args.dataset, baseline=args.baseline, ci=args.ci)
     for s in rep.skipped:
         print(s.line(), file=sys.stderr)
     print(summary_of(rep))
     return _skipped_status(args, len(rep.skipped))
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def _add_compare_parser(sub, common: argparse.ArgumentParser) -> None:
+    cp = sub.add_parser("compare", parents=[common],
+                        help="method A against method B: Δ with a 95 %% interval and p, paired over test images and seeds")
+    cp.add_argument("a", metavar="A", help="a method (its plain runs; METHOD[VARIANT] for a table row's runs)")
+    cp.add_argument("b", metavar="B", help="the method A is compared with")
+    cp.add_argument("--dataset", default=None, help="only this data set (default: every one both ran on)")
+    cp.add_argument("--metric", action="append", default=None, choices=METRIC_NAMES,
+                    help="the metric(s) compared (repeatable; default: overall, many, medium, few)")
+    cp.add_argument("--convention", choices=tuple(CONVENTIONS), default="paper",
+                    help="the shot convention of the bucket metrics (default: paper)")
+    cp.add_argument("--out", default="results", help="the results folder (default: results/); the table is also "
+                    "written to <out>/tables/")
+
+
+def cmd_compare(args) -> int:
+    """``compare A B``: prints the table of :func:`ltrbench.tables.compare_table` and writes it to
+    ``<out>/tables/compare__A__B.md``."""
+
+    scan = scan_results(Path(args.out))
+    for s in scan.skipped:
+        print(s.line(), file=sys.stderr)
+    md = compare_table(scan.records, args.a, args.b, dataset=args.dataset, metrics=args.metric,
+                       convention=args.convention, where=Path(args.out) / "runs")
+    print(md)
+    tables = real_dir(Path(args.out) / "tables", Path(args.out), "the tables folder", create=True)
+    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"compare__{args.a}__{args.b}"
+                   + (f"__{args.dataset}" if args.dataset else "")) + ".md"
+    write_atomic(tables / name, md, "the comparison table")
+    print(f"table: {tables / name}")
+    return 0

@@ -8,8 +8,9 @@
   URIs), to open or mail as one file;
 * ``figures/*.png`` (matplotlib, Agg, 100 dpi: readable at 100 % zoom): per data set, the
   per-class accuracy gain of each method over a baseline with classes sorted by training images
-  (the paper's Figure 4), many/medium/few bars per method with seed error bars, accuracy against
-  training images (log scale), the text corpus per class (sentences, and how many the anchor
+  (the paper's Figure 4), many/medium/few bars per method with 95 % interval bars, accuracy against
+  training images (log scale), accuracy under SADE's shifted test distributions (one line per
+  method, the oracle prior correction dashed), the text corpus per class (sentences, and how many the anchor
   selection kept), and the training curves of the runs' training stages;
 * ``tables/*.csv``: every table as numbers.
 
@@ -39,12 +40,14 @@ import numpy as np
 import pandas as pd
 
 from .errors import LtrBenchError
-from .metrics import BUCKETS, CONVENTION_NOTE, CONVENTIONS, shot_buckets
+from .metrics import BUCKETS, CONVENTION_NOTE, CONVENTIONS, SHIFTS, shift_name, shot_buckets
 from .paths import cache_root
 from .results import Skipped, load_results, metric_columns, scan_results
 from .safeio import real_dir, refuse_links, write_atomic, write_with
-from .tables import (METRICS, available_tables, extra_tables, leaderboard, load_extra_table, load_table, markdown,
-                     params_of, render_diff, render_extra_table, summary_frame, summary_table)
+from .stats import t_interval
+from .tables import (CI_NOTE, METRICS, Evidence, available_tables, extra_tables, leaderboard, load_extra_table,
+                     load_table, markdown, params_of, render_diff, render_extra_table, shifted_frame, shifted_table,
+                     summary_frame, summary_table)
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +107,13 @@ class Report:
 
 
 def build_report(out: Path, *, dataset: str | None = None, baseline: str | None = None,
-                 cache: Path | None = None) -> Report:
+                 cache: Path | None = None, ci: str = "seeds") -> Report:
     """Write ``<out>/report/`` from the result JSONs under ``<out>/runs`` (see the module docstring).
 
     ``dataset`` limits the report to one data set; ``baseline`` names the method the per-class
     gains are measured against (its plain runs, variant ""); ``cache`` is where the stages'
-    artifacts are read (default: ``$LTRBENCH_CACHE``).
+    artifacts are read (default: ``$LTRBENCH_CACHE``); ``ci``: what the tables show beside mean ± std
+    (:data:`ltrbench.tables.CI_MODES`).
     """
     out = Path(out)
     scan = scan_results(out)
@@ -132,7 +136,7 @@ def build_report(out: Path, *, dataset: str | None = None, baseline: str | None 
         for old in sorted(d.iterdir()):  # a report is rebuilt whole: no figure of an earlier one stays
             if old.name.endswith(suffix) and (old.is_symlink() or old.is_file()):
                 old.unlink()  # a link is removed itself, never its target
-    sections = [_section(ds, [r for r in records if r["dataset"] == ds], baseline, cache, figdir, csvdir)
+    sections = [_section(ds, [r for r in records if r["dataset"] == ds], baseline, cache, figdir, csvdir, ci)
                 for ds in ([dataset] if dataset else present)]
     md = _document(out, records, sections)
     drawn = {f"figures/{f}": figdir / f for s in sections for f in s.figures}  # what this report drew, only
@@ -150,7 +154,7 @@ def _document(out: Path, records: Sequence[Mapping[str, Any]], sections: Sequenc
     lines = ["# ltrbench report", "",
              f"{len(records)} runs from `{_code(out / 'runs')}` on {', '.join(md_text(s.dataset) for s in sections)}{made}"
              + f"; code revision(s): {', '.join(revisions)}. Accuracies are top-1 %, on each run's evaluation "
-               "split; mean ± sample std over seeds where there are several.", ""]
+               "split; mean ± sample std over seeds where there are several, with the interval the tables name.", ""]
     for s in sections:
         lines += [f"## {md_text(s.dataset)}", ""]
         for block in s.blocks:
@@ -220,7 +224,7 @@ def _series(records: Sequence[Mapping[str, Any]]) -> list[Series]:
 
 
 def _section(dataset: str, records: list[Mapping[str, Any]], baseline: str | None, cache: Path, figdir: Path,
-             csvdir: Path) -> Section:
+             csvdir: Path, ci: str = "seeds") -> Section:
     sec = Section(dataset)
     # Per-class numbers only compare over one class list: keep the runs whose training counts are
     # the most common ones (a folder mixing world sizes would otherwise pair unrelated classes).
@@ -232,10 +236,14 @@ def _section(dataset: str, records: list[Mapping[str, Any]], baseline: str | Non
                          "than the others: left out of this section.")
     series = _series(kept)
     df = load_results(kept)
-    _summary_tables(sec, df, csvdir)
-    _paper_tables(sec, df, csvdir)
+    evidence = Evidence(kept)
+    _summary_tables(sec, df, csvdir, ci, evidence)
+    _paper_tables(sec, df, csvdir, kept)
     _beyond_paper_tables(sec, df, kept)
     shown = md_text(dataset)
+    shifted = shifted_frame(kept)
+    where = _csv(sec, csvdir, f"shifted__{dataset}", shifted)
+    sec.blocks.append(f"{shifted_table(kept, dataset)}\n{where}")
 
     import matplotlib  # matplotlib takes ~0.6 s to import: only the report draws
 
@@ -251,7 +259,10 @@ def _section(dataset: str, records: list[Mapping[str, Any]], baseline: str | Non
                  f"Per-class accuracy gain over {md_text(base.name)} on {shown}, classes sorted by training images "
                  "(most to fewest, as in the paper's Figure 4)")
         _add(sec, figdir, f"shots__{dataset}", _shots_figure(dataset, series, df),
-             f"Many/medium/few accuracy per method on {shown} ({CONVENTION_NOTE['paper']}), seed error bars")
+             f"Many/medium/few accuracy per method on {shown} ({CONVENTION_NOTE['paper']}), 95 % interval bars")
+        _add(sec, figdir, f"shifted__{dataset}", _shifted_figure(dataset, shifted),
+             f"Accuracy against the test set's class imbalance on {shown} (SADE's shifted test distributions); "
+             "dashed: the oracle prior correction that knows the test distribution")
         _add(sec, figdir, f"accuracy_vs_count__{dataset}", _count_figure(dataset, series, counts),
              f"Per-class accuracy against training images on {shown} (log scale)")
         corpus = _corpus(kept, cache)
@@ -292,21 +303,33 @@ def _csv(sec: Section, csvdir: Path, name: str, frame: pd.DataFrame) -> str:
 # --------------------------------------------------------------------------- tables
 
 
-def _summary_tables(sec: Section, df: pd.DataFrame, csvdir: Path) -> None:
+#: The long-tail metrics table of the report (paper convention for the per-bucket ECE).
+LT_METRICS = ("mean_class", "harmonic", "geometric", "worst", "macro_f1", "nll", "ece", "ece_many", "ece_medium",
+              "ece_few")
+
+
+def _summary_tables(sec: Section, df: pd.DataFrame, csvdir: Path, ci: str = "seeds",
+                    evidence: Evidence | None = None) -> None:
     for conv in CONVENTIONS:
         where = _csv(sec, csvdir, f"summary__{sec.dataset}__{conv}", summary_frame(df, conv))
-        sec.blocks.append(f"### Top-1 accuracy, {CONVENTION_NOTE[conv]}\n\n{summary_table(_escaped(df), conv)}\n\n{where}")
+        table = summary_table(_escaped(df), conv, ci=ci, evidence=evidence)
+        sec.blocks.append(f"### Top-1 accuracy, {CONVENTION_NOTE[conv]}\n\n{table}\n\n{where}")
+    where = _csv(sec, csvdir, f"metrics__{sec.dataset}", summary_frame(df, "paper", LT_METRICS))
+    table = summary_table(_escaped(df), "paper", ci=ci, metrics=LT_METRICS, evidence=evidence)
+    sec.blocks.append("### Long-tail metrics: mean, harmonic and geometric mean and worst of the class accuracies, "
+                      "macro-F1 (%), NLL (nats), ECE (%, 15 bins; per bucket: paper convention)\n\n"
+                      f"{table}\n\n{where}")
 
 
-def _paper_tables(sec: Section, df: pd.DataFrame, csvdir: Path) -> None:
+def _paper_tables(sec: Section, df: pd.DataFrame, csvdir: Path, records: Sequence[Mapping[str, Any]] = ()) -> None:
     """The paper tables this data set has runs of (variants ``t<N>r<row>``): ours against the
     paper's numbers, or the order of rows where the paper has no numbers for this data set."""
     for n in available_tables():
         spec = load_table(n)
         if not df["variant"].isin([spec.variant(r) for r in spec.runs]).any():
             continue
-        rep = render_diff(spec, df, dataset=sec.dataset)
-        shown = render_diff(spec, _escaped(df), dataset=md_text(sec.dataset)).markdown  # the same, for markdown
+        rep = render_diff(spec, df, dataset=sec.dataset, records=records)
+        shown = render_diff(spec, _escaped(df), dataset=md_text(sec.dataset), records=records).markdown  # the same, for markdown
         if len(rep.values):
             where = _csv(sec, csvdir, f"table{n}__diff__{sec.dataset}", rep.values)
         else:
@@ -409,21 +432,78 @@ def _shots_figure(dataset: str, series: Sequence[Series], df: pd.DataFrame):
     width = 0.8 / len(METRICS)
     palette = {"overall": "#4d4d4d", "many": "#1f77b4", "medium": "#ff7f0e", "few": "#d62728"}
     for j, m in enumerate(METRICS):
-        means, errs = [], []
+        means, lows, highs = [], [], []
         for s in series:
-            v = df[(df["method"] == s.method) & (df["variant"] == s.variant)][cols[m]].dropna()
-            means.append(v.mean() if len(v) else np.nan)
-            errs.append(v.std(ddof=1) if len(v) > 1 else np.nan)  # one seed: no error bar
-        ax.bar(np.arange(n) + (j - 1.5) * width, means, width, yerr=errs, capsize=3, color=palette[m], label=m,
-               error_kw={"elinewidth": 1.2})
+            g = df[(df["method"] == s.method) & (df["variant"] == s.variant)]
+            v = g[cols[m]].dropna()
+            mean = v.mean() if len(v) else np.nan
+            lo, hi = _interval(g, cols[m])
+            means.append(mean)
+            lows.append(mean - lo if not np.isnan(lo) else 0.0)
+            highs.append(hi - mean if not np.isnan(hi) else 0.0)
+        ax.bar(np.arange(n) + (j - 1.5) * width, means, width, yerr=[lows, highs], capsize=3, color=palette[m],
+               label=m, error_kw={"elinewidth": 1.2})
     ax.set_xticks(np.arange(n), [f"{s.name}\n({len(s.seeds)} seed{'s' if len(s.seeds) > 1 else ''})"
                                  for s in series])
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(f"Accuracy by shot bucket on {dataset}, paper convention (many ≥ 100, few ≤ 20 training images)\n"
-                 "bars: mean over seeds; error bars: sample std over seeds (none for one seed)", fontsize=11)
+                 "bars: mean over seeds; interval bars: 95 % t interval over seeds, clipped to 0–100 (one seed: the "
+                 "run's bootstrap interval over test images)", fontsize=11)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), title="bucket")
+    return fig
+
+
+def _interval(g: pd.DataFrame, col: str) -> tuple[float, float]:
+    """The 95 % interval a bar shows: t over seeds with two or more, else the one run's bootstrap
+    interval (``<col>_lo``/``_hi``), else none (NaN)."""
+
+    v = g[col].dropna()
+    if len(v) >= 2:
+        lo, hi = t_interval(v)
+        return max(lo, 0.0), min(hi, 100.0)  # accuracies: the t interval clipped to [0, 100]
+    if len(v) == 1 and f"{col}_lo" in g:
+        row = g.loc[v.index[0]]
+        return float(row[f"{col}_lo"]), float(row[f"{col}_hi"])
+    return float("nan"), float("nan")
+
+
+def _shifted_figure(dataset: str, shifted: pd.DataFrame):
+    """Accuracy on SADE's test distributions, forward 50 … uniform … backward 50, one line per method
+    (mean over seeds, 95 % t band over seeds), its oracle prior correction dashed."""
+
+    names = [shift_name(d, r) for d, r in SHIFTS]
+    fig = _figure(12, 6)
+    ax = fig.subplots()
+    x = np.arange(len(names))
+    groups = list(shifted.groupby(["method", "variant"], sort=False))
+    methods = list(dict.fromkeys((m, v) for (m, v), _ in groups))
+    colors = dict(zip(methods, _colors(len(methods))))
+    for (method, variant), g in groups:
+        name = method + (f" [{variant}]" if variant else "")
+        for kind, style in (("method", "-o"), ("oracle", "--")):
+            k = g[g["kind"] == kind]
+            if k.empty:
+                continue
+            mean = k[names].mean().to_numpy(float)
+            label = name if kind == "method" else f"{name}: oracle prior correction"
+            ax.plot(x, mean, style, color=colors[(method, variant)], lw=2 if kind == "method" else 1.3, ms=4,
+                    label=label, alpha=1.0 if kind == "method" else 0.8)
+            if kind == "method" and k["seed"].nunique() > 1:
+
+                band = np.clip(np.array([t_interval(k[c]) for c in names]), 0, 100)
+                ax.fill_between(x, band[:, 0], band[:, 1], color=colors[(method, variant)], alpha=0.12, lw=0)
+    ax.axvline(names.index("uniform"), color="grey", ls=":", lw=1)
+    ax.set_xticks(x, [n.replace("forward ", "fwd ").replace("backward ", "bwd ") for n in names], rotation=0)
+    ax.set_xlabel("test class distribution, imbalance ratio ρ: forward (training head = test head) | uniform | "
+                  "backward (tail = head)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"Accuracy under shifted test distributions on {dataset} (SADE: Σ_c q_c · acc_c)\n"
+                 "solid: the method (mean over seeds; band: 95 % t interval, clipped to 0–100)\n"
+                 "dashed: oracle prior correction that knows q (a reference, not a method)", fontsize=10.5)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="method", fontsize=8.5)
     return fig
 
 

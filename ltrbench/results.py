@@ -6,7 +6,10 @@ written once, atomically (temp file + rename), at
 ``<out>/runs/<method>__<dataset>__<backbone>__seed<k>__<evaluate key>.json``; an existing file
 with the same name is the same run and is left alone. :func:`load_results` flattens records (a
 folder of them, or a list) into one pandas DataFrame, one row per run: the paper convention's
-overall/many/medium/few, and the decoupling convention's buckets as ``decoupling_many`` etc.
+overall/many/medium/few and the other metrics of :data:`ltrbench.metrics.METRIC_NAMES`, the
+decoupling convention's bucket metrics as ``decoupling_many`` etc., and each metric's bootstrap
+interval as ``<column>_lo`` / ``<column>_hi``. A record written before a metric or interval was
+recorded reads as before, with that column NaN (missing, never 0).
 
 :func:`scan_results` is the one reader of a results folder, for every command: it skips hidden
 and temporary files and leaves out, by name and with why, every file it cannot read as a record.
@@ -26,7 +29,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 import pandas as pd
 
 from .devices import machine
-from .metrics import BUCKETS, CONVENTIONS
+from .metrics import BUCKET_METRICS, CONVENTIONS, METRIC_NAMES
 from .safeio import real_dir, refuse_link, write_atomic
 from .stages import artifact_dir
 from .version import __version__
@@ -212,6 +215,9 @@ def build_record(run: Any, infos: Mapping[str, Mapping[str, Any]], cache: Path) 
         "primary_rule": res.get("primary_rule"),
         "bucket_rule": res.get("bucket_rule"),
         "per_class_accuracy": res["per_class_accuracy"],
+        # since evaluate v2: intervals, per-image predictions, SADE's shifted test distributions
+        **{k: res[k] for k in ("intervals", "interval_method", "predictions", "shifted",
+                               "shifted_oracle_per_class") if k in res},
         "train_counts": res["train_counts"],
         "eval_split": res["eval_split"],
         "num_eval": res["num_eval"],
@@ -235,24 +241,31 @@ def build_record(run: Any, infos: Mapping[str, Mapping[str, Any]], cache: Path) 
     }
 
 
-#: The columns of :func:`load_results`, in order.
-RESULT_COLUMNS = ("method", "variant", "dataset", "backbone", "seed", "eval_split", "overall", "many", "medium",
-                  "few", "decoupling_many", "decoupling_medium", "decoupling_few", "run_key", "wall_time_s")
-
-
 def metric_columns(convention: str = "paper") -> dict[str, str]:
-    """Metric name → column of the :func:`load_results` frame under a shot convention."""
+    """Metric name (:data:`~ltrbench.metrics.METRIC_NAMES`) → column of the :func:`load_results`
+    frame under a shot convention (a convention's bucket metrics are prefixed, but the paper's)."""
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown shot convention {convention!r}; use one of {sorted(CONVENTIONS)}")
     prefix = "" if convention == "paper" else f"{convention}_"
-    return {"overall": "overall", **{b: f"{prefix}{b}" for b in BUCKETS}}
+    return {m: (f"{prefix}{m}" if m in BUCKET_METRICS else m) for m in METRIC_NAMES}
 
 
-def _metric_row(metrics: Mapping[str, Mapping[str, float | None]]) -> dict[str, float | None]:
+_METRIC_COLS = tuple(dict.fromkeys(c for conv in CONVENTIONS for c in metric_columns(conv).values()))
+#: The columns of :func:`load_results`, in order.
+RESULT_COLUMNS = ("method", "variant", "dataset", "backbone", "seed", "eval_split", *_METRIC_COLS,
+                  *(f"{c}_{s}" for c in _METRIC_COLS for s in ("lo", "hi")), "run_key", "wall_time_s")
+
+
+def _metric_row(metrics: Mapping[str, Mapping[str, float | None]],
+                intervals: Mapping[str, Mapping[str, Sequence[float] | None]] | None = None) -> dict[str, float | None]:
     row: dict[str, float | None] = {}
     for conv in CONVENTIONS:
         for name, col in metric_columns(conv).items():
+            if row.get(col) is not None:  # a metric of no convention: the first convention's
+                continue
             row[col] = metrics.get(conv, {}).get(name)
+            iv = ((intervals or {}).get(conv) or {}).get(name)
+            row[f"{col}_lo"], row[f"{col}_hi"] = (iv[0], iv[1]) if iv else (None, None)
     return row
 
 
@@ -270,13 +283,13 @@ def load_results(folder: Path | Iterable[Mapping[str, Any]], *, rules: bool = Fa
         base = {"method": r["method"], "variant": r.get("variant", ""), "dataset": r["dataset"],
                 "backbone": r["backbone"], "seed": r["seed"], "eval_split": r.get("eval_split"),
                 "run_key": r.get("run_key"), "wall_time_s": r.get("wall_time_s")}
-        variants = {"primary": r["metrics"]}
+        variants = {"primary": (r["metrics"], r.get("intervals"))}
         if rules:
-            variants.update({name: m for name, m in (r.get("rules") or {}).items()})
-        for rule, metrics in variants.items():
-            rows.append({**base, **_metric_row(metrics), **({"rule": rule} if rules else {})})
+            variants.update({name: (m, None) for name, m in (r.get("rules") or {}).items()})
+        for rule, (metrics, intervals) in variants.items():
+            rows.append({**base, **_metric_row(metrics, intervals), **({"rule": rule} if rules else {})})
     cols = [*RESULT_COLUMNS, *(("rule",) if rules else ())]
     df = pd.DataFrame(rows, columns=cols)
-    metric_cols = [c for conv in CONVENTIONS for c in metric_columns(conv).values()]
-    df[list(dict.fromkeys(metric_cols))] = df[list(dict.fromkeys(metric_cols))].astype(float)
+    numeric = [c for c in cols if c in _METRIC_COLS or c[:-3] in _METRIC_COLS]
+    df[numeric] = df[numeric].astype(float)
     return df

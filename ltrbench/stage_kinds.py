@@ -38,6 +38,7 @@ from .metrics import summarize
 from .models import Classifier, load_model, read_manifest, write_manifest
 from .registry import LOSSES, METHODS, WEIGHTS
 from .stages import Reads, StageContext, config_value, stage_kind
+from .stats import evaluation
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +327,6 @@ class Prediction:
     primary one; ``bucket_rule`` names the rule whose predictions give the many/medium/few numbers
     of the primary result when the method reports those from another rule than its overall.
     """
-
     scores: np.ndarray
     labels: np.ndarray
     rules: Mapping[str, np.ndarray] = field(default_factory=dict)
@@ -346,19 +346,24 @@ class EvaluateConfig:
     params: Mapping[str, Any] = field(default_factory=dict)
 
 
-@stage_kind("evaluate", version="1", gpus=0.25, memory_gb=2.0, config=EvaluateConfig)
+@stage_kind("evaluate", version="2", gpus=0.25, memory_gb=2.0, config=EvaluateConfig)
 def evaluate(ctx: StageContext) -> dict[str, Any]:
+    """A method's scores → ``result.json``: every metric (:data:`ltrbench.metrics.METRIC_NAMES`) of
+    the primary result and of each rule, the bootstrap intervals of the primary result's metrics
+    (:func:`ltrbench.stats.bootstrap`, seeded by the run's seed), the per-image predictions
+    (label, prediction, log-probability of the true class, confidence; and the bucket rule's
+    prediction) that paired comparisons resample, and the per-class accuracy after the oracle prior
+    correction for each SADE test distribution (:func:`ltrbench.metrics.oracle_per_class`).
+    Version 2: version 1 recorded overall/many/medium/few and per-class accuracy only."""
+
     method = METHODS.get(ctx.config.method)()
     ds = dataset_of(ctx)
     pred: Prediction = method.predict(ctx, ds)
     counts = ds.train_counts()
     labels = np.asarray(pred.labels)
-    res = summarize(np.asarray(pred.scores).argmax(1), labels, counts)
-    rules = {name: summarize(np.asarray(s).argmax(1), labels, counts) for name, s in pred.rules.items()}
-    if pred.bucket_rule:
-        for conv, row in res["metrics"].items():
-            bucket = rules[pred.bucket_rule]["metrics"][conv]
-            row.update({k: bucket[k] for k in ("many", "medium", "few")})
+    res = evaluation(pred.scores, labels, counts, pred.rules.get(pred.bucket_rule) if pred.bucket_rule else None,
+                     seed=ctx.seed)
+    rules = {name: summarize(None, labels, counts, scores=np.asarray(s)) for name, s in pred.rules.items()}
     result = {
         **res,
         "rules": {k: v["metrics"] for k, v in rules.items()},

@@ -15,7 +15,8 @@ A trial asks Tune for what its plan's largest stage asks (:func:`ltrbench.execut
 the CPUs of its loader workers + 1, its memory estimate, a GPU where GPUs are used. Trials run on
 the val split (``data.eval_split``, never test), and write their result JSONs under
 ``<out>/sweeps/<name>/runs/``; the table is built from those files, one row per point (and per
-inference rule with ``rules=True``), mean ± std over its seeds, ranked by the metric, and written to
+inference rule with ``rules=True``), mean ± std over its seeds with the 95 % t interval over seeds,
+ranked by the metric (any of :data:`ltrbench.metrics.METRIC_NAMES`; lowest first for NLL and ECE), and written to
 ``<out>/sweeps/<name>/table.md``. Tune's own state goes to ``<out>/sweeps/<name>/`` too.
 """
 from __future__ import annotations
@@ -39,9 +40,10 @@ from .cluster import connect, forwarded_env, probe
 from .errors import ConfigError
 from .execute import ExecOptions, gpu_policy, stage_resources
 from .paths import cache_root
+from .metrics import LOWER_IS_BETTER, METRIC_NAMES
 from .results import load_results, scan_results
 from .safeio import write_atomic
-from .tables import METRICS, markdown, mean_std
+from .tables import METRICS, Evidence, cell, digits_of, markdown
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,8 @@ class Search:
     """What a sweep searches: ``grid`` (``{key: [values]}``, :func:`parse_grid`), every point of it
     (``search="grid"``) or ``samples`` points drawn at random (``"random"``), ranked by ``metric`` on
     ``split`` (never test), ``scheduler="asha"`` stopping trials whose first seeds rank low, a row
-    per inference rule with ``rules``."""
+    per inference rule with ``rules``; ``ci``: what the cells show beside mean ± std
+    (:data:`ltrbench.tables.CI_MODES`)."""
 
     grid: dict[str, list[str]]
     search: str = "grid"
@@ -80,6 +83,7 @@ class Search:
     split: str = "val"
     scheduler: str = "none"
     rules: bool = False
+    ci: str = "seeds"
 
 
 @dataclass(frozen=True)
@@ -154,7 +158,7 @@ def sweep(request: api.Request, search: Search, options: ExecOptions | None = No
         raise ConfigError("A sweep is of one method on one data set: pass Request([method], dataset, ...).")
     method, dataset, seeds = request.methods[0], request.dataset, request.seeds
     grid, samples, metric, split, scheduler = search.grid, search.samples, search.metric, search.split, search.scheduler
-    rules = search.rules
+    rules, ci = search.rules, search.ci
     options = options or ExecOptions("ray")
     ray_address, retries, device = options.address, options.retries, options.device
     ship_code, cpus_per_stage, progress = options.ship_code, options.cpus_per_stage, options.progress
@@ -164,8 +168,8 @@ def sweep(request: api.Request, search: Search, options: ExecOptions | None = No
         raise ConfigError(f"Unknown search {search!r}; use one of {', '.join(SEARCHES)}.")
     if scheduler not in SCHEDULERS:
         raise ConfigError(f"Unknown scheduler {scheduler!r}; use one of {', '.join(SCHEDULERS)}.")
-    if metric not in METRICS:
-        raise ConfigError(f"Unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
+    if metric not in METRIC_NAMES:
+        raise ConfigError(f"Unknown metric {metric!r}; use one of {', '.join(METRIC_NAMES)}.")
     if samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {samples}.")
     name = f"{method}__{dataset}__{time.strftime('%Y%m%d-%H%M%S')}"
@@ -202,24 +206,29 @@ def sweep(request: api.Request, search: Search, options: ExecOptions | None = No
         tune.with_resources(tune.with_parameters(_trial, spec=spec), res),
         param_space={k: (tune.grid_search(vs) if search == "grid" else tune.choice(vs)) for k, vs in grid.items()},
         tune_config=tune.TuneConfig(
-            metric=spec.report, mode="max", num_samples=1 if search == "grid" else samples, reuse_actors=True,
+            metric=spec.report, mode="min" if metric in LOWER_IS_BETTER else "max", num_samples=1 if search == "grid" else samples, reuse_actors=True,
             scheduler=ASHAScheduler(max_t=len(spec.seeds), grace_period=1, reduction_factor=2)
             if scheduler == "asha" else None),
         run_config=tune.RunConfig(name=name, storage_path=str(root.parent), verbose=0,
                                   callbacks=[_Lines(spec.report)] if progress else None),
     )
-    table = _table(tuner.fit(), grid, spec, rules)
+    table = _table(tuner.fit(), grid, spec, rules, ci)
     root.mkdir(parents=True, exist_ok=True)
     write_atomic(root / "table.md", markdown(table) + "\n", "the sweep's table")
     return table, root / "table.md"
 
 
-def _table(results, grid: dict[str, list[str]], spec: _TrialSpec, rules: bool) -> pd.DataFrame:
-    """One row per trial (and rule), mean ± std over its seeds from its result files, best first."""
+def _table(results, grid: dict[str, list[str]], spec: _TrialSpec, rules: bool, ci: str = "seeds") -> pd.DataFrame:
+    """One row per trial (and rule), mean ± std over its seeds from its result files (with the
+    interval ``ci`` names; a rule's cells never a bootstrap one: only the primary result stores its
+    predictions), best first."""
     scan = scan_results(Path(spec.out) / "runs")  # the trials' result files only, never Tune's own state
     for s in scan.skipped:
         print(s.line(), file=sys.stderr)
     recs = {r["run_key"]: r for r in scan.records}
+    evidence = Evidence(list(recs.values())) if ci == "bootstrap" else None
+    shown = [*METRICS, *([spec.metric] if spec.metric not in METRICS else [])]
+    sign = -1.0 if spec.metric in LOWER_IS_BETTER else 1.0
     rows = []
     for res in results:
         m = res.metrics or {}
@@ -236,17 +245,23 @@ def _table(results, grid: dict[str, list[str]], spec: _TrialSpec, rules: bool) -
             frame["rule"] = "primary"
         if frame.empty:
             rows.append({**base, "rule": "—", "seeds": "0", "_score": float("-inf"), "status": status,
-                         **{mm: "—" for mm in METRICS}})
+                         **{mm: "—" for mm in shown}})
             continue
         for rule, g in frame.groupby("rule", sort=False):
             score = g[spec.metric].mean()
             rows.append({**base, "rule": rule, "seeds": str(g["seed"].nunique()),
-                         "_score": float("-inf") if pd.isna(score) else score, "status": status,
-                         **{mm: mean_std(g[mm]) for mm in METRICS}})
+                         "_score": float("-inf") if pd.isna(score) else sign * score, "status": status,
+                         **{mm: cell(g[mm], ci, _pooled(evidence, g, mm, rule), digits_of(mm)) for mm in shown}})
     df = pd.DataFrame(rows).sort_values("_score", ascending=False, kind="stable").drop(columns="_score")
     df.insert(0, "rank", [str(i + 1) for i in range(len(df))])
-    df = df.rename(columns={mm: f"{spec.report.split('_')[0]} {mm}" for mm in METRICS})
+    df = df.rename(columns={mm: f"{spec.report.split('_')[0]} {mm}" for mm in shown})
     return df if rules else df.drop(columns="rule")
+
+
+def _pooled(evidence: Evidence | None, g: pd.DataFrame, metric: str, rule: str):
+    if evidence is None or rule != "primary":
+        return None
+    return evidence.pooled(list(g["run_key"]), "paper", metric)
 
 
 class _Lines(Callback):

@@ -27,13 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from .config import CONFIG_DIR
 from .errors import ConfigError
-from .metrics import CONVENTION_NOTE, CONVENTIONS
-from .results import metric_columns
+from .metrics import (CONVENTION_NOTE, CONVENTIONS, LOWER_IS_BETTER, METRIC_NAMES, SHIFTS, Predictions, shift_name,
+                      shifted)
+from .results import load_results, metric_columns
+from .stats import holm, paired, pooled_intervals, t_interval
 
 METRICS = ("overall", "many", "medium", "few")
 TABLE_DIR = CONFIG_DIR / "tables"
@@ -75,14 +78,95 @@ MISSING = "—"
 OTHER_CONVENTION = "†"
 
 
-def mean_std(values: pd.Series | Sequence[float]) -> str:
+def digits_of(metric: str) -> int:
+    """Decimals a metric is shown with: NLL (nats) 3, the percentages 1."""
+    return 3 if metric == "nll" else 1
+
+
+def mean_std(values: pd.Series | Sequence[float], digits: int = 1) -> str:
     """``m`` for one value, ``m ± s`` (sample std) for several, ``—`` for none (NaN = missing)."""
     v = pd.Series(values, dtype=float).dropna()
     if v.empty:
         return MISSING
     if len(v) == 1:
-        return f"{v.iloc[0]:.1f}"
-    return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
+        return f"{v.iloc[0]:.{digits}f}"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+#: What ``--ci`` shows beside mean ± std: nothing, the t interval over seeds, or the pooled bootstrap.
+CI_MODES = ("none", "seeds", "bootstrap")
+CI_NOTE = {
+    "none": "mean ± sample std over seeds",
+    "seeds": "mean ± sample std over seeds [95 % t interval over seeds, clipped to 0–100 for percentages; none "
+             "with one seed]",
+    "bootstrap": "mean ± sample std over seeds [95 % bootstrap interval of the mean over seeds: test images "
+                 "resampled within each class, the seeds paired]",
+}
+
+
+def cell(values: pd.Series | Sequence[float], ci: str = "seeds", interval: Sequence[float] | None = None,
+         digits: int = 1) -> str:
+    """A table cell of ours: :func:`mean_std`, and with ``ci="seeds"`` the t interval over seeds
+    (:func:`ltrbench.stats.t_interval`), with ``ci="bootstrap"`` the given ``interval``, as ``[lo, hi]``."""
+    if ci not in CI_MODES:
+        raise ConfigError(f"Unknown --ci {ci!r}; use one of {', '.join(CI_MODES)}.")
+    base = mean_std(values, digits)
+    if ci == "none" or base == MISSING:
+        return base
+    if ci == "seeds":
+
+        interval = t_interval(pd.Series(values, dtype=float).dropna())
+        if digits == 1:  # a percentage: the t interval's ends are clipped to [0, 100]
+            interval = (max(interval[0], 0.0), min(interval[1], 100.0))
+    if interval is None or any(pd.isna(x) for x in interval):
+        return base
+    return f"{base} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+
+
+class Evidence:
+    """The per-image predictions of the runs of a results folder (by run key): what bootstrap
+    intervals over seeds and paired comparisons resample (:mod:`ltrbench.stats`). A run whose record
+    has no predictions (written before they were stored) gives no interval and no comparison."""
+
+    def __init__(self, records: Sequence[Mapping[str, Any]]) -> None:
+
+        self.records = {r.get("run_key"): r for r in records}
+        self.preds = {k: Predictions.from_record(r) for k, r in self.records.items()}
+        self._pooled: dict[tuple, Any] = {}
+        self._paired: dict[tuple, Any] = {}
+
+    def _runs(self, keys: Sequence[str]) -> list | None:
+        runs = [self.preds.get(k) for k in keys]
+        return None if not runs or any(r is None for r in runs) else runs
+
+    def pooled(self, keys: Sequence[str], convention: str, metric: str) -> tuple[float, float] | None:
+        """The bootstrap interval of the mean over these runs (seeds) of ``metric``; one run: its own
+        record's interval."""
+        keys = tuple(keys)
+        if len(keys) == 1 and (self.records[keys[0]].get("intervals") or {}).get(convention, {}).get(metric):
+            return tuple(self.records[keys[0]]["intervals"][convention][metric])
+        if keys not in self._pooled:
+
+            runs = self._runs(keys)
+            self._pooled[keys] = pooled_intervals(runs) if runs else None
+        got = self._pooled[keys]
+        iv = got[convention][metric] if got else None
+        return tuple(iv) if iv else None
+
+    def paired(self, a: pd.DataFrame, b: pd.DataFrame, convention: str, metrics: Sequence[str]):
+        """:func:`ltrbench.stats.paired` of the runs of frame rows ``a`` against ``b`` over the seeds
+        both have (None when they share no seed or a run has no predictions)."""
+        seeds = sorted(set(a["seed"]) & set(b["seed"]))
+        if not seeds:
+            return None
+        ka = [a.loc[a["seed"] == s, "run_key"].iloc[0] for s in seeds]
+        kb = [b.loc[b["seed"] == s, "run_key"].iloc[0] for s in seeds]
+        key = (tuple(ka), tuple(kb), convention, tuple(metrics))
+        if key not in self._paired:
+
+            ra, rb = self._runs(ka), self._runs(kb)
+            self._paired[key] = paired(ra, rb, metrics, convention) if ra and rb else None
+        return self._paired[key]
 
 
 def markdown(frame: pd.DataFrame) -> str:
@@ -90,35 +174,87 @@ def markdown(frame: pd.DataFrame) -> str:
     return frame.to_markdown(index=False, disable_numparse=True)
 
 
-def summary_frame(df: pd.DataFrame, convention: str = "paper") -> pd.DataFrame:
+def _metrics(metrics: Sequence[str] | None) -> list[str]:
+
+    out = list(metrics or METRICS)
+    bad = [m for m in out if m not in METRIC_NAMES]
+    if bad:
+        raise ConfigError(f"Unknown metric(s) {', '.join(bad)}; use any of {', '.join(METRIC_NAMES)}.")
+    return out
+
+
+def summary_frame(df: pd.DataFrame, convention: str = "paper", metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """Numbers of :func:`summary_table`: one row per (dataset, backbone, method, variant) with the
-    mean, sample std and count over seeds of overall/many/medium/few under ``convention``."""
+    mean, sample std, 95 % t interval over seeds (``lo``, ``hi``) and count over seeds of each
+    metric (default overall/many/medium/few) under ``convention``."""
+
     cols = metric_columns(convention)
+    metrics = _metrics(metrics)
     rows = []
     for (dataset, backbone, method, variant), g in df.groupby(["dataset", "backbone", "method", "variant"],
                                                               sort=False):
         row: dict[str, Any] = {"dataset": dataset, "backbone": backbone, "method": method, "variant": variant,
                                "seeds": int(g["seed"].nunique())}
-        for m in METRICS:
+        for m in metrics:
             v = g[cols[m]].dropna()
             row[f"{m}_mean"] = v.mean() if len(v) else float("nan")
             row[f"{m}_std"] = v.std(ddof=1) if len(v) > 1 else float("nan")
+            row[f"{m}_lo"], row[f"{m}_hi"] = t_interval(v)
         rows.append(row)
     return pd.DataFrame(rows, columns=["dataset", "backbone", "method", "variant", "seeds",
-                                       *(f"{m}_{s}" for m in METRICS for s in ("mean", "std"))])
+                                       *(f"{m}_{s}" for m in metrics for s in ("mean", "std", "lo", "hi"))])
 
 
-def summary_table(df: pd.DataFrame, convention: str = "paper") -> str:
+SIGNIFICANT = {"higher": " ▲", "lower": " ▼"}
+
+
+def summary_table(df: pd.DataFrame, convention: str = "paper", *, ci: str = "seeds",
+                  metrics: Sequence[str] | None = None, evidence: Evidence | None = None,
+                  against: str | None = None, alpha: float = 0.05) -> str:
     """Markdown: one row per (dataset, backbone, method, variant) of a :func:`load_results` frame,
-    overall/many/medium/few under ``convention``, mean ± std over seeds."""
+    each metric (default overall/many/medium/few) under ``convention`` as :func:`cell` with ``ci``,
+    and a line saying what the numbers are.
+
+    ``against`` (a method; its plain runs, variant "") marks each cell whose difference from that
+    method's row on the same data set and backbone is significant at ``alpha`` after Holm's
+    correction over every cell compared in the table: ▲ higher, ▼ lower (paired bootstrap over the
+    test images and the seeds both have, :func:`ltrbench.stats.paired`). ``ci="bootstrap"`` and
+    ``against`` read the runs' predictions from ``evidence``."""
     cols = metric_columns(convention)
-    rows = []
-    for (dataset, backbone, method, variant), g in df.groupby(["dataset", "backbone", "method", "variant"], sort=False):
+    metrics = _metrics(metrics)
+    if (ci == "bootstrap" or against) and evidence is None:
+        raise ConfigError("Bootstrap intervals and --against need the runs' records (their per-image predictions).")
+    rows, tests = [], []
+    groups = list(df.groupby(["dataset", "backbone", "method", "variant"], sort=False))
+    for (dataset, backbone, method, variant), g in groups:
         row = {"method": method + (f" [{variant}]" if variant else ""), "dataset": dataset, "backbone": backbone,
                "seeds": str(g["seed"].nunique())}
-        row.update({m: mean_std(g[cols[m]]) for m in METRICS})
+        for m in metrics:
+            iv = evidence.pooled(list(g["run_key"]), convention, m) if ci == "bootstrap" else None
+            row[m] = cell(g[cols[m]], ci, iv, digits_of(m))
+        if against and not (method == against and not variant):
+            base = df[(df["method"] == against) & (df["variant"] == "") & (df["dataset"] == dataset)
+                      & (df["backbone"] == backbone)]
+            res = evidence.paired(g, base, convention, metrics) if len(base) else None
+            for m in metrics:
+                if res is not None and not pd.isna(res[m].p_value):
+                    tests.append((len(rows), m, res[m]))
         rows.append(row)
-    return markdown(pd.DataFrame(rows, columns=["method", "dataset", "backbone", "seeds", *METRICS]))
+    lines = [markdown(pd.DataFrame(rows, columns=["method", "dataset", "backbone", "seeds", *metrics])), "",
+             f"Cells: {CI_NOTE[ci]}."]
+    if against:
+
+        adjusted = holm([t[2].p_value for t in tests])
+        marked = 0
+        for (i, m, res), p in zip(tests, adjusted):
+            if p < alpha and res.delta != 0:
+                rows[i][m] += SIGNIFICANT["higher" if res.delta > 0 else "lower"]
+                marked += 1
+        lines[0] = markdown(pd.DataFrame(rows, columns=["method", "dataset", "backbone", "seeds", *metrics]))
+        lines.append(f"▲/▼: higher/lower than {against} on the same data set and backbone at {alpha:g} after Holm's "
+                     f"correction over the {len(tests)} cells compared ({marked} marked; paired bootstrap over the "
+                     "test images and the seeds both have).")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- paper numbers and table specs
@@ -274,7 +410,7 @@ def comparable(number: PaperNumber, convention: str) -> bool:
 
 
 def render_table(spec: TableSpec, df: pd.DataFrame, convention: str = "paper", dataset: str | None = None,
-                 tolerance: float = TOLERANCE) -> str:
+                 tolerance: float = TOLERANCE, ci: str = "seeds", evidence: Evidence | None = None) -> str:
     """A paper table as printed (every row, cited ones included), ours (mean ± std over seeds) under
     ``convention`` beside the paper's numbers, and ours − paper where both were measured alike.
 
@@ -298,14 +434,17 @@ def render_table(spec: TableSpec, df: pd.DataFrame, convention: str = "paper", d
             number = r.paper.get(m)
             others |= number is not None and not comparable(number, convention)
             vals = mine[cols[m]].dropna() if len(mine) else pd.Series(dtype=float)
-            row[f"{m} ours"] = mean_std(vals) if r.runnable else MISSING
+            iv = (evidence.pooled(list(mine.loc[vals.index, "run_key"]), convention, m)
+                  if ci == "bootstrap" and evidence is not None and len(vals) else None)
+            row[f"{m} ours"] = cell(vals, ci, iv) if r.runnable else MISSING
             row[f"{m} paper"] = _paper_cell(number, convention)
             row[f"{m} Δ"] = MISSING
             if same and len(vals) and number is not None and comparable(number, convention):
                 d = vals.mean() - number.value
                 row[f"{m} Δ"] = f"{d:+.1f}" + (" ⚠" if abs(d) > tolerance else "")
         rows.append(row)
-    lines = [f"### {spec.title}: ours vs paper ({CONVENTION_NOTE[convention]})", "", markdown(pd.DataFrame(rows)), ""]
+    lines = [f"### {spec.title}: ours vs paper ({CONVENTION_NOTE[convention]})", "", markdown(pd.DataFrame(rows)), "",
+             f"Ours: {CI_NOTE[ci]}."]
     if others:
         other = [c for c in CONVENTIONS if c != convention]
         lines.append(f"{OTHER_CONVENTION} measured under the other shot convention "
@@ -337,17 +476,28 @@ def _ref_key(ref: str) -> int:
 
 
 DIFF_COLUMNS = ("table", "row", "label", "dataset", "metric", "convention", "seeds", "ours_mean", "ours_std",
-                "paper", "delta", "status")
+                "ours_lo", "ours_hi", "interval", "paper", "delta", "status", "in_interval")
+#: What ``diff --strict`` requires of each paper number: within the tolerance, inside our 95 %
+#: interval, either of the two, or both.
+STRICT_RULES = ("tolerance", "interval", "either", "both")
 
 
 def diff_frame(spec: TableSpec, df: pd.DataFrame, dataset: str | None = None,
-               tolerance: float = TOLERANCE) -> pd.DataFrame:
+               tolerance: float = TOLERANCE, records: Sequence[Mapping[str, Any]] = (),
+               ci: str = "seeds") -> pd.DataFrame:
     """Every number of the paper's own rows on their data set against ours, one row per number.
 
     Ours is taken under the paper number's shot convention (overall has none), so Δ always compares
     like with like. ``status``: ``within`` (|Δ| ≤ tolerance), ``outside``, or ``missing`` (no result
     of that row on its data set). With ``dataset``, only the rows whose paper data set it is.
+    ``ours_lo``/``ours_hi``: our 95 % interval, the t interval over seeds with two seeds or more
+    (``interval`` = ``seeds``), else the one run's bootstrap interval over test images
+    (``bootstrap``); with ``ci="bootstrap"`` the bootstrap interval of the mean over seeds (test
+    images resampled, seeds paired; :class:`Evidence` of ``records``) whatever the seeds.
+    ``in_interval``: whether the paper's number lies inside it (None: no interval).
     """
+    stored = {r.get("run_key"): r.get("intervals") or {} for r in records}
+    evidence = Evidence(records) if ci == "bootstrap" else None
     results = row_results(spec, df, dataset)
     out = []
     for r in spec.runs:
@@ -362,10 +512,21 @@ def diff_frame(spec: TableSpec, df: pd.DataFrame, dataset: str | None = None,
             std = float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")
             delta = mean - number.value if len(vals) else float("nan")
             status = "missing" if not len(vals) else ("within" if abs(delta) <= tolerance else "outside")
+            lo, hi = t_interval(vals)
+            source = "seeds" if not pd.isna(lo) else ""
+            if evidence is not None and len(vals):
+                got = evidence.pooled(list(mine.loc[vals.index, "run_key"]), number.convention or "paper", m)
+                (lo, hi), source = (got, "bootstrap") if got else ((float("nan"), float("nan")), "")
+            elif len(vals) == 1:
+                one = stored.get(mine.loc[vals.index[0], "run_key"], {}).get(number.convention or "paper", {}).get(m)
+                if one:
+                    (lo, hi), source = one, "bootstrap"
+            inside = None if not source else bool(lo <= number.value <= hi)
             out.append({"table": spec.number, "row": r.index, "label": f"{r.label} {r.printed_backbone}".strip(),
                         "dataset": r.dataset, "metric": m, "convention": number.convention or "",
                         "seeds": int(mine["seed"].nunique()) if len(mine) else 0, "ours_mean": mean, "ours_std": std,
-                        "paper": number.value, "delta": delta, "status": status})
+                        "ours_lo": lo, "ours_hi": hi, "interval": source, "paper": number.value, "delta": delta,
+                        "status": status, "in_interval": inside})
     return pd.DataFrame(out, columns=list(DIFF_COLUMNS))
 
 
@@ -444,8 +605,21 @@ class DiffReport:
 
     @property
     def failures(self) -> int:
+        """Failing numbers under the tolerance rule (``--strict``'s default)."""
+        return self.failing("tolerance")
+
+    def failing(self, rule: str = "tolerance") -> int:
+        """Missing rows and numbers that break ``rule`` (:data:`STRICT_RULES`): outside the
+        tolerance, outside our 95 % interval (or without one), outside either, or outside both."""
+        if rule not in STRICT_RULES:
+            raise ConfigError(f"Unknown --strict rule {rule!r}; use one of {', '.join(STRICT_RULES)}.")
         missing_order = sum(len(o.missing) for o in self.orders if o.metric == "overall")
-        return int(self.values["status"].isin(["missing", "outside"]).sum()) + missing_order
+        v = self.values
+        missing = v["status"] == "missing"
+        tol = v["status"] == "outside"
+        ivl = ~missing & (v["in_interval"] != True)  # noqa: E712 (None: no interval, which fails)
+        bad = {"tolerance": tol, "interval": ivl, "either": tol & ivl, "both": tol | ivl}[rule]
+        return int((missing | bad).sum()) + missing_order
 
 
 def _fmt(x: float, signed: bool = False) -> str:
@@ -455,7 +629,8 @@ def _fmt(x: float, signed: bool = False) -> str:
 
 
 def render_diff(spec: TableSpec, df: pd.DataFrame, dataset: str | None = None,
-                tolerance: float = TOLERANCE) -> DiffReport:
+                tolerance: float = TOLERANCE, records: Sequence[Mapping[str, Any]] = (),
+                metrics: Sequence[str] | None = None, ci: str = "seeds") -> DiffReport:
     """Markdown of :func:`diff_frame` for the table's data sets with paper numbers, and of
     :func:`order_comparison` for any other data set it was run on."""
     lines: list[str] = []
@@ -463,30 +638,42 @@ def render_diff(spec: TableSpec, df: pd.DataFrame, dataset: str | None = None,
     orders: list[OrderComparison] = []
     for ds in diff_datasets(spec, df, dataset):
         if ds in spec.datasets:
-            d = diff_frame(spec, df, ds, tolerance)
+            d = diff_frame(spec, df, ds, tolerance, records, ci)
+            if metrics:
+                d = d[d["metric"].isin(metrics)].reset_index(drop=True)
             values.append(d)
-            lines += _render_values(spec, d, ds, tolerance)
+            lines += _render_values(spec, d, ds, tolerance, ci)
         else:
-            o = order_comparison(spec, df, ds)
+            o = [c for c in order_comparison(spec, df, ds) if not metrics or c.metric in metrics]
             orders += o
             lines += _render_order(spec, o, ds)
     vals = pd.concat(values, ignore_index=True) if values else pd.DataFrame(columns=list(DIFF_COLUMNS))
     return DiffReport("\n".join(lines).rstrip() + "\n", vals, orders)
 
 
-def _render_values(spec: TableSpec, d: pd.DataFrame, dataset: str, tolerance: float) -> list[str]:
+def _render_values(spec: TableSpec, d: pd.DataFrame, dataset: str, tolerance: float, ci: str = "seeds") -> list[str]:
     shown = pd.DataFrame({
         "#": d["row"].astype(str), "row": d["label"], "metric": d["metric"],
         "convention": d["convention"].replace("", MISSING), "seeds": d["seeds"].astype(str),
         "ours": [mean_std([m]) if pd.isna(s) else f"{m:.1f} ± {s:.1f}" for m, s in zip(d["ours_mean"], d["ours_std"])],
         "paper": d["paper"].map(_fmt), "Δ": d["delta"].map(lambda x: _fmt(x, signed=True)),
         "status": d["status"].map({"within": "within", "outside": "⚠ outside", "missing": "missing"}),
+        "ours 95 % interval": [MISSING if not src else f"[{lo:.1f}, {hi:.1f}] ({src})"
+                               for lo, hi, src in zip(d["ours_lo"], d["ours_hi"], d["interval"])],
+        "in interval": d["in_interval"].map({True: "inside", False: "⚠ outside"}).fillna(MISSING),
     })
+    if ci == "none":  # judged by --strict interval all the same, not shown
+        shown = shown.drop(columns=["ours 95 % interval", "in interval"])
     counts = d["status"].value_counts()
     head = (f"### {spec.title}: ours vs paper on {dataset} (tolerance ±{tolerance:g} points; many/medium/few "
             f"of ours under each paper number's shot convention)")
+    inside = int((d["in_interval"] == True).sum())  # noqa: E712
+    outside = int((d["in_interval"] == False).sum())  # noqa: E712
     tail = (f"{len(d)} numbers: {counts.get('within', 0)} within, {counts.get('outside', 0)} outside, "
-            f"{counts.get('missing', 0)} missing (rows with no result on {dataset}).")
+            f"{counts.get('missing', 0)} missing (rows with no result on {dataset}); the paper's number inside our "
+            f"95 % interval: {inside}, outside: {outside}, no interval: {len(d) - inside - outside} (interval: t over "
+            "seeds with two or more, else the one run's bootstrap over test images; `--ci bootstrap`: the bootstrap of the "
+            "mean over seeds).")
     return [head, "", markdown(shown) if len(d) else "(no row of this table is on this data set)", "", tail, ""]
 
 
@@ -640,3 +827,117 @@ def leaderboard(df: pd.DataFrame, convention: str = "paper",
         out.append(f"### Leaderboard: {dataset}, {backbone} — top-1 accuracy (%), {CONVENTION_NOTE[convention]}\n\n"
                    + markdown(frame) + "\n")
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- shifted test distributions
+
+
+def shifted_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Accuracy (%) on SADE's shifted test distributions (:data:`ltrbench.metrics.SHIFTS`) of every
+    run: one row per (dataset, backbone, method, variant, seed, kind) with a column per
+    distribution; ``kind`` is ``method`` (Σ_c q_c · acc_c of the run's per-class accuracy) or
+    ``oracle`` (the same after the post-hoc prior correction that knows q; runs since evaluate v2)."""
+
+    names = [shift_name(d, r) for d, r in SHIFTS]
+    rows = []
+    for r in records:
+        got = shifted(r["per_class_accuracy"], np.asarray(r["train_counts"]), r.get("shifted_oracle_per_class"))
+        base = {"dataset": r["dataset"], "backbone": r["backbone"], "method": r["method"],
+                "variant": r.get("variant", ""), "seed": r["seed"]}
+        for kind in ("method", "oracle"):
+            if kind == "method" or any(got[n].get("oracle") is not None for n in names):
+                rows.append({**base, "kind": kind, **{n: got[n].get(kind) for n in names}})
+    frame = pd.DataFrame(rows, columns=["dataset", "backbone", "method", "variant", "seed", "kind", *names])
+    frame[names] = frame[names].astype(float)
+    return frame
+
+
+def shifted_table(records: Sequence[Mapping[str, Any]], dataset: str) -> str:
+    """Markdown: accuracy on each shifted test distribution of ``dataset``, one row per method (mean
+    ± std over seeds) and, labelled as such, per method's oracle prior correction."""
+
+    names = [shift_name(d, r) for d, r in SHIFTS]
+    f = shifted_frame([r for r in records if r["dataset"] == dataset])
+    rows = []
+    for (backbone, method, variant, kind), g in f.groupby(["backbone", "method", "variant", "kind"], sort=False):
+        label = method + (f" [{variant}]" if variant else "") + (" (oracle prior correction)" if kind == "oracle" else "")
+        rows.append({"method": label, "backbone": backbone, "seeds": str(g["seed"].nunique()),
+                     **{n: mean_std(g[n]) for n in names}})
+    return "\n".join([
+        f"### {dataset}: accuracy (%) under shifted test class distributions (SADE)", "",
+        markdown(pd.DataFrame(rows, columns=["method", "backbone", "seeds", *names])), "",
+        "Test class distribution q: classes ranked by training images, q ∝ ρ^(−rank/(C−1)); forward ρ: the "
+        "training head stays the test head, backward ρ: reversed. Accuracy = Σ_c q_c · acc_c of the balanced "
+        "split's per-class accuracy (uniform = mean class accuracy); mean ± std over seeds. The oracle rows "
+        "know q and correct each prediction post hoc (arg max log softmax + log q − log π_train): an upper "
+        "reference, not a method.", ""])
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def _method_variant(name: str) -> tuple[str, str]:
+    """``method`` or ``method[variant]``."""
+    if name.endswith("]") and "[" in name:
+        m, v = name[:-1].split("[", 1)
+        return m, v
+    return name, ""
+
+
+def compare_table(records: Sequence[Mapping[str, Any]], a: str, b: str, *, dataset: str | None = None,
+                  metrics: Sequence[str] | None = None, convention: str = "paper", where: Path | str = "") -> str:
+    """Markdown: ``a`` − ``b`` (methods, or ``method[variant]``) on each data set and backbone both
+    ran on, per metric: the means over the seeds both have, Δ with its 95 % paired bootstrap interval
+    and p-value (test images resampled within each class, the same for both methods and every
+    seed), and with three seeds or more a paired t-test over seeds (:func:`ltrbench.stats.paired`)."""
+
+    metrics = _metrics(metrics)
+    df = load_results(list(records))
+    if dataset is not None:
+        df = df[df["dataset"] == dataset]
+    (ma, va), (mb, vb) = _method_variant(a), _method_variant(b)
+    ra = df[(df["method"] == ma) & (df["variant"] == va)]
+    rb = df[(df["method"] == mb) & (df["variant"] == vb)]
+    on = f" on {dataset}" if dataset else ""
+    for name, rows in ((a, ra), (b, rb)):
+        if rows.empty:
+            have = ", ".join(sorted({m + (f"[{v}]" if v else "") for m, v in zip(df["method"], df["variant"])}))
+            raise ConfigError(f"compare: no runs of {name}{on} under {where}; the results there are of: "
+                              f"{have or 'nothing'}. Run it first (`run_bench.py --methods {ma}`).")
+    evidence = Evidence(records)
+    lines = [f"### {a} − {b}: paired comparison ({CONVENTION_NOTE[convention]})", ""]
+    shown = 0
+    for (ds, backbone, split), ga in ra.groupby(["dataset", "backbone", "eval_split"], sort=False, dropna=False):
+        gb = rb[(rb["dataset"] == ds) & (rb["backbone"] == backbone) & (rb["eval_split"].fillna("") == (split or ""))]
+        seeds = sorted(set(ga["seed"]) & set(gb["seed"]))
+        if not seeds:
+            continue
+        missing = [k for k in (*ga["run_key"], *gb["run_key"]) if evidence.preds.get(k) is None]
+        if missing:
+            raise ConfigError(f"compare: {len(missing)} of the runs of {a} and {b} on {ds} have no per-image "
+                              f"predictions in their result files (written before ltrbench stored them, evaluate "
+                              f"stage version 1); run them again to record them (the other stages are cached).")
+        res = evidence.paired(ga, gb, convention, metrics)
+        rows = []
+        for m in metrics:
+            r = res[m]
+            fmt = lambda x, signed=False, d=digits_of(m): MISSING if pd.isna(x) else (  # noqa: E731
+                f"{x:+.{d}f}" if signed else f"{x:.{d}f}")
+            better = {"A": a, "B": b, None: MISSING}[r.better] if r.p_value < 0.05 else "no difference at 0.05"
+            rows.append({"metric": m + (" (lower is better)" if m in LOWER_IS_BETTER else ""),
+                         f"A: {a}": fmt(r.a), f"B: {b}": fmt(r.b), "Δ": fmt(r.delta, True),
+                         "95 % interval": MISSING if pd.isna(r.low) else f"[{fmt(r.low, True)}, {fmt(r.high, True)}]",
+                         "p (bootstrap)": MISSING if pd.isna(r.p_value) else f"{r.p_value:.3g}",
+                         "p (t over seeds)": MISSING if pd.isna(r.t_p_value) else f"{r.t_p_value:.3g}",
+                         "better": better})
+        lines += [f"{ds} · {backbone} · {split} split · seeds {', '.join(map(str, seeds))} ({len(seeds)} paired) · "
+                  f"{res[metrics[0]].images} test images", "", markdown(pd.DataFrame(rows)), ""]
+        shown += 1
+    if not shown:
+        raise ConfigError(f"compare: {a} and {b} have no run on the same data set, backbone, split and seed{on} "
+                          f"under {where}; run both with the same --seeds.")
+    lines.append("Δ = mean over the paired seeds of A − B. Interval and p (two-sided, H0: Δ = 0): paired bootstrap, "
+                 f"the same resample of test images (within each class) for both methods and every seed; p (t over "
+                 "seeds): paired t-test of the per-seed values (three seeds or more). Column better: the side Δ favours "
+                 "where the bootstrap p < 0.05.")
+    return "\n".join(lines) + "\n"

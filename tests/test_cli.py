@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from conftest import REPO, run_cli, tiny_set
+from ltrbench.metrics import METRIC_NAMES
 
 slow = pytest.mark.slow
 
@@ -32,7 +33,8 @@ def test_end_to_end_writes_results_and_table(first_run):
         for k in REQUIRED:
             assert k in rec, k
         for conv in ("paper", "decoupling"):
-            assert set(rec["metrics"][conv]) == {"overall", "many", "medium", "few"}
+            assert set(rec["metrics"][conv]) == set(METRIC_NAMES)  # overall, many/medium/few and the rest
+            assert set(rec["intervals"][conv]) == set(METRIC_NAMES)
         assert len(rec["per_class_accuracy"]) == len(rec["train_counts"]) == 12
         assert rec["config"]["world"]["num_classes"] == 12
         assert rec["backbone"] == "mini-clip"

@@ -13,6 +13,7 @@ import pytest
 import ltrbench
 from conftest import TINY
 from ltrbench.config import tiny_overrides
+from ltrbench.metrics import METRIC_NAMES, SHIFTS, shift_name
 from ltrbench.registry import METHODS
 from ltrbench.results import REQUIRED_KEYS, RESULT_COLUMNS, read_results
 
@@ -42,6 +43,15 @@ def test_method_plans_runs_and_records_deterministically(method, tmp_path, monke
         for name, value in row.items():
             assert value is None or 0.0 <= value <= 100.0, (conv, name, value)
     assert math.isclose(df.frame.loc[0, "overall"], rec["metrics"]["paper"]["overall"])
+    # every metric and its bootstrap interval; the per-image predictions paired comparisons resample
+    for conv, row in rec["metrics"].items():
+        assert set(row) == set(METRIC_NAMES), conv
+        for name in ("overall", "many", "medium", "few"):
+            iv = rec["intervals"][conv][name]
+            assert (iv is None) == (row[name] is None) and (iv is None or iv[0] <= row[name] <= iv[1]), (conv, name)
+    assert row["nll"] is not None and row["ece"] is not None
+    assert len(rec["predictions"]["labels"]) == len(rec["predictions"]["log_p_true"]) == rec["num_eval"]
+    assert set(rec["shifted"]) == {shift_name(d, r) for d, r in SHIFTS}
 
     # Same seed, every method stage recomputed in a fresh cache (the shared world and CLIP copied):
     # the same metrics, to the last digit.

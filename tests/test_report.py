@@ -37,7 +37,8 @@ def report(results):
 def test_report_writes_markdown_html_figures_and_csv(report, results):
     assert report.markdown.is_file() and report.html.is_file() and report.folder == results / "report"
     names = {p.name for p in report.figures}
-    assert names == {f"{k}__synthetic_lt.png" for k in ("gain", "shots", "accuracy_vs_count", "corpus", "training")}
+    assert names == {f"{k}__synthetic_lt.png"
+                     for k in ("gain", "shots", "shifted", "accuracy_vs_count", "corpus", "training")}
     for p in report.figures:
         img = imread(p)
         assert img.shape[0] >= 450 and img.shape[1] >= 800, p.name  # 100 dpi: at least 8 × 4.5 inches
@@ -47,6 +48,11 @@ def test_report_writes_markdown_html_figures_and_csv(report, results):
         assert f"](figures/{p.name})" in md
     assert not report.notes, report.notes
     assert "### Top-1 accuracy, paper convention" in md and "| baseline " in md and "Text corpus" in md
+    # two seeds: every cell of ours has its t interval; the long-tail metrics and SADE's shifts are there
+    assert re.search(r"\| baseline +\| synthetic_lt \| mini-clip +\| 2 +\| \d+\.\d ± \d+\.\d \[\d+\.\d, \d+\.\d\]", md)
+    assert "### Long-tail metrics" in md and "macro_f1" in md and "ece_few" in md
+    assert "under shifted test class distributions (SADE)" in md and "(oracle prior correction)" in md
+    assert "interval bars" in md
 
 
 def test_the_html_is_self_contained_and_shows_every_figure(report):
@@ -77,7 +83,7 @@ def test_without_the_baseline_or_the_cache_figures_are_left_out_and_said_so(resu
     shutil.copytree(results / "runs", tmp_path / "out" / "runs")
     rep = build_report(tmp_path / "out", baseline="nosuchmethod", cache=tmp_path / "empty-cache")
     names = {p.name for p in rep.figures}
-    assert names == {"shots__synthetic_lt.png", "accuracy_vs_count__synthetic_lt.png"}
+    assert names == {"shots__synthetic_lt.png", "shifted__synthetic_lt.png", "accuracy_vs_count__synthetic_lt.png"}
     notes = " ".join(rep.notes)
     assert "'nosuchmethod'" in notes and "corpus figure" in notes and "training curves" in notes
     assert "Left out:" in rep.markdown.read_text()
@@ -94,7 +100,7 @@ def test_bad_input_is_a_user_error(tmp_path, results):
 def test_cli_report_prints_where_it_went(results, capsys):
     assert cli.main(["report", "--out", str(results), "--dataset", "synthetic_lt"]) == 0
     printed = capsys.readouterr().out
-    assert str(results / "report" / "report.html") in printed and "figures (5)" in printed
+    assert str(results / "report" / "report.html") in printed and "figures (6)" in printed
 
 
 def test_markdown_to_html_subset(tmp_path):
