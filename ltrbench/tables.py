@@ -229,9 +229,13 @@ def summary_table(df: pd.DataFrame, convention: str = "paper", *, ci: str = "see
     for (dataset, backbone, method, variant), g in groups:
         row = {"method": method + (f" [{variant}]" if variant else ""), "dataset": dataset, "backbone": backbone,
                "seeds": str(g["seed"].nunique())}
+        seeds = g["seed"].nunique()
         for m in metrics:
             iv = evidence.pooled(list(g["run_key"]), convention, m) if ci == "bootstrap" else None
             row[m] = cell(g[cols[m]], ci, iv, digits_of(m))
+            have = g.loc[g[cols[m]].notna(), "seed"].nunique()  # a missing value (NaN) is no replicate
+            if 0 < have < seeds:
+                row[m] += f" ({have} of {seeds} seeds)"
         if against and not (method == against and not variant):
             base = df[(df["method"] == against) & (df["variant"] == "") & (df["dataset"] == dataset)
                       & (df["backbone"] == backbone)]

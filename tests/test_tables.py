@@ -237,3 +237,16 @@ def test_paper_numbers_frame_is_plain_data():
     numbers = load_paper_numbers()
     assert list(numbers.columns)[:4] == ["table", "row", "label", "backbone"]
     assert pd.api.types.is_float_dtype(numbers["value"])
+
+
+def test_a_missing_metric_is_not_counted_as_a_replicate(tmp_path):
+    """Three seeds, few-shot missing (NaN) on one of them: the few cell is the mean of the two it has
+    and says so; overall keeps all three."""
+    from ltrbench.tables import summary_table
+
+    for seed, few in ((0, 10.0), (1, 20.0), (2, None)):
+        fake_result(tmp_path, "m", "", "d", seed, 50.0 + seed,
+                    {"paper": {"many": 60.0, "medium": 40.0, "few": few}})
+    table = summary_table(load_results(tmp_path), "paper", ci="none")
+    row = next(line for line in table.splitlines() if line.startswith("| m "))
+    assert "15.0 ± 7.1 (2 of 3 seeds)" in row and "51.0 ± 1.0 |" in row
