@@ -43,7 +43,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
-SPLITS = REPO.parent / "shared" / "data" / "splits"
+#: The published split lists: $LTRBENCH_SPLITS (the tests point it at tests/data/splits), else ../shared/data/splits.
+SPLITS = Path(os.environ.get("LTRBENCH_SPLITS") or REPO.parent / "shared" / "data" / "splits")
 MARKER = "genroot.json"
 
 

@@ -43,7 +43,7 @@ from ltrbench.execute import execute
 from ltrbench.head_fit import HeadData, HeadEnv, HeadMethod, TrainedHeadMethod, head_logits, load_head_data
 from ltrbench.metrics import top1
 from ltrbench.models import load_model, read_manifest
-from ltrbench.plan import PlannedRun
+from ltrbench.planner import PlannedRun
 from ltrbench.registry import METHODS
 from ltrbench.stage_kinds import device, encode_split, encode_texts
 from ltrbench.stages import Stage, StageContext, artifact_dir

@@ -11,6 +11,17 @@ from . import plugins
 
 plugins.install()  # the packages ltrbench.methods / ltrbench.datasets (no plugin is loaded yet)
 
-from .api import ExecOptions, Plan, Request, RunResult, plan, run  # noqa: E402  (after install: the API may import plugin code)
+_API = ("ExecOptions", "Plan", "Request", "RunResult", "plan", "run")
+
+
+def __getattr__(name: str):
+    """The library API, imported on first use: ``import ltrbench`` stays light (no torch), so the
+    CLI's ``--help`` and ``list`` answer at once."""
+    if name in _API:
+        from . import api  # torch: imported when the API is first used
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'ltrbench' has no attribute {name!r}")
+
 
 __all__ = ["ExecOptions", "Plan", "Request", "RunResult", "plan", "run", "__version__"]

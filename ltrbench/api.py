@@ -8,7 +8,7 @@ these two functions.
 
 A request goes one way through the core, each step in its own module: resolve
 (:mod:`ltrbench.resolve`: names, runs, configurations) → validate what needs no data
-(:mod:`ltrbench.validate`: configurations, weights) → plan (:mod:`ltrbench.plan`: data sets read,
+(:mod:`ltrbench.validate`: configurations, weights) → plan (:mod:`ltrbench.planner`: data sets read,
 stages) → validate the data the stages read → execute (:mod:`ltrbench.execute`) → record
 (:mod:`ltrbench.results`). Every check comes before any work.
 
@@ -33,7 +33,7 @@ from . import fingerprints, validate
 from .errors import RunFailedError
 from .execute import ExecOptions, StageFailure, execute
 from .paths import cache_root
-from .plan import PlannedRun, plan_request
+from .planner import PlannedRun, plan_request
 from .resolve import Request, RunSpec, resolve
 from .results import build_record, load_results, write_result
 from .stages import Stage, is_done

@@ -28,9 +28,7 @@ import pickle
 import socket
 import zipfile
 from functools import lru_cache
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import open_clip
 import torch
@@ -41,27 +39,11 @@ from torch import nn
 from .errors import ConfigError, LtrBenchError
 from .fingerprints import file_sha256
 from .registry import BACKBONES, WEIGHTS
+from .specs import CLIP_MEAN, CLIP_STD, CORE_BACKBONES, BackboneSpec  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """What the harness needs to know of a backbone besides its open_clip config."""
-
-    name: str  # open_clip model name
-    image_size: int
-    eval_resize: int
-    embed_dim: int
-    mean: Sequence[float] = CLIP_MEAN
-    std: Sequence[float] = CLIP_STD
-    default_pretrained: str = "openai"
-
-
-for _spec in (BackboneSpec("RN50", 224, 256, 1024), BackboneSpec("ViT-B-16", 224, 256, 512)):
+for _spec in CORE_BACKBONES:
     BACKBONES.add(_spec.name, _spec)
 
 

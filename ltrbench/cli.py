@@ -20,18 +20,13 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
-from . import api
-from .checkdata import check_data
 from .errors import LtrBenchError
-from .metrics import CONVENTION_NOTE, CONVENTIONS
 from .registry import BACKBONES, DATASETS, METHODS
-from .report import build_report, summary_of
-from .metrics import METRIC_NAMES
-from .results import load_results, read_results, scan_results
-from .safeio import real_dir, write_atomic
-from .tables import (CI_MODES, STRICT_RULES, TOLERANCE, Evidence, available_tables, compare_table, extra_tables,
-                     leaderboard, load_extra_table, load_table, markdown as render, params_of, render_diff,
-                     render_extra_table, render_table, shifted_table, summary_table)
+from .vocab import CI_MODES, CONVENTION_NOTE, CONVENTIONS, METRIC_NAMES, STRICT_RULES, TOLERANCE
+
+# The commands import the library (torch, pandas, open_clip, timm; Ray for sweeps) when they run, not
+# here: `--help`, `list` and the errors found in the arguments answer without them
+# (tests/test_cli.py checks sys.modules; bench/startup.py times it).
 
 DEFAULT_DATASET = "synthetic_lt"
 DEFAULT_BASELINE = "baseline"  # what `report` measures per-class gains against (the paper's Figure 4)
@@ -65,12 +60,19 @@ def _add_request_args(p: argparse.ArgumentParser, *, dataset_default: str | None
     p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
 
 
-def _request(args, methods: list[str] | None, dataset: str | None, table: int | None = None) -> api.Request:
-    return api.Request(methods, dataset, args.backbone, _seeds(args.seeds), args.overrides, args.files,
-                       args.data_root, table)
+def _request(args, methods: list[str] | None, dataset: str | None, table: int | None = None) -> "Request":
+    """The request of ``run``/``sweep``, its names checked (from the plugin index: nothing imported)."""
+    from .resolve import Request, run_specs  # lazy (see top)
+
+    request = Request(methods, dataset, args.backbone, _seeds(args.seeds), args.overrides, args.files,
+                      args.data_root, table)
+    run_specs(request)  # an unknown method, data set or backbone, a bad seed: said before torch is imported
+    return request
 
 
-def _options(args, executor: str = "inline", out: str | None = None) -> api.ExecOptions:
+def _options(args, executor: str = "inline", out: str | None = None) -> "api.ExecOptions":
+    from . import api  # lazy (see top)
+
     return api.ExecOptions(executor, args.ray_address, args.retries, args.device, args.ship_code,
                            args.cpus_per_stage, not args.quiet, None if out is None else Path(out))
 
@@ -235,20 +237,24 @@ def _terminate_like_interrupt():
 
 
 def cmd_list() -> int:
+    """Every registered name, read from the plugin files' index (no plugin is imported)."""
     print("methods:")
-    for n in METHODS:
-        print(f"  {n:<10} {METHODS.get(n).description}")
+    for n, info in METHODS.summaries().items():
+        print(f"  {n:<10} {info.get('description', '')}".rstrip())
     print("datasets:")
-    for n in DATASETS:
+    for n in DATASETS.summaries():
         print(f"  {n}")
     print("backbones:")
-    for n in BACKBONES:
-        s = BACKBONES.get(n)
-        print(f"  {n:<10} {s.image_size}px, embed {s.embed_dim}, default weights: {s.default_pretrained}")
+    for n, info in BACKBONES.summaries().items():
+        s = info.get("spec")
+        print(f"  {n:<10} {s.image_size}px, embed {s.embed_dim}, default weights: {s.default_pretrained}" if s
+              else f"  {n}")
     return 0
 
 
 def cmd_check_data(args) -> int:
+    from .checkdata import check_data  # lazy (see top)
+
     if args.sample is not None and args.sample < 1:
         raise LtrBenchError(f"--sample must be at least 1, got {args.sample}; leave it out to check every image.")
     report = check_data(args.dataset, Path(args.data_root), sample=args.sample, allow_corrupt=args.allow_corrupt,
@@ -275,8 +281,13 @@ def cmd_run(args) -> int:
     dataset = args.dataset if args.table is not None else (args.dataset or DEFAULT_DATASET)
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"  # also silences bars in plugins (world generation) and workers
-    res = api.run(_request(args, methods, dataset, args.table), _options(args, args.executor, args.out),
-                  raise_on_failure=False)
+    request = _request(args, methods, dataset, args.table)
+    from . import api  # the engine (torch, open_clip, timm), after the request's names are checked
+    from .safeio import real_dir, write_atomic  # lazy (see top)
+    from .tables import (load_extra_table, load_table, params_of,  # lazy (see top)
+                         render_extra_table, render_table, summary_table)
+
+    res = api.run(request, _options(args, args.executor, args.out), raise_on_failure=False)
     df, ex = res.frame, res.execution
     failed = f", {ex['failed_stages']} failed" if ex["failed_stages"] else ""
     print(f"stages: {ex['stages']} needed, {ex['executed']} executed, {ex['cached']} cached{failed} "
@@ -309,7 +320,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from . import sweep  # here, not at the top: importing Ray Tune takes seconds, which other commands never need
+    from . import sweep  # importing Ray Tune takes seconds, which other commands never need
+    from .tables import markdown as render  # lazy (see top)
 
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"
@@ -325,6 +337,8 @@ def cmd_sweep(args) -> int:
 
 def _results(args):
     """The results folder's frame and scan, each file that is not a readable result said in one line on stderr."""
+    from .results import load_results, scan_results  # lazy (see top)
+
     scan = scan_results(Path(args.out))
     for s in scan.skipped:
         print(s.line(), file=sys.stderr)
@@ -350,6 +364,9 @@ def _add_stats_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_tables(args) -> int:
+    from .tables import (Evidence, extra_tables, leaderboard, load_extra_table, load_table,  # lazy (see top)
+                         params_of, render_extra_table, render_table, shifted_table, summary_table)
+
     df, scan = _results(args)
     records = scan.records
     params = params_of(records)
@@ -387,6 +404,8 @@ def cmd_diff(args) -> int:
 
     Exit status: 0, or with ``--strict`` 1 when any runnable row is missing or outside the tolerance.
     """
+    from .tables import available_tables, load_table, render_diff  # lazy (see top)
+
     if args.tolerance < 0:
         raise LtrBenchError(f"--tolerance must be 0 or more points, got {args.tolerance:g}.")
     df, scan = _results(args)
@@ -413,6 +432,8 @@ def cmd_diff(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from .report import build_report, summary_of  # lazy (see top)
+
     rep = build_report(Path(args.out), dataset=args.dataset, baseline=args.baseline, ci=args.ci)
     for s in rep.skipped:
         print(s.line(), file=sys.stderr)
@@ -440,6 +461,9 @@ def _add_compare_parser(sub, common: argparse.ArgumentParser) -> None:
 def cmd_compare(args) -> int:
     """``compare A B``: prints the table of :func:`ltrbench.tables.compare_table` and writes it to
     ``<out>/tables/compare__A__B.md``."""
+    from .results import scan_results  # lazy (see top)
+    from .safeio import real_dir, write_atomic  # lazy (see top)
+    from .tables import compare_table  # lazy (see top)
 
     scan = scan_results(Path(args.out))
     for s in scan.skipped:

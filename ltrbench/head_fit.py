@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 from .config import TrainConfig
 from .data.samplers import EpochSampler, build_sampler
 from .metrics import top1
-from .plan import Method, RunContext
+from .planner import Method, RunContext
 from .registry import METHODS
 from .stage_kinds import Prediction, device, load_array, save_array
 from .stages import Stage, StageContext, stage_kind, train_in

@@ -16,17 +16,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-CONVENTIONS: dict[str, tuple[int, int, bool]] = {
-    # name: (many threshold, few threshold, inclusive)
-    "paper": (100, 20, True),
-    "decoupling": (100, 20, False),
-}
+from .vocab import CONVENTION_NOTE, CONVENTIONS, METRIC_NAMES  # defined there, shared with the CLI
+
 BUCKETS = ("many", "medium", "few")
-#: How each convention is written in tables and reports.
-CONVENTION_NOTE = {
-    "paper": "paper convention: many ≥ 100, few ≤ 20 training images",
-    "decoupling": "decoupling convention: many > 100, few < 20 training images",
-}
 
 
 def shot_buckets(train_counts: np.ndarray, convention: str = "paper") -> np.ndarray:
@@ -110,8 +102,7 @@ def mean_class_accuracy(preds: np.ndarray, labels: np.ndarray, num_classes: int 
 #: same over the evaluation images of that bucket's classes. ``nll`` and ``ece`` read a method's
 #: scores as logits: a method whose scores are no logits (zero-shot cosine similarities without
 #: CLIP's logit scale, a vote count) is measured as it stands, badly calibrated by construction.
-METRIC_NAMES = ("overall", "many", "medium", "few", "mean_class", "harmonic", "geometric", "worst", "macro_f1",
-                "nll", "ece", "ece_many", "ece_medium", "ece_few")
+#: (:data:`METRIC_NAMES` itself lives in :mod:`ltrbench.vocab`.)
 #: The metrics that depend on the shot convention (the others are the same under both).
 BUCKET_METRICS = ("many", "medium", "few", "ece_many", "ece_medium", "ece_few")
 #: Metrics where lower is better.

@@ -113,7 +113,7 @@ from .heads import (ANCHOR_MODES, DEFAULT_TAUS, NCM_DIST_TYPES, NCM_FEAT_TYPES, 
 from .losses import DISTILL_TYPES, cvlp_loss, posthoc_rule, soft_cross_entropy
 from .models import Classifier, load_model, read_manifest, write_manifest
 from .paths import cache_root
-from .plan import Method, PlannedRun, RunContext, RunSpec
+from .planner import Method, PlannedRun, RunContext, RunSpec
 from .safeio import refuse_link, write_atomic
 from .registry import BACKBONES, DATASETS, LOSSES, METHODS, SECTIONS, STAGES, WEIGHTS
 from .stage_kinds import (ClassifierTask, ClipWeightsConfig, Draw, EvaluateConfig, FeaturesConfig, FinetuneConfig,

@@ -13,11 +13,13 @@ imports nothing of the core but its errors, so the registries can call :func:`lo
 """
 from __future__ import annotations
 
+import ast
 import importlib.util
 import sys
 import traceback
 import types
 from pathlib import Path
+from typing import Any, Mapping, NamedTuple
 
 from .errors import LtrBenchError, PluginError
 
@@ -99,3 +101,123 @@ def load_all() -> None:
         _state = "unloaded"
         raise
     _state = "loaded"
+
+
+# --------------------------------------------------------------------------- the index: names without imports
+
+#: The registries whose names a user types (``--methods``, ``--dataset``, ``--backbone``, a weights
+#: tag), by the name a plugin imports them under from ltrbench.plugin. The others (stage kinds,
+#: config sections, losses) are only ever looked up by code that runs after the plugins load.
+INDEXED = ("METHODS", "DATASETS", "BACKBONES", "WEIGHTS")
+
+
+class IndexEntry(NamedTuple):
+    """One name a plugin file registers, found by reading the file (not importing it)."""
+
+    registry: str  # one of INDEXED
+    name: str
+    path: Path  # the file that registers it
+    info: Mapping[str, Any]  # ``description`` (a method's one line), or a BackboneSpec's fields
+
+
+class PluginIndex(NamedTuple):
+    entries: Mapping[str, Mapping[str, IndexEntry]]  # registry → name → entry
+    #: Registries some file adds to with a name the reader cannot see (computed): their index is
+    #: incomplete, and a lookup of a name the index lacks imports the plugins before answering.
+    dynamic: frozenset
+
+    def complete(self, registry: str) -> bool:
+        return registry not in self.dynamic
+
+
+_index: PluginIndex | None = None
+
+
+def index() -> PluginIndex:
+    """What every plugin file (``_`` files included) registers, read from its syntax tree.
+
+    ``run_bench.py --help``, ``list`` and an unknown name's error answer from here without importing
+    a plugin (and so without torch, open_clip or timm). A call ``METHODS.register("name")`` or
+    ``BACKBONES.add("name", BackboneSpec(...))`` whose name is a literal string (or a module-level
+    constant bound to one) is indexed; a method's ``description`` is read from its class body, a
+    backbone's spec from the literal arguments. A file registering a computed name makes that
+    registry :meth:`PluginIndex.dynamic`. ``tests/test_registry.py`` checks the index against the
+    registries after the plugins load.
+    """
+    global _index
+    if _index is None:
+        entries: dict[str, dict[str, IndexEntry]] = {r: {} for r in INDEXED}
+        dynamic: set[str] = set()
+        for name in PLUGIN_FOLDERS:
+            for path in sorted(_folder(name).glob("*.py")):
+                for e in _read(path, dynamic):
+                    entries[e.registry].setdefault(e.name, e)
+        from .specs import CORE_BACKBONES, BackboneSpec  # ltrbench.backbones (torch) registers the core ones
+
+        for name, e in entries["BACKBONES"].items():
+            try:
+                entries["BACKBONES"][name] = e._replace(info={"spec": BackboneSpec(*e.info["args"], **e.info["kwargs"])})
+            except (KeyError, TypeError):
+                entries["BACKBONES"][name] = e._replace(info={})
+
+        for spec in CORE_BACKBONES:
+            entries["BACKBONES"][spec.name] = IndexEntry("BACKBONES", spec.name, _PKG / "backbones.py",
+                                                         {"spec": spec})
+        _index = PluginIndex(entries, frozenset(dynamic))
+    return _index
+
+
+def _read(path: Path, dynamic: set[str]) -> list[IndexEntry]:
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, SyntaxError, ValueError):
+        return []  # importing the file says what is wrong with it, with its line
+    consts = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+              for t in n.targets if isinstance(t, ast.Name)}
+
+    def literal(node: ast.AST) -> Any:
+        if isinstance(node, ast.Name) and node.id in consts:
+            return consts[node.id]
+        return ast.literal_eval(node)
+
+    out: list[IndexEntry] = []
+    by_call: dict[int, int] = {}  # id(the register call) → its entry's index in out
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("register", "add")):
+            continue
+        owner = node.func.value
+        registry = owner.id if isinstance(owner, ast.Name) else owner.attr if isinstance(owner, ast.Attribute) else None
+        if registry not in INDEXED:
+            continue
+        try:
+            name = literal(node.args[0])
+        except (IndexError, ValueError, TypeError, SyntaxError):
+            name = None
+        if not isinstance(name, str):
+            dynamic.add(registry)
+            continue
+        info: dict[str, Any] = {}
+        if node.func.attr == "add" and len(node.args) > 1 and isinstance(node.args[1], ast.Call):
+            try:
+                info = {"args": [literal(a) for a in node.args[1].args],
+                        "kwargs": {k.arg: literal(k.value) for k in node.args[1].keywords}}
+            except (ValueError, TypeError, SyntaxError):
+                info = {}
+        by_call[id(node)] = len(out)
+        out.append(IndexEntry(registry, name, path, info))
+    for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+        for i in (by_call[id(d)] for d in cls.decorator_list if id(d) in by_call):
+            for stmt in cls.body:
+                if (isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "description"
+                                                         for t in stmt.targets)):
+                    try:
+                        out[i] = out[i]._replace(info={"description": literal(stmt.value)})
+                    except (ValueError, TypeError, SyntaxError):
+                        pass
+    return out
+
+
+def loaded() -> bool:
+    """Whether :func:`load_all` has run."""
+    return _state == "loaded"

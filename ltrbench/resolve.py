@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .config import BenchConfig, load_config
 from .errors import ConfigError
 from .registry import BACKBONES, DATASETS, METHODS, WEIGHTS
-from .tables import TableSpec, any_table
+
+if TYPE_CHECKING:
+    from .tables import TableSpec
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ def run_specs(request: Request) -> list[RunSpec]:
     if r.table is not None:
         if r.methods is not None:
             raise ConfigError("A paper table fixes its methods: pass either methods or table, not both.")
+        from .tables import any_table  # pandas: only a table's request needs it
+
         specs = table_runs(any_table(r.table), seeds, r.dataset, r.backbone)
     else:
         if r.dataset is None:
@@ -85,9 +89,11 @@ def run_specs(request: Request) -> list[RunSpec]:
             raise ConfigError("The list of methods is empty; name at least one (see `run_bench.py list`), or "
                               "leave it out to run every registered method.")
         specs = [RunSpec(m, r.dataset, r.backbone, seed) for seed in seeds for m in methods]
-    for s in specs:  # unknown names: one error with "did you mean", before anything is resolved
-        METHODS.get(s.method)
-        DATASETS.get(s.dataset)
+    for s in specs:  # unknown names: one error with "did you mean", before anything is resolved or imported
+        METHODS.check(s.method)
+        DATASETS.check(s.dataset)
+        if s.backbone is not None:
+            BACKBONES.check(s.backbone)
     return specs
 
 

@@ -28,10 +28,8 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import pandas as pd
 
-from .devices import machine
 from .metrics import BUCKET_METRICS, CONVENTIONS, METRIC_NAMES
 from .safeio import real_dir, refuse_link, write_atomic
-from .stages import artifact_dir
 from .version import __version__
 
 REQUIRED_KEYS = ("method", "dataset", "backbone", "seed", "metrics", "per_class_accuracy", "train_counts",
@@ -71,7 +69,11 @@ def run_device(stages: Sequence[Mapping[str, Any]]) -> str:
     Stages cached by a version that did not record devices leave it to this machine's description,
     marked as such."""
     seen = list(dict.fromkeys(s["device"] for s in stages if s.get("device")))
-    return " + ".join(seen) if seen else f"unrecorded (stages cached before devices were recorded; driver: {machine()})"
+    if seen:
+        return " + ".join(seen)
+    from .devices import machine  # torch: only a run with unrecorded devices needs it
+
+    return f"unrecorded (stages cached before devices were recorded; driver: {machine()})"
 
 
 def result_filename(rec: Mapping[str, Any]) -> str:
@@ -189,7 +191,7 @@ def read_results(folder: Path) -> list[dict[str, Any]]:
 
 
 def build_record(run: Any, infos: Mapping[str, Mapping[str, Any]], cache: Path) -> dict[str, Any]:
-    """The result record of one planned run (a :class:`ltrbench.plan.PlannedRun`) whose stages have
+    """The result record of one planned run (a :class:`ltrbench.planner.PlannedRun`) whose stages have
     finished (``infos``: key → stage.json).
 
     The evaluate stage's ``result.json`` gives the metrics; the rest is provenance: the resolved
@@ -197,6 +199,8 @@ def build_record(run: Any, infos: Mapping[str, Mapping[str, Any]], cache: Path) 
     the images replaced under ``data.allow_corrupt`` (``replaced_images``: path, label, the image
     read instead, why), versions, git revision and device.
     """
+    from .stages import artifact_dir  # the engine (torch), which a reader of results never needs
+
     res = json.loads((artifact_dir(cache, run.target) / "result.json").read_text())
     stages = run.stages
     replaced = {r["path"]: r for s in stages for r in infos[s.key].get("replaced_images", [])}

@@ -36,6 +36,7 @@ from .errors import ConfigError
 from .metrics import (CONVENTION_NOTE, CONVENTIONS, LOWER_IS_BETTER, METRIC_NAMES, SHIFTS, Predictions, shift_name,
                       shifted)
 from .results import load_results, metric_columns
+from .vocab import CI_MODES, STRICT_RULES, TOLERANCE
 from .stats import holm, paired, pooled_intervals, t_interval
 
 METRICS = ("overall", "many", "medium", "few")
@@ -56,7 +57,6 @@ def _paper_numbers() -> Path:
 
 
 PAPER_NUMBERS = _paper_numbers()
-TOLERANCE = 1.0  # points: a difference beyond this is marked in tables and fails `diff --strict`
 #: The columns of results/paper_numbers.csv: one line per number the paper prints.
 PAPER_COLUMNS = (
     "table",  # the paper's table number
@@ -94,7 +94,6 @@ def mean_std(values: pd.Series | Sequence[float], digits: int = 1) -> str:
 
 
 #: What ``--ci`` shows beside mean ± std: nothing, the t interval over seeds, or the pooled bootstrap.
-CI_MODES = ("none", "seeds", "bootstrap")
 CI_NOTE = {
     "none": "mean ± sample std over seeds",
     "seeds": "mean ± sample std over seeds [95 % t interval over seeds, clipped to 0–100 for percentages; none "
@@ -483,7 +482,6 @@ DIFF_COLUMNS = ("table", "row", "label", "dataset", "metric", "convention", "see
                 "ours_lo", "ours_hi", "interval", "paper", "delta", "status", "in_interval")
 #: What ``diff --strict`` requires of each paper number: within the tolerance, inside our 95 %
 #: interval, either of the two, or both.
-STRICT_RULES = ("tolerance", "interval", "either", "both")
 
 
 def diff_frame(spec: TableSpec, df: pd.DataFrame, dataset: str | None = None,

@@ -45,7 +45,7 @@ from .data.loaders import DatasetRef, open_dataset
 from .data.samplers import SAMPLERS
 from .data.transforms import AUGMENTS
 from .errors import ConfigError, DataError, LtrBenchError, clip
-from .plan import clip_weights_stage
+from .planner import clip_weights_stage
 from .resolve import RunSpec
 from .registry import BACKBONES, STAGES, WEIGHTS
 from .safeio import refuse_links

@@ -1,16 +1,38 @@
 """Shared fixtures: a private cache per test session and the tiny built-in world's overrides."""
 from __future__ import annotations
 
+import gzip
+import hashlib
 import logging
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SPLITS = REPO.parent / "shared" / "data" / "splits"
+
+
+def _real_splits() -> Path:
+    """The published split lists of tests/data/splits/*.txt.gz as plain files, written once into a
+    temporary folder named by their content (shared by the test processes of one machine)."""
+    gz = sorted((REPO / "tests" / "data" / "splits").glob("*.txt.gz"))
+    tag = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in gz)).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / f"ltrbench-test-splits-{tag}"
+    for p in gz:
+        dest = folder / p.name[: -len(".gz")]
+        if not dest.is_file():
+            folder.mkdir(exist_ok=True)
+            tmp = dest.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(gzip.decompress(p.read_bytes()))
+            os.replace(tmp, dest)  # atomic: parallel test workers never read half a list
+    return folder
+
+
+SPLITS = _real_splits()
+os.environ.setdefault("LTRBENCH_SPLITS", str(SPLITS))  # bench/genroot.py's published lists, in subprocesses too
 
 #: A built-in world small enough for end-to-end tests (seconds, not minutes).
 TINY = [

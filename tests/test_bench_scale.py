@@ -17,7 +17,6 @@ from conftest import REPO, SPLITS
 sys.path.insert(0, str(REPO / "bench"))
 from genroot import FACTS, split_lists, training_counts  # noqa: E402
 
-needs_splits = pytest.mark.skipif(not SPLITS.is_dir(), reason=f"real split lists not found at {SPLITS}")
 
 
 def _bench(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -26,7 +25,6 @@ def _bench(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@needs_splits
 def test_scale_bench_runs_places_lt_end_to_end(tmp_path):
     root, out = tmp_path / "root", tmp_path / "out"
     args = ["bench/scale.py", "--dataset", "places_lt", "--fraction", "0.01", "--classes", "6", "--root", str(root),
@@ -53,9 +51,8 @@ def test_scale_bench_runs_places_lt_end_to_end(tmp_path):
     assert again.returncode == 0 and "(cached)" in again.stdout  # the root and the stages are reused
 
 
-@needs_splits
 def test_generated_places_lists_are_the_published_ones_cut_per_class():
-    lists, names, extra = split_lists("places_lt", 0.1, seed=0)
+    lists, names, extra = split_lists("places_lt", 0.1, seed=0, splits_dir=SPLITS)
     assert len(names) == 365 and names[0] == "airfield" and extra["full_sizes"]["train"] == 62_500
     published = [ln.split() for ln in (SPLITS / "Places_LT_train.txt").read_text().splitlines()]
     first = [p for p, lab in published if lab == "0"]

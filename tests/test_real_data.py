@@ -25,8 +25,7 @@ from ltrbench.data.corpus import (
 from ltrbench.data.lists import find_duplicates, missing_images, read_list
 from ltrbench.errors import DataError
 
-SPLITS = Path(__file__).resolve().parents[2] / "shared" / "data" / "splits"
-needs_splits = pytest.mark.skipif(not SPLITS.is_dir(), reason=f"real split lists not found at {SPLITS}")
+from conftest import SPLITS  # tests/data/splits, unpacked
 
 
 def _copy(names: list[str], dest: Path) -> Path:
@@ -38,7 +37,6 @@ def _copy(names: list[str], dest: Path) -> Path:
 # ----------------------------------------------------------------------------- the published lists
 
 
-@needs_splits
 def test_places_lt_lists_only_reports_every_count(tmp_path: Path) -> None:
     root = _copy(["Places_LT_train.txt", "Places_LT_val.txt", "Places_LT_test.txt"], tmp_path)
     rep = check_data("places_lt", root, progress=False)
@@ -54,7 +52,6 @@ def test_places_lt_lists_only_reports_every_count(tmp_path: Path) -> None:
     assert "[MISSING] labels.txt" in text and "131 / 163 / 71" in text and "132 / 156 / 77" in text
 
 
-@needs_splits
 @pytest.mark.parametrize("name, per_class", [("ImageNet_LT_val.txt", 20), ("ImageNet_LT_test.txt", 50)])
 def test_imagenet_lt_val_test_lists(tmp_path: Path, name: str, per_class: int) -> None:
     root = _copy([name], tmp_path)

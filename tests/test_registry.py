@@ -47,3 +47,62 @@ def test_harness_registries_are_populated():
     assert {"baseline", "zeroshot"} <= set(METHODS.names())
     assert {"synthetic_lt", "imagenet_lt", "places_lt", "inat2018"} <= set(DATASETS.names())
     assert {"RN50", "ViT-B-16", "mini-clip"} <= set(BACKBONES.names())
+
+
+def test_plugin_index_equals_the_registries_after_loading():
+    """The names (and a method's description, a backbone's spec) that `list`, `--help` and name
+    errors read from the plugin files' syntax trees are exactly what importing the plugins registers."""
+    from ltrbench import plugins
+    from ltrbench.registry import BACKBONES, DATASETS, METHODS, WEIGHTS
+
+    ix = plugins.index()
+    assert not ix.dynamic  # every shipped plugin registers a literal name
+    for reg, key in ((METHODS, "METHODS"), (DATASETS, "DATASETS"), (BACKBONES, "BACKBONES"), (WEIGHTS, "WEIGHTS")):
+        reg.get(reg.names()[0])  # loads every plugin
+        assert set(ix.entries[key]) == set(reg._items), key
+    for name, e in ix.entries["METHODS"].items():
+        assert e.info["description"] == METHODS.get(name).description
+    for name, e in ix.entries["BACKBONES"].items():
+        assert e.info["spec"] == BACKBONES.get(name)
+
+
+def test_index_marks_a_computed_name_dynamic_and_a_lookup_then_loads(tmp_path):
+    from ltrbench import plugins
+
+    f = tmp_path / "m.py"
+    f.write_text('N = "lit"\n@METHODS.register(N)\nclass A:\n    description = "d"\n'
+                 'for n in ("x",):\n    METHODS.add(n, object())\n')
+    dynamic: set = set()
+    entries = plugins._read(f, dynamic)
+    assert [(e.name, dict(e.info)) for e in entries] == [("lit", {"description": "d"})]
+    assert dynamic == {"METHODS"}
+    reg = Registry("thing", loader=lambda: reg.add("late", 1))
+    assert reg.known("late")  # no index: a lookup loads
+
+
+LIGHT = """
+import sys
+from ltrbench.cli import main
+try:
+    main({argv!r})
+except SystemExit:
+    pass
+heavy = [m for m in ("torch", "open_clip", "timm", "ray") if m in sys.modules]
+print("HEAVY", heavy, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["list"], ["run", "--help"], ["tables", "--help"],
+                                  ["run", "--methods", "vltr"], ["run", "--dataset", "nope"],
+                                  ["run", "--backbone", "RN5"], ["run", "--seeds", "a"]])
+def test_help_list_and_name_errors_import_no_torch(argv):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    p = subprocess.run([sys.executable, "-c", LIGHT.format(argv=argv)], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert "HEAVY []" in p.stderr, p.stderr[-2000:]
+    if argv[0] == "run" and "--help" not in argv:
+        assert "error:" in p.stderr  # the error itself was found, before any import
