@@ -50,7 +50,7 @@ MARKER = "genroot.json"
 
 @dataclass(frozen=True)
 class Facts:
-    """What is published about a data set's splits (ALGORITHMS.md §6, the paper's Table 7)."""
+    """What is published about a data set's splits (docs/algorithms.md#split-lists, the paper's Table 7)."""
 
     classes: int
     train: int
@@ -316,7 +316,7 @@ def _sentence(rng: np.random.Generator, name: str) -> str:
 
 def wiki_text(name: str, n: int, rng: np.random.Generator) -> str:
     """A wiki file of ``n`` sentences: a summary, a few sections, and a References section that
-    the corpus reader drops (ALGORITHMS.md §6)."""
+    the corpus reader drops (docs/algorithms.md#wiki-corpus)."""
     sents = [_sentence(rng, name) for _ in range(n)]
     cut = max(1, n // 3)
     parts = [" ".join(sents[:cut])]

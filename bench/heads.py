@@ -8,7 +8,7 @@ knn/fc), side by side in one run:
 * cached: read the ``features`` arrays and call each method's ``fit_head`` (what the ``head`` stage does);
 * images: the original codes' path. cRT, LWS and FC run every epoch's batches of augmented training
   images (the training transform) through the frozen encoder, and cRT/LWS score the val images each
-  epoch for best-epoch selection (K's loop), with the same one training loop; NCM, τ-norm and KNN
+  epoch for best-epoch selection (the decoupling code's loop), with the same one training loop; NCM, τ-norm and KNN
   extract the features they need from the images (and KNN its corpus sentences) before fitting.
   Both paths score the evaluation split.
 

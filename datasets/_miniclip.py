@@ -34,7 +34,8 @@ BACKBONES.add("mini-clip", BackboneSpec("mini-clip", image_size=32, eval_resize=
 @register_section("miniclip")
 @dataclass(frozen=True)
 class MiniClipConfig:
-    """Mini-CLIP's pretraining recipe (BUILTIN_WORLD.md: plain CLIP loss, batch 256, AdamW lr 1e-3)."""
+    """Mini-CLIP's pretraining recipe (the prototype's: plain CLIP loss, batch 256, AdamW lr 1e-3;
+    docs/datasets.md#the-prototype-it-follows)."""
 
     epochs: int = 10
     lr: float = 1e-3

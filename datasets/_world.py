@@ -5,7 +5,7 @@ combinations, the long-tail counts, the rare attribute values kept to the tail, 
 vectorised image drawing, the per-class wiki text, the caption corpus for mini-CLIP pre-training,
 and the atomic on-disk generation. It writes the same layout as the real benchmarks (split lists
 ``<relative path> <label>``, ``labels.txt``, ``wiki/desc_<k>.txt``), so the dataset plugin reads it
-through the generic code. See design/BUILTIN_WORLD.md for the measured prototype this follows.
+through the generic code. docs/datasets.md#the-prototype-it-follows gives the measured prototype this follows.
 
 Everything is a pure function of :class:`WorldSpec`: each (split, class) batch of images draws from
 its own ``PCG64([seed, stream, index])`` generator, so two generations are byte-identical.
@@ -107,7 +107,8 @@ _CAPTIONS = {  # keyed by which attributes a caption names: c(olour), s(hape), p
     "ps": ("a {p} {s}", "a {s} {pp}", "a photo of a {p} {s}", "a picture of a {s} {pp}"),
     "cps": ("a photo of a {c} {p} {s}", "a {p} {c} {s}", "a {c} {s} {pp}", "a picture of a {s}, {c} and {p}"),
 }
-# Shape is named most often: the prototype's mini-CLIP aligned shape worst (BUILTIN_WORLD.md).
+# Shape is named most often: the prototype's mini-CLIP aligned shape worst
+# (docs/datasets.md#the-prototype-it-follows).
 _CAPTION_KINDS = ("cps", "cs", "ps", "s", "cp", "c", "p")
 _CAPTION_P = (0.35, 0.15, 0.15, 0.10, 0.09, 0.08, 0.08)
 

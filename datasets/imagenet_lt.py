@@ -1,4 +1,4 @@
-"""ImageNet-LT (Liu et al. 2019) read as the official VL-LTR code reads it (ALGORITHMS.md §6).
+"""ImageNet-LT (Liu et al. 2019) read as the official VL-LTR code reads it (docs/algorithms.md#data-layout).
 
 Root layout (VL-LTR README, "Data preparation"): ``ImageNet_LT_{train,val,test}.txt``,
 ``labels.txt``, ILSVRC-2012 images under ``train/<wnid>/`` and ``val/<wnid>/``, and the wiki corpus
@@ -31,10 +31,10 @@ _WNID = re.compile(r"n[0-9]{8}")
 
 
 def read_labels(path: Path) -> tuple[list[str], list[str]]:
-    """(class names, wnids) from ``labels.txt``, sorted by wnid string (§6 "Class names").
+    """(class names, wnids) from ``labels.txt``, sorted by wnid string (docs/algorithms.md#class-names).
 
-    As in C: the name is the LAST whitespace token with ``_`` turned into a space; the idx column
-    is unused. Blank lines are skipped; fewer than three tokens or a repeated wnid is an error.
+    As in the official VL-LTR code: the name is the LAST whitespace token with ``_`` turned into a
+    space; the idx column is unused. Blank lines are skipped; fewer than three tokens or a repeated wnid is an error.
     """
     if not path.is_file():
         raise DataError(
@@ -67,8 +67,8 @@ def read_labels(path: Path) -> tuple[list[str], list[str]]:
 def wnid_mismatches(splits: dict[str, Split], wnids: list[str]) -> list[str]:
     """Lines whose ``<split>/<wnid>/`` folder is not the wnid labels.txt gives their label.
 
-    ImageNet-LT labels follow sorted-wnid order (§6), so a disagreement means the lists and the
-    class file (hence the class names and wiki files) do not belong together.
+    ImageNet-LT labels follow sorted-wnid order (docs/algorithms.md#split-lists), so a disagreement
+    means the lists and the class file (hence the class names and wiki files) do not belong together.
     """
     out: list[str] = []
     for split, pairs in splits.items():

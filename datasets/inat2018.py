@@ -1,12 +1,13 @@
-"""iNaturalist 2018 read as the official VL-LTR code reads it (ALGORITHMS.md §6).
+"""iNaturalist 2018 read as the official VL-LTR code reads it (docs/algorithms.md#inaturalist-2018-files).
 
 Root layout (VL-LTR README, "Data preparation"): ``train2018.json``, ``val2018.json``,
 ``categories.json``, images under ``train_val2018/``, the wiki corpus under ``wiki/``.
 
 In each json, ``images[i].file_name`` is paired BY POSITION with ``annotations[i].category_id`` (the
-label), as C does; the decoupling code's converter asserts that the ids agree, and so do we, with
-an error naming the file and the index. Class names come from ``categories.json`` (the species;
-the ``categories`` inside the competition jsons were obfuscated until the June 2018 update).
+label), as the official VL-LTR code does; the decoupling code's converter asserts that the ids
+agree, and so do we, with an error naming the file and the index. Class names come from
+``categories.json`` (the species; the ``categories`` inside the competition jsons were obfuscated
+until the June 2018 update).
 
 iNat 2018 has no labelled test split: ``val`` (3 images per class) is both the evaluation split the
 paper reports and the only split available for model selection. The record therefore has ``train``

@@ -1,4 +1,4 @@
-"""Places-LT (Liu et al. 2019) read as the official VL-LTR code reads it (ALGORITHMS.md §6).
+"""Places-LT (Liu et al. 2019) read as the official VL-LTR code reads it (docs/algorithms.md#data-layout).
 
 Root layout (VL-LTR README, "Data preparation"): ``Places_LT_{train,val,test}.txt``, ``labels.txt``,
 Places365-Standard images under ``train/<category>/`` and ``val/<category>/``, the wiki corpus under
@@ -29,11 +29,13 @@ IMAGES_FROM = (
 
 
 def read_labels(path: Path) -> list[str]:
-    """Class names from ``labels.txt`` in id order (§6 "Class names"), exactly as C derives them.
+    """Class names from ``labels.txt`` in id order, exactly as the official VL-LTR code derives them
+    (docs/algorithms.md#class-names).
 
     The name is the FIRST whitespace token with ``_`` and ``/`` each turned into a space (no further
-    stripping, as in C); the id is the LAST token. The ids must be exactly 0..C-1 (C sorts by id and
-    then indexes by position, so a gap or a repeat would silently shift every later class).
+    stripping, as in the official code); the id is the LAST token. The ids must be exactly 0..C-1 (the
+    official code sorts by id and then indexes by position, so a gap or a repeat would silently shift
+    every later class).
     """
     if not path.is_file():
         raise DataError(

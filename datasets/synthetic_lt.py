@@ -1,4 +1,4 @@
-"""``synthetic_lt``: the built-in long-tailed world (ARCHITECTURE.md, BUILTIN_WORLD.md).
+"""``synthetic_lt``: the built-in long-tailed world (docs/datasets.md#the-built-in-world).
 
 The world is generated once into ``$LTRBENCH_CACHE/worlds/<name>/`` (deterministic given
 ``world.seed``) in the real benchmarks' layout (split lists, labels.txt, wiki/desc_<k>.txt), and

@@ -5,7 +5,7 @@
 class file, still gets every count. It reports the files found and missing (with where each is
 published), classes and images per split, training images per class, many/medium/few class counts
 under both conventions in use, listed images absent on disk or unreadable, labels out of range,
-duplicate lines, and wiki coverage with corpus statistics (ALGORITHMS.md §6, Table 7).
+duplicate lines, and wiki coverage with corpus statistics (docs/algorithms.md#corpus-statistics, Table 7).
 ``CheckReport.usable`` is True only when nothing a run needs is missing or wrong.
 """
 from __future__ import annotations

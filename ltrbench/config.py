@@ -149,7 +149,8 @@ class TrainConfig:
     min_lr: float = 0.0
     # The official code steps timm's cosine once per epoch *after* it; the decoupling code steps
     # it at the start. The lr of 0-based epoch e is g(e + schedule_shift) (epoch 0 of the
-    # official code keeps the initial value): -1 = VL-LTR/DeiT (ALGORITHMS §1), +1 = decoupling (§5).
+    # official code keeps the initial value): -1 = VL-LTR/DeiT, +1 = decoupling
+    # (docs/algorithms.md#cosine-schedule).
     schedule_shift: int = -1
     sampler: str = "sqrt"  # instance | sqrt | class_aware
     samples_per_class: int = 4  # class_aware only

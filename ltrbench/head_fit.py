@@ -1,6 +1,6 @@
 """The one head path: heads fitted on cached features, and the ``head`` stage kind.
 
-This module owns (ARCHITECTURE.md "Stages", ``head`` row):
+This module owns (docs/design.md#stages, the ``head`` row):
 
 * :class:`HeadData`: a run's cached features as tensors (train/val/eval splits by role, the
   stage-1 classifier W and b when the encoder was a classifier, the corpus's sentence features,
@@ -21,7 +21,7 @@ This module owns (ARCHITECTURE.md "Stages", ``head`` row):
 
 Training on cached features drops the frozen encoder's augmentation (the decoupling code passes
 augmented images through the frozen backbone every epoch, and its BatchNorm statistics drift under
-class-balanced batches, ALGORITHMS.md §5): features are extracted once under the evaluation
+class-balanced batches, docs/algorithms.md#crt): features are extracted once under the evaluation
 transform. ``bench/heads.py`` measures what that saves.
 """
 from __future__ import annotations
@@ -183,7 +183,8 @@ class FeatureHeadTask:
 
     @torch.no_grad()
     def validate(self) -> float | None:
-        """Micro top-1 (%) on val, K's model-selection score (ALGORITHMS §5 "Model selection")."""
+        """Micro top-1 (%) on val, the decoupling code's model-selection score
+        (docs/algorithms.md#model-selection)."""
         if self.val is None:
             return None
         self.module.eval()
@@ -296,7 +297,7 @@ class TrainedHeadMethod(HeadMethod):
     """A head module trained with cross-entropy on features (cRT, LWS, FC): the subclass builds
     the module (:meth:`make_head`), :meth:`fit_head` trains it with :func:`train_head`.
 
-    ``decay_all``: weight decay on every parameter, as K's plain SGD (cRT, LWS); otherwise timm's
+    ``decay_all``: weight decay on every parameter, as the decoupling code's plain SGD (cRT, LWS); otherwise timm's
     rule (no decay on biases and 1-D tensors), as the VL-LTR code (FC).
     """
 

@@ -1,10 +1,11 @@
 """Classifier heads and the head-side math of every method, on features already extracted.
 
-This module owns: the decoupling heads of ALGORITHMS.md §5 (NCM, τ-normalisation and its τ
-sweep, cRT, LWS), the KNN head of §4, AnSS scoring and anchor selection of §2, and the LGR
-head of §3 with its test-time fusion rules. Pure tensor code: no I/O, no training loops, no
-samplers; those live elsewhere. Where the paper (P) and the official code (C, K) differ, the
-default follows the code.
+This module owns: the decoupling heads (docs/algorithms.md#decoupling: NCM, τ-normalisation and
+its τ sweep, cRT, LWS), the KNN head (docs/algorithms.md#knn-head), AnSS scoring and anchor
+selection (docs/algorithms.md#anss), and the LGR head (docs/algorithms.md#lgr) with its test-time
+fusion rules. Pure tensor code: no I/O, no training loops, no samplers; those live elsewhere.
+Where the paper and the official code (VL-LTR's, or the decoupling code) differ, the default
+follows the code.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from .metrics import mean_class_accuracy
 
 NCM_FEAT_TYPES = ("cl2n", "un", "l2n")
 NCM_DIST_TYPES = ("l2", "cos")
-DEFAULT_TAUS = tuple(round(0.1 * i, 1) for i in range(21))  # K's sweep: 0, 0.1, …, 2.0
+DEFAULT_TAUS = tuple(round(0.1 * i, 1) for i in range(21))  # the decoupling code's sweep: 0, 0.1, …, 2.0
 FUSION_RULES = ("paper", "alpha", "logit_sum")
 ANCHOR_MODES = ("anss", "cutoff", "random")
 
@@ -38,11 +39,11 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# §5 NCM
+# NCM (docs/algorithms.md#ncm)
 
 
 def _ncm_transform(feats: Tensor, mean: Tensor, feat_type: str) -> Tensor:
-    """K's feature transforms: ``un`` raw, ``l2n`` f/‖f‖, ``cl2n`` (f−μ)/‖f−μ‖."""
+    """The decoupling code's feature transforms: ``un`` raw, ``l2n`` f/‖f‖, ``cl2n`` (f−μ)/‖f−μ‖."""
     if feat_type == "un":
         return feats
     if feat_type == "cl2n":
@@ -59,7 +60,8 @@ def ncm_logits(
     feat_type: str = "cl2n",
     dist_type: str = "l2",
 ) -> Tensor:
-    """Nearest-class-mean logits (N×C), ALGORITHMS §5 "NCM" (K's defaults cl2n + l2).
+    """Nearest-class-mean logits (N×C), docs/algorithms.md#ncm (the decoupling code's defaults cl2n +
+    l2).
 
     μ is the instance-weighted mean of all training features; train and query features get
     the same transform; centroid c_k is the class mean of the transformed training features
@@ -89,11 +91,12 @@ def ncm_logits(
 
 
 # --------------------------------------------------------------------------------------------
-# §5 τ-normalised classifier
+# τ-normalised classifier (docs/algorithms.md#tau-normalisation)
 
 
 def tau_normalize(weight: Tensor, tau: float) -> Tensor:
-    """W̃_k = W_k / ‖W_k‖^τ, row-wise (ALGORITHMS §5 "τ-normalised"); the caller drops the bias.
+    """W̃_k = W_k / ‖W_k‖^τ, row-wise (docs/algorithms.md#tau-normalisation); the caller drops
+    the bias.
 
     τ = 0 returns W unchanged. A zero row stays zero (its norm is floored at 1e-12).
     """
@@ -107,10 +110,12 @@ def select_tau(
     val_labels: Tensor,
     taus: Sequence[float] | None = None,
 ) -> tuple[float, dict[float, float]]:
-    """Sweep τ (default 0, 0.1, …, 2.0) and pick the best on validation (ALGORITHMS §5).
+    """Sweep τ (default 0, 0.1, …, 2.0) and pick the best on validation
+    (docs/algorithms.md#tau-normalisation).
 
     logits = feats @ tau_normalize(W, τ)ᵀ on raw features, no bias. Accuracy is the mean of
-    per-class accuracies over the classes present in ``val_labels``, as in K's script. Ties go
+    per-class accuracies over the classes present in ``val_labels``, as in the decoupling code's script. Ties
+    go
     to the smallest τ. Returns (best τ, {τ: accuracy}).
     """
     taus = DEFAULT_TAUS if taus is None else tuple(float(t) for t in taus)
@@ -118,7 +123,8 @@ def select_tau(
     feats = _as_float(val_feats).to(device=w.device, dtype=w.dtype)
     labels = val_labels.to(w.device).long()
     y = labels.cpu().numpy()
-    # metrics.mean_class_accuracy is in percent; the sweep reports fractions, as K's script does.
+    # metrics.mean_class_accuracy is in percent; the sweep reports fractions, as the decoupling
+    # code's script does.
     accs = {tau: mean_class_accuracy((feats @ tau_normalize(w, tau).T).argmax(1).cpu().numpy(), y) / 100.0
             for tau in taus}
     best = min(accs, key=lambda tau: (-accs[tau], tau))
@@ -126,7 +132,7 @@ def select_tau(
 
 
 # --------------------------------------------------------------------------------------------
-# §4 KNN head
+# KNN head (docs/algorithms.md#knn-head)
 
 
 def _majority_vote(ranked_labels: Tensor) -> Tensor:
@@ -148,7 +154,8 @@ def knn_predict(
     *,
     max_chunk_elems: int = 2**25,
 ) -> Tensor:
-    """k-nearest-neighbour majority vote by cosine similarity (ALGORITHMS §1 ``knn_5``, §4 KNN).
+    """k-nearest-neighbour majority vote by cosine similarity (docs/algorithms.md#knn-head: the
+    official ``knn_5``).
 
     Every query is compared with every bank row (e.g. every sentence of every class); the
     top-k vote, a tie going to the tied class ranked highest. Queries are processed in chunks
@@ -171,18 +178,18 @@ def knn_predict(
 
 
 # --------------------------------------------------------------------------------------------
-# §5 cRT and LWS
+# cRT and LWS (docs/algorithms.md#crt, docs/algorithms.md#lws)
 
 
 class CRTHead(nn.Linear):
-    """cRT classifier (ALGORITHMS §5): a new Linear(D→C) with bias and PyTorch default init."""
+    """cRT classifier (docs/algorithms.md#crt): a new Linear(D→C) with bias and PyTorch default init."""
 
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__(dim, num_classes, bias=True)
 
 
 class LWSHead(nn.Module):
-    """Learnable weight scaling (ALGORITHMS §5 "LWS"): logit_k = s_k·(W_k·x + b_k).
+    """Learnable weight scaling (docs/algorithms.md#lws): logit_k = s_k·(W_k·x + b_k).
 
     W and b are the stage-1 classifier, frozen as buffers; only ``scales`` (init 1) learns.
     The bias is scaled too. ``bias=None`` means a zero bias.
@@ -200,15 +207,16 @@ class LWSHead(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# §3 LGR head
+# LGR head (docs/algorithms.md#lgr)
 
 
 def fuse_logits(z_img: Tensor, z_txt: Tensor, rule: str, alpha: float = 0.2) -> Tensor:
-    """Test-time scores of the two LGR branches, to arg-max (ALGORITHMS §3 "Inference").
+    """Test-time scores of the two LGR branches, to arg-max (docs/algorithms.md#lgr-inference).
 
-    ``paper``: softmax(z^I) + softmax(z^T) (P's Eq. 7). ``alpha``: α·softmax(z^I) +
-    (1−α)·softmax(z^T), C's overall top-1 (α = 0.2; 0.7 on iNat). ``logit_sum``: z^I + z^T,
-    C's rule for the many/medium/few splits. Computed in float32.
+    ``paper``: softmax(z^I) + softmax(z^T) (the paper's Eq. 7). ``alpha``: α·softmax(z^I) +
+    (1−α)·softmax(z^T), the official VL-LTR code's overall top-1 (α = 0.2; 0.7 on iNat).
+    ``logit_sum``: z^I + z^T, the official code's rule for the many/medium/few splits. Computed in
+    float32.
     """
     _check_choice("rule", rule, FUSION_RULES)
     z_img, z_txt = z_img.float(), z_txt.float()
@@ -225,7 +233,7 @@ def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 class LGRHead(nn.Module):
-    """Language-guided recognition head, ALGORITHMS §3 exactly.
+    """Language-guided recognition head, docs/algorithms.md#lgr exactly.
 
     Inputs x are raw (un-normalised) image embeddings, B×D. Per class c the frozen anchors
     A_c (M×D, raw CVLP text embeddings; ``anchor_mask`` True = real sentence) are attended:
@@ -245,8 +253,8 @@ class LGRHead(nn.Module):
     - In eval mode under no_grad the keys W_k·LN_k(A) are computed once (float32, no autocast)
       and cached; the cache is keyed on the tensors' identity and version counters, so an
       optimiser step, ``load_state_dict`` or ``.to()`` invalidates it, and ``.train()`` clears it.
-    - ``v_detach`` (C's iNat models): G is divided by a stop-gradient copy of its norm; the
-      forward value is unchanged.
+    - ``v_detach`` (the official VL-LTR code's iNat models): G is divided by a stop-gradient copy of
+      its norm; the forward value is unchanged.
     - Every class needs at least one real anchor (a class with none would have no G_c).
     """
 
@@ -316,7 +324,7 @@ class LGRHead(nn.Module):
         anchors, mask = self.anchors[classes], self.anchor_mask[classes]
         keys, gram = keys[classes], gram[classes]
         n_cls, n_anchor, dim = anchors.shape
-        # a_cm = softmax_m(q·k_cm / √D), ALGORITHMS §3 "Attention"
+        # a_cm = softmax_m(q·k_cm / √D), docs/algorithms.md#lgr-attention
         scores = (q @ keys.reshape(n_cls * n_anchor, dim).T).view(-1, n_cls, n_anchor) / math.sqrt(dim)
         attn = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)  # padded anchors: exactly 0
         with _no_autocast(q.device):
@@ -362,7 +370,7 @@ class LGRHead(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# §2 AnSS: sentence scores and anchor selection
+# AnSS: sentence scores and anchor selection (docs/algorithms.md#anss)
 
 
 @torch.no_grad()
@@ -375,7 +383,7 @@ def anss_scores(
     *,
     max_chunk_elems: int = 2**25,
 ) -> Tensor:
-    """L_lin per sentence, ALGORITHMS §2 "Score": lower = more visually grounded.
+    """L_lin per sentence, docs/algorithms.md#anss-score: lower = more visually grounded.
 
     For sentence t of class c: z_j = s·cos(e_t, e_j) over every image j; q_j = 1[y_j = c] /
     #{j: y_j = c}; L_lin(t) = −Σ_j q_j log softmax(z)_j. No smoothing. A sentence whose class
@@ -413,7 +421,7 @@ def select_anchors(
     mode: str = "anss",
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """Pick M anchor sentences per class, ALGORITHMS §2 "Selection" and "Cut Off".
+    """Pick M anchor sentences per class, docs/algorithms.md#anchor-selection (AnSS and Cut Off).
 
     ``embeddings_per_class[c]`` is n_c×D (raw text embeddings, corpus order);
     ``scores_per_class[c]`` the n_c AnSS scores (needed for ``anss`` only, else may be None).
@@ -446,7 +454,7 @@ def select_anchors(
 
 
 # --------------------------------------------------------------------------------------------
-# §9 LIFT's cosine classifier
+# LIFT's cosine classifier (docs/algorithms.md#lift)
 
 
 def cosine_logits(features: Tensor, weight: Tensor, scale: float) -> Tensor:

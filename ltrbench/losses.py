@@ -1,10 +1,12 @@
-"""Losses: stage 1 (CVLP; ALGORITHMS.md §1) and the long-tail classification losses (§9, below).
+"""Losses: stage 1 (CVLP; docs/algorithms.md#cvlp) and the long-tail classification losses
+(docs/algorithms.md#long-tail-losses, below).
 
 Stage 1: class-wise contrastive loss, logit and feature distillation.
 
-This module owns the loss math of ALGORITHMS.md §1 and nothing else: pure functions on
-tensors, no models, no I/O. Where the paper (P) and the official code (C) differ, the default
-is C's behaviour (averaged symmetric loss with ε = 0.1 smoothing; full-row soft distillation).
+This module owns the loss math (docs/algorithms.md#cvlp-loss, docs/algorithms.md#cvlp-distillation,
+docs/algorithms.md#long-tail-losses) and nothing else: pure functions on tensors, no models, no
+I/O. Where the paper and the official VL-LTR code differ, the default is the code's behaviour
+(averaged symmetric loss with ε = 0.1 smoothing; full-row soft distillation).
 
 ``logit_scale`` is always the *multiplier* s = exp(learned log-scale), a float or a 0-d tensor,
 as open_clip's losses take it (a tensor keeps its gradient).
@@ -32,7 +34,8 @@ def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def clip_logits(image_emb: Tensor, text_emb: Tensor, logit_scale: float | Tensor) -> Tensor:
-    """B×B image→text logits Z = s · Î Tᵀ of the L2-normalised embeddings (ALGORITHMS §1 "Logits")."""
+    """B×B image→text logits Z = s · Î Tᵀ of the L2-normalised embeddings
+    (docs/algorithms.md#cvlp-loss)."""
     return logit_scale * F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
 
 
@@ -43,7 +46,8 @@ def class_contrastive_loss(
     logit_scale: float | Tensor,
     smoothing: float = 0.1,
 ) -> Tensor:
-    """Class-wise contrastive loss L_ccl, ALGORITHMS §1 "Loss (smoothCE)" (C's form of P's Eq. 2).
+    """Class-wise contrastive loss L_ccl, docs/algorithms.md#cvlp-loss (the official VL-LTR code's
+    form of the paper's Eq. 2).
 
     Y_ij = 1[y_i = y_j], Q = Y with rows normalised; with ε = ``smoothing``,
     ℓ(Z,Q) = mean_i[(1-ε)(-Σ_j Q_ij log softmax(Z_i)_j) + ε(-(1/B) Σ_j log softmax(Z_i)_j)]
@@ -63,7 +67,8 @@ def _smoothed_class_ce(z: Tensor, labels: Tensor, smoothing: float) -> Tensor:
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-    """Logit distillation L_dis, ALGORITHMS §1 "Distillation" (C's full-row form of P's Eq. 3).
+    """Logit distillation L_dis, docs/algorithms.md#cvlp-distillation (the official VL-LTR code's
+    full-row form of the paper's Eq. 3).
 
     On the B×B image→text logit matrices Z (student) and Z′ (teacher):
     KD(Z,Z′) = mean_i[-Σ_j softmax(Z′_i)_j log softmax(Z_i)_j], temperature 1, and
@@ -76,9 +81,9 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
 
 
 def feature_distillation_loss(student_emb: Tensor, teacher_emb: Tensor) -> Tensor:
-    """Feature-level distillation (Table 9 "Feature"), which C does not implement.
+    """Feature-level distillation (Table 9 "Feature"), which the official VL-LTR code lacks.
 
-    ASSUMPTION (ALGORITHMS §7 Table 9 note): mean over the batch of the squared Euclidean
+    ASSUMPTION (docs/algorithms.md#cvlp-distillation): mean over the batch of the squared Euclidean
     distance between the L2-normalised student and teacher embeddings, summed over dimensions
     and not halved: mean_i ‖ŝ_i − t̂_i‖² = mean_i (2 − 2 cos(s_i, t_i)), in [0, 4]. Summing over
     dimensions keeps the scale independent of D. The teacher is detached.
@@ -109,13 +114,15 @@ def cvlp_loss(
     teacher_logit_scale: float | Tensor = 100.0,
     smoothing: float = 0.1,
 ) -> CVLPLoss:
-    """Stage-1 objective L_pre = (1-β)·L_ccl + β·L_dis (ALGORITHMS §1 "Total"; β is Table 9's λ).
+    """Stage-1 objective L_pre = (1-β)·L_ccl + β·L_dis (docs/algorithms.md#cvlp-distillation; β is
+    Table 9's λ).
 
     ``image_emb``/``text_emb`` are the student's B×D outputs for paired images and sentences;
     ``labels`` (B,) the image classes. ``distill`` picks L_dis:
 
-    - ``"logits"`` (C's default): :func:`distillation_loss` between the student's Z and the
-      teacher's Z′ = ``teacher_logit_scale`` · Î′ T′ᵀ (the frozen CLIP teacher's own scale, 100).
+    - ``"logits"`` (the official VL-LTR code's default): :func:`distillation_loss` between the
+      student's Z and the teacher's Z′ = ``teacher_logit_scale`` · Î′ T′ᵀ (the frozen CLIP teacher's
+      own scale, 100).
     - ``"feature"``: the mean of :func:`feature_distillation_loss` over the image and the text
       embeddings (an assumption, see that function).
     - ``"none"``: no teacher; the total is L_ccl itself, whatever ``beta`` is (Table 4 rows 3-4,
@@ -159,7 +166,7 @@ def cross_entropy(train_counts: np.ndarray | None = None) -> Callable[[Tensor, T
 
 
 # --------------------------------------------------------------------------------------------
-# The long-tail losses (ALGORITHMS.md §9). Pure tensor functions first, each following its paper's
+# The long-tail losses (docs/algorithms.md#long-tail-losses). Pure tensor functions first, each following its paper's
 # official code by default (the file and line are named in tests/test_lt_losses.py); LIFT's
 # parameterisation (github:shijxcs/LIFT utils/losses.py) is the named ``variant="LIFT"`` where the
 # two differ. ``counts`` are the training counts per class n_c (a sequence, array or tensor);

@@ -1,6 +1,6 @@
 """Accuracy metrics, defined once: overall top-1, many/medium/few under two conventions, per class.
 
-Shot conventions (ALGORITHMS.md §5 "Shot splits"), named in every output:
+Shot conventions (docs/algorithms.md#shot-conventions), named in every output:
 
 * ``paper``: the VL-LTR paper and code: many if n_c ≥ 100, few if n_c ≤ 20, else medium.
 * ``decoupling``: Kang et al.'s code: many if n_c > 100, few if n_c < 20, else medium.
@@ -76,13 +76,15 @@ def summarize(
 
 
 def top1(preds: np.ndarray, labels: np.ndarray) -> float:
-    """Micro top-1 accuracy in percent (every evaluation image counts once); K's model selection."""
+    """Micro top-1 accuracy in percent (every evaluation image counts once); the decoupling
+    code's model selection."""
     preds, labels = np.asarray(preds), np.asarray(labels)
     return float(100.0 * np.mean(preds == labels)) if len(labels) else float("nan")
 
 
 def mean_class_accuracy(preds: np.ndarray, labels: np.ndarray, num_classes: int | None = None) -> float:
-    """Mean of per-class accuracies (%) over the classes that have evaluation images (K's τ sweep)."""
+    """Mean of per-class accuracies (%) over the classes that have evaluation images (the
+    decoupling code's τ sweep)."""
     labels = np.asarray(labels)
     n = int(labels.max()) + 1 if num_classes is None and len(labels) else (num_classes or 0)
     pca = per_class_accuracy(preds, labels, n)

@@ -1,6 +1,6 @@
 """Parameter-efficient fine-tuning of open_clip's image transformer: the modules LIFT compares
 (Shi et al., ICML 2024; github:shijxcs/LIFT ``models/peft_vit.py``, ``models/peft_modules.py``;
-ALGORITHMS.md §9), *added to the existing model*, never a copy of it.
+docs/algorithms.md#peft-modules), *added to the existing model*, never a copy of it.
 
 :func:`attach` freezes the tower, adds the chosen module to it and returns the parameters it added
 (the tower's own parameters it unfreezes, for BitFit, LayerNorm tuning, partial and full

@@ -110,7 +110,8 @@ class RunContext:
         ``max_per_class`` keeps the first N images of each class in list order (AnSS's scoring set).
         ``draw = (sampler, batch_size)`` feeds those images as one epoch of a training loader
         instead: N draws by the sampler, the training transform (``data.augment``), the last
-        incomplete batch dropped (the official iNat AnSS scoring set, ALGORITHMS §2).
+        incomplete batch dropped (the official iNat AnSS scoring set,
+        docs/algorithms.md#anss-scoring-images).
         """
         img = self.img if draw else dataclasses.replace(self.img, augment="none")
         conf = FeaturesConfig(self.dataset_key(), img.key(), split, int(max_per_class) if max_per_class else None,

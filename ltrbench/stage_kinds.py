@@ -1,4 +1,4 @@
-"""The core stage kinds shared by every method (ARCHITECTURE.md "Stages").
+"""The core stage kinds shared by every method (docs/design.md#stages).
 
 * ``clip_weights``: a backbone's starting weights as one state-dict file (a tag or file resolved
   and converted, or built by a registered weights source, :data:`ltrbench.registry.WEIGHTS`).
@@ -249,7 +249,8 @@ def features(ctx: StageContext) -> dict[str, Any]:
     """The split's images once through the evaluation loader (the feature cache), or, with a
     ``draw`` in the config, one pass of a training loader over them: N draws by ``draw.sampler``
     (with replacement for sqrt), the training transform, the last incomplete batch of
-    ``draw.batch_size`` dropped, as the official iNat AnSS scores its images (ALGORITHMS §2)."""
+    ``draw.batch_size`` dropped, as the official iNat AnSS scores its images
+    (docs/algorithms.md#anss-scoring-images)."""
     ds = dataset_of(ctx)
     img = image_settings(ctx)
     conf: FeaturesConfig = ctx.config

@@ -1,7 +1,7 @@
 """Stages: content-keyed, cached units of work, and the plan (a de-duplicated DAG of them).
 
 A stage is a pure function of its config, its inputs and (for a stage that draws random numbers
-per run) the run's seed (ARCHITECTURE.md "Stages"): the engine builds
+per run) the run's seed (docs/design.md#stages): the engine builds
 ``key = hash(kind, kind version, config, run seed, {input name: input key})`` (:attr:`Stage.key`);
 a plugin never writes a key. A kind declares its config as a frozen dataclass and the names of its
 inputs (:func:`stage_kind`); planning checks both (:class:`Stage`), so a field left out of a config

@@ -2,7 +2,7 @@
 brings a :class:`TrainTask` (its module, its loss, its parameter groups) and calls :func:`fit`.
 
 What the loop owns: the optimiser (AdamW or SGD), timm's cosine schedule stepped once per epoch
-(ALGORITHMS.md §1: warm-up from 1e-6, the cosine on the raw epoch, the official off-by-one via
+(docs/algorithms.md#cosine-schedule: warm-up from 1e-6, the cosine on the raw epoch, the official off-by-one via
 ``schedule_shift``), mixed precision on CUDA (``train.amp``: bf16 autocast, or fp16 autocast with
 ``torch.amp.GradScaler`` as the official codes run), the per-epoch sampler reseed, a checkpoint
 every epoch (``last.pt``, written atomically) and resume from it, optional best-epoch selection
@@ -86,7 +86,7 @@ def build_optimizer(task: TrainTask, cfg: TrainConfig) -> torch.optim.Optimizer:
         lr = g.get("lr", cfg.effective_lr * g.get("lr_scale", 1.0))
         wd = g.get("weight_decay", cfg.weight_decay)
         # ``decay_all``: weight decay on every parameter, biases and 1-D tensors included, as the
-        # decoupling code's plain SGD does (ALGORITHMS §5: LWS's scales are decayed).
+        # decoupling code's plain SGD does (docs/algorithms.md#lws: LWS's scales are decayed).
         subs = ([{"params": [p for _, p in g["params"] if p.requires_grad], "weight_decay": wd}]
                 if g.get("decay_all") else split_weight_decay(g["params"], wd))
         for sub in (s for s in subs if s["params"]):

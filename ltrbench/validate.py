@@ -1,6 +1,6 @@
 """Validation of a whole request before any work: what ``ltrbench.plan`` and ``ltrbench.run`` check
 first, so that bad input fails in seconds, as one message, with nothing created in the cache or in
-the output folder (README: "before any work starts").
+the output folder (docs/commands.md#errors-before-any-work).
 
 In order (each a function called by :mod:`ltrbench.api`):
 
@@ -54,7 +54,7 @@ from .train import OPTIMIZERS
 
 _SHOWN = 5  # examples quoted per problem
 
-#: ``train.schedule_shift`` values and what they mean (ALGORITHMS.md §1 and §5).
+#: ``train.schedule_shift`` values and what they mean (docs/algorithms.md#cosine-schedule, docs/algorithms.md#crt).
 SCHEDULE_SHIFTS = {-1: "VL-LTR/DeiT: stepped after each epoch", 0: "stepped on the raw epoch",
                    1: "decoupling: stepped at the start of each epoch"}
 

@@ -1,4 +1,4 @@
-"""CVLP: class-wise visual-linguistic pre-training (ALGORITHMS.md §1), the ``cvlp`` stage.
+"""CVLP: class-wise visual-linguistic pre-training (docs/algorithms.md#cvlp), the ``cvlp`` stage.
 
 Code of the VL-LTR family of plugins: ``vlltr`` (its stage 1), ``knn`` and ``fc`` (Table 4 rows
 5–6) plan their encoder with :func:`encoder_stage`, so one CVLP run serves all of them. The student starts from the CLIP weights (or random weights, Table 4 row 3); every
@@ -8,8 +8,8 @@ soft same-class targets and 0.1 smoothing, both directions averaged, plus β × 
 frozen copy of the starting CLIP, which uses its own logit scale). The learnable temperature
 starts from the checkpoint's (ln 100 for OpenAI CLIP) and is neither clamped nor excluded from
 weight decay. The square-root sampler is reseeded every epoch (the official single-process run is
-not: ALGORITHMS.md §1, a deliberate fix). ``train.train_mode: false`` keeps BatchNorm frozen, as
-the official ImageNet-LT and Places-LT configs do.
+not: docs/algorithms.md#square-root-sampler, a deliberate fix). ``train.train_mode: false`` keeps
+BatchNorm frozen, as the official ImageNet-LT and Places-LT configs do.
 """
 from __future__ import annotations
 
@@ -106,7 +106,8 @@ class CVLPTask:
     def loss(self, batch) -> torch.Tensor:
         x, y = batch
         yc = y.cpu()
-        # A fresh uniform draw among all sentences of the image's class, at every step (§1.2).
+        # A fresh uniform draw among all sentences of the image's class, at every step
+        # (docs/algorithms.md#cvlp-batches).
         pick = self.offsets[yc] + (torch.rand(len(yc)) * self.counts[yc]).long()
         t = self.tokens[pick].to(x.device, non_blocking=True)
         img = self.module.encode_image(x)

@@ -1,4 +1,4 @@
-"""The long-tail loss family (ALGORITHMS.md §9): ``la``, ``bs``, ``ldam_drw``, ``cb``, ``focal``,
+"""The long-tail loss family (docs/algorithms.md#long-tail-losses): ``la``, ``bs``, ``ldam_drw``, ``cb``, ``focal``,
 ``grw``, ``lade``, each the baseline's fine-tuning recipe (``baseline.train``: epochs, lr,
 batch) with its loss from :mod:`ltrbench.losses` and instance-balanced sampling (the losses
 correct for the training prior themselves, as in every one of their official codes; the

@@ -1,10 +1,11 @@
-"""``baseline``: a CLIP-initialised image encoder + linear head, fully fine-tuned (ALGORITHMS.md §4).
+"""``baseline``: a CLIP-initialised image encoder + linear head, fully fine-tuned
+(docs/algorithms.md#baseline).
 
 The paper's vision-only baseline (Tables 1–3, 8, 10): cross-entropy, square-root sampling,
 AdamW with a cosine schedule. The paper leaves the trainable set and the IN/Places lr open; the
 recipe here fine-tunes the whole encoder (logged in every result's config). The built-in world's
 recipe (configs/synthetic_lt.yaml) was chosen on val, so every comparison is against a tuned
-baseline (README, "The built-in world").
+baseline (docs/measurements.md#recipe-choices-on-the-built-in-world).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``bs``: fine-tuning with balanced softmax (Ren et al., NeurIPS 2020; ALGORITHMS.md §9): CE(z + log n).
+"""``bs``: fine-tuning with balanced softmax (Ren et al., NeurIPS 2020; docs/algorithms.md#long-tail-losses):
+CE(z + log n).
 The baseline's recipe with instance-balanced sampling (methods/_lt_losses.py)."""
 from __future__ import annotations
 

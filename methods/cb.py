@@ -1,4 +1,5 @@
-"""``cb``: the class-balanced loss by effective number (Cui et al., CVPR 2019; ALGORITHMS.md §9).
+"""``cb``: the class-balanced loss by effective number (Cui et al., CVPR 2019;
+docs/algorithms.md#long-tail-losses).
 
 w_c = (1−β)/(1−β^n_c), Σw = C; ``cb.loss_type`` softmax (default), sigmoid or sigmoid_focal (γ =
 ``cb.gamma``), each as the official TensorFlow code reduces it; ``cb.variant=LIFT``: PyTorch's

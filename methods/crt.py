@@ -1,14 +1,15 @@
-"""``crt``: classifier re-training on the frozen stage-1 features (Kang et al.; ALGORITHMS.md §5).
+"""``crt``: classifier re-training on the frozen stage-1 features (Kang et al.;
+docs/algorithms.md#crt).
 
 A new Linear(D→C) with bias and PyTorch's default initialisation (the stage-1 classifier is not
 loaded) is trained with cross-entropy on the cached stage-1 training features, drawn by the
 class-aware sampler (4 per class); SGD momentum 0.9, cosine to 0 stepped at the start of each
 epoch; the epoch with the best val top-1 is kept, then the evaluation split is scored once.
-Weight decay applies to the bias too (K's plain SGD).
+Weight decay applies to the bias too (the official decoupling code's plain SGD).
 
-Features come from the evaluation transform, extracted once; K passes augmented images through
-the frozen backbone every epoch, in train mode (so its BatchNorm statistics drift under
-class-balanced batches). bench/heads.py measures that path against this one.
+Features come from the evaluation transform, extracted once; the official decoupling code passes
+augmented images through the frozen backbone every epoch, in train mode (so its BatchNorm
+statistics drift under class-balanced batches). bench/heads.py measures that path against this one.
 """
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""``fc``: Table 4 row 5, a linear head on the frozen CVLP-pretrained image encoder (ALGORITHMS.md §4).
+"""``fc``: Table 4 row 5, a linear head on the frozen CVLP-pretrained image encoder (docs/algorithms.md#fc-head).
 
-The CVLP visual encoder + Linear(D→C), no text, one cross-entropy term, with §3's fine-tuning
+The CVLP visual encoder + Linear(D→C), no text, one cross-entropy term, with LGR's fine-tuning
 recipe where it applies to a frozen encoder: AdamW (weight decay 0.05, none on the bias), cosine
 with no warm-up to 0 stepped as the official code does, square-root sampler, the final epoch
 kept; the head is initialised like LGR's MLP (truncated normal, std 0.02; zero bias). Trained on
-the cached features of the CVLP encoder (extracted once under the evaluation transform), so §3's
+the cached features of the CVLP encoder (extracted once under the evaluation transform), so LGR's
 image augmentation and mixup/CutMix do not apply. ``encoder: clip`` uses the raw CLIP weights.
 """
 from __future__ import annotations
@@ -22,7 +22,8 @@ from ltrbench.methods._cvlp import ENCODERS, encoder_stage
 @dataclass(frozen=True)
 class FCConfig:
     encoder: str = "cvlp"  # cvlp (Table 4 row 5) | clip
-    # §3 ImageNet-LT: lr 1e-3 at global batch 1024 (128 × 8 GPUs), 50 epochs, AdamW wd 0.05.
+    # LGR's ImageNet-LT recipe (docs/algorithms.md#lgr-parameters-and-learning-rates): lr 1e-3 at
+    # global batch 1024 (128 × 8 GPUs), 50 epochs, AdamW wd 0.05.
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=50, lr=1e-3, batch_size=1024, ref_batch_size=1024, optimizer="adamw", weight_decay=0.05,
         warmup_epochs=0, min_lr=0.0, sampler="sqrt"))

@@ -1,4 +1,4 @@
-"""``focal``: the softmax focal loss (Lin et al.; LDAM-DRW's and LIFT's form, ALGORITHMS.md §9):
+"""``focal``: the softmax focal loss (Lin et al.; LDAM-DRW's and LIFT's form, docs/algorithms.md#long-tail-losses):
 mean (1 − p_y)^γ · CE, γ = ``focal.gamma``. The baseline's recipe with instance-balanced sampling
 (methods/_lt_losses.py)."""
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""``grw``: generalised re-weighting (DisAlign, Zhang et al., CVPR 2021; ALGORITHMS.md §9): CE
-weighted by π_c^(−p), mean 1, p = ``grw.exponent`` (DisAlign's 1.2 on ImageNet-LT; LIFT uses 1.0).
-Single stage, on the baseline's recipe with instance-balanced sampling (methods/_lt_losses.py);
-DisAlign applies it in its second stage only."""
+"""``grw``: generalised re-weighting (DisAlign, Zhang et al., CVPR 2021;
+docs/algorithms.md#long-tail-losses): CE weighted by π_c^(−p), mean 1, p = ``grw.exponent``
+(DisAlign's 1.2 on ImageNet-LT; LIFT uses 1.0). Single stage, on the baseline's recipe with
+instance-balanced sampling (methods/_lt_losses.py); DisAlign applies it in its second stage only."""
 from __future__ import annotations
 
 from dataclasses import dataclass

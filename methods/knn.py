@@ -1,4 +1,4 @@
-"""``knn``: Table 4 row 6, the text KNN head of the CVLP-pretrained encoders (ALGORITHMS.md §4).
+"""``knn``: Table 4 row 6, the text KNN head of the CVLP-pretrained encoders (docs/algorithms.md#knn-head).
 
 No training. Each evaluation image's raw embedding is compared by cosine with the embedding of
 every sentence of every class (the whole corpus, prompts + wiki, as the official ``knn_5``

@@ -1,4 +1,5 @@
-"""``la``: fine-tuning with the logit-adjusted loss (Menon et al., ICLR 2021; ALGORITHMS.md §9).
+"""``la``: fine-tuning with the logit-adjusted loss (Menon et al., ICLR 2021;
+docs/algorithms.md#long-tail-losses).
 
 CE(z + log(π^τ + 1e-12)), the official code's form (``la.variant=LIFT``: LIFT's CE(z + τ log π)).
 The baseline's recipe with instance-balanced sampling (methods/_lt_losses.py).

@@ -1,4 +1,4 @@
-"""``lade``: LADE (Hong et al., CVPR 2021; ALGORITHMS.md §9): the prior-adjusted CE plus
+"""``lade``: LADE (Hong et al., CVPR 2021; docs/algorithms.md#long-tail-losses): the prior-adjusted CE plus
 ``lade.estim_loss_weight`` · the regularised DV estimate with λ = ``lade.remine_lambda`` (official:
 0.1, 0.1 on ImageNet-LT and Places-LT; 0.5, 0.05 on iNat, set in configs/inat2018.yaml). The
 baseline's recipe with instance-balanced sampling (methods/_lt_losses.py)."""

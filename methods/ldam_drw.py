@@ -1,4 +1,5 @@
-"""``ldam_drw``: LDAM with deferred re-weighting (Cao et al., NeurIPS 2019; ALGORITHMS.md §9).
+"""``ldam_drw``: LDAM with deferred re-weighting (Cao et al., NeurIPS 2019;
+docs/algorithms.md#long-tail-losses).
 
 As kaidic/LDAM-DRW: a normalised (cosine, scale 1) linear head, CE(s·(cos − m_y·1_y)) with
 m_c ∝ n_c^(−1/4) (max 0.5) and s = 30; from epoch ⌊0.8·E⌋ on (the official 160 of 200) the CE is

@@ -1,4 +1,4 @@
-"""``lift``: LIFT (Shi et al., ICML 2024; github:shijxcs/LIFT; ALGORITHMS.md §9).
+"""``lift``: LIFT (Shi et al., ICML 2024; github:shijxcs/LIFT; docs/algorithms.md#lift).
 
 A fine-tuning module added to the CLIP image tower (``lift.peft``, default AdaptFormer; every
 module of :mod:`ltrbench.peft`), a cosine classifier (scale 25) on the pre-projection class-token

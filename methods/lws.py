@@ -1,10 +1,11 @@
-"""``lws``: learnable weight scaling of the stage-1 classifier (Kang et al.; ALGORITHMS.md §5).
+"""``lws``: learnable weight scaling of the stage-1 classifier (Kang et al.; docs/algorithms.md#lws).
 
 The stage-1 joint classifier's W and b (saved by the stage-1 ``features`` stages) are frozen; a
 per-class scale s_k (init 1) learns, logit_k = s_k·(W_k·f + b_k), the bias scaled too. Trained on
 the cached stage-1 training features with cRT's optimiser settings: class-aware sampler (4 per
 class), SGD momentum 0.9, cosine stepped at epoch start, 5 epochs, weight decay on the scales
-(K's plain SGD decays every parameter); K's loop keeps the best val epoch, as for cRT.
+(the official decoupling code's plain SGD decays every parameter); its loop keeps the best val epoch,
+as for cRT.
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""``ncm``: nearest class mean on the frozen stage-1 features (Kang et al.; ALGORITHMS.md §5).
+"""``ncm``: nearest class mean on the frozen stage-1 features (Kang et al.; docs/algorithms.md#ncm).
 
-K's defaults: ``cl2n`` features (centred on the instance-weighted mean of all training features,
-then L2-normalised), un-normalised class centroids, logit_k = −‖f̃ − c_k‖². Training features are
-extracted with the test transform, as K does: the ``features`` stage always uses it. No training,
-no val.
+The official decoupling code's defaults: ``cl2n`` features (centred on the instance-weighted mean
+of all training features, then L2-normalised), un-normalised class centroids, logit_k =
+−‖f̃ − c_k‖². Training features are extracted with the test transform, as the decoupling code
+does: the ``features`` stage always uses it. No training, no val.
 """
 from __future__ import annotations
 

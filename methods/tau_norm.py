@@ -1,8 +1,8 @@
-"""``tau_norm``: τ-normalised stage-1 classifier (Kang et al.; ALGORITHMS.md §5).
+"""``tau_norm``: τ-normalised stage-1 classifier (Kang et al.; docs/algorithms.md#tau-normalisation).
 
 The stage-1 joint classifier W (saved by the stage-1 ``features`` stages), bias dropped, rows
 rescaled W̃_k = W_k / ‖W_k‖^τ; logit_k = f·W̃_k on raw features. τ is swept over 0, 0.1, …, 2.0
-and chosen by the best mean per-class accuracy on VAL (K's script's "overall"; ties → smallest
+and chosen by the best mean per-class accuracy on VAL (the official decoupling script's "overall"; ties → smallest
 τ); the evaluation split is scored once, with that τ. The chosen τ and the whole sweep are kept
 in the result's ``info``.
 """
@@ -18,7 +18,7 @@ from ltrbench.methods._decoupling import stage1_features
 @register_section("tau_norm")
 @dataclass(frozen=True)
 class TauNormConfig:
-    taus: tuple[float, ...] = DEFAULT_TAUS  # K's sweep: 0, 0.1, …, 2.0
+    taus: tuple[float, ...] = DEFAULT_TAUS  # the decoupling code's sweep: 0, 0.1, …, 2.0
 
     def check(self) -> None:
         if not self.taus or any(t < 0 for t in self.taus):
@@ -39,6 +39,6 @@ class TauNorm(HeadMethod):
     def fit_head(self, data: HeadData, cfg: TauNormConfig, env: HeadEnv) -> HeadFit:
         data.need("weight", "val_x", "val_y")
         tau, sweep = select_tau(data.weight, data.val_x, data.val_y, cfg.taus)
-        logits = data.eval_x @ tau_normalize(data.weight, tau).T  # bias dropped (§5)
+        logits = data.eval_x @ tau_normalize(data.weight, tau).T  # bias dropped (docs/algorithms.md#tau-normalisation)
         return HeadFit(logits, {"tau": tau, "sweep": {f"{t:g}": acc for t, acc in sweep.items()},
                                 "selected_on": "val mean per-class accuracy"})

@@ -1,20 +1,21 @@
 """``vlltr``: VL-LTR (Tian et al.): CVLP → anchor sentence selection → language-guided recognition.
 
-Stages (ARCHITECTURE.md "Stages"): ``clip_weights`` → ``cvlp`` (methods/_cvlp.py) →
+Stages (docs/design.md#stages): ``clip_weights`` → ``cvlp`` (methods/_cvlp.py) →
 ``text_features`` + ``features`` of the scoring images → ``anss`` (this file) → ``lgr`` (this
 file) → ``evaluate``. Every row of Tables 4, 9 and 10 is this method with ``--set`` overrides
 (configs/tables/): ``cvlp.enabled=false`` (row 2), ``cvlp.init=random`` + ``cvlp.beta=0`` (row 3),
 ``cvlp.beta=0`` (row 4), ``anss.mode=cutoff`` (row 7), ``cvlp.distill=feature`` (Table 9),
 ``cvlp.source=prompt_only`` (Table 10).
 
-Faithful defaults (ALGORITHMS.md §2–3): AnSS scores every sentence by L_lin against the val images
-(ImageNet-LT, Places-LT, the built-in world) or, on iNat (where val is the evaluation split), one
-epoch of CVLP's training loader over the first 50 training images per class, and keeps the M = 64
-lowest; LGR trains on augmented images with mixup/CutMix through the encoder (frozen on ImageNet-LT
-and Places-LT, ``lgr.image_augment``; fine-tuned on iNat) as the official code does, or from the
-feature cache (the LGRConfig default, which the built-in world keeps: far cheaper); inference
-reports the official α-fusion (overall) with the logit sum for many/medium/few as the primary
-("faithful") result, and the paper's equal probability sum beside it.
+Faithful defaults (docs/algorithms.md#anss, docs/algorithms.md#lgr): AnSS scores every sentence
+by L_lin against the val images (ImageNet-LT, Places-LT, the built-in world) or, on iNat (where
+val is the evaluation split), one epoch of CVLP's training loader over the first 50 training
+images per class, and keeps the M = 64 lowest; LGR trains on augmented images with mixup/CutMix
+through the encoder (frozen on ImageNet-LT and Places-LT, ``lgr.image_augment``; fine-tuned on
+iNat) as the official code does, or from the feature cache (the LGRConfig default, which the
+built-in world keeps: far cheaper); inference reports the official α-fusion (overall) with the
+logit sum for many/medium/few as the primary ("faithful") result, and the paper's equal
+probability sum beside it.
 """
 from __future__ import annotations
 
@@ -40,12 +41,12 @@ from ltrbench.methods._cvlp import cvlp_stage
 class AnssConfig:
     mode: str = "anss"  # anss (lowest L_lin) | cutoff (first M in corpus order: prompts) | random
     num_anchors: int = 64  # M
-    # The images L_lin is scored against (ALGORITHMS §2). faithful: the val split (ImageNet-LT,
-    # Places-LT: the eval transform), or where val is the evaluation split (iNat) the official
-    # --select loader: the first 50 training images per class drawn as one epoch of CVLP's
-    # training loader (training transform, its sampler with replacement, last batch dropped), so
-    # some are scored twice and some not at all. clean: the first ≤ 50 training images per
-    # class, each once, under the evaluation transform.
+    # The images L_lin is scored against (docs/algorithms.md#anss-scoring-images). faithful: the val
+    # split (ImageNet-LT, Places-LT: the eval transform), or where val is the evaluation split
+    # (iNat) the official --select loader: the first 50 training images per class drawn as one
+    # epoch of CVLP's training loader (training transform, its sampler with replacement, last
+    # batch dropped), so some are scored twice and some not at all. clean: the first ≤ 50 training
+    # images per class, each once, under the evaluation transform.
     scoring: str = "faithful"
     scoring_batch_size: int = 256  # faithful iNat: the select run's batch (one GPU; ViT-B/16: 128)
 
@@ -161,7 +162,8 @@ class LGRModel(nn.Module):
 
 
 class LGRTask:
-    """L = SCE(z^I, ỹ) + SCE(z^T, ỹ) (§3 "Training loss"); ỹ smoothed, mixed on images when asked."""
+    """L = SCE(z^I, ỹ) + SCE(z^T, ỹ) (docs/algorithms.md#lgr-training-loss); ỹ smoothed, mixed on
+    images when asked."""
 
     def __init__(self, module: nn.Module, c: LGRConfig, num_classes: int, mixup=None) -> None:
         self.module = module
@@ -179,7 +181,7 @@ class LGRTask:
     def set_mode(self) -> None:
         self.module.train()
         if isinstance(self.module, LGRModel):
-            self.module.visual.eval()  # §3: the visual tower always runs in eval mode (frozen BN)
+            self.module.visual.eval()  # docs/algorithms.md#lgr-attention: the tower always runs in eval mode
 
     def targets(self, y: torch.Tensor) -> torch.Tensor:
         off = self.c.label_smoothing / self.num_classes
@@ -273,7 +275,7 @@ def _lgr_reads(conf: LGRStageConfig) -> Reads:
 @stage_kind("lgr", version="1", gpus=1.0, memory_gb=4.0, loader=_lgr_on_images, reads=_lgr_reads,
             config=LGRStageConfig, inputs=("anchors", "model", "train?", "eval?"))
 def lgr(ctx: StageContext) -> dict[str, Any]:
-    """VL-LTR's stage 2 (§3): the LGR head on its anchors, trained from the feature cache or on
+    """VL-LTR's stage 2 (docs/algorithms.md#lgr): the LGR head on its anchors, trained from the feature cache or on
     images. Writes both branches' eval-split logits (``z_img``, ``z_txt``, with ``labels``) for the
     evaluate stage, and the trained weights without the anchors (``lgr.pt``)."""
     c: LGRConfig = ctx.config.lgr
@@ -292,7 +294,7 @@ def lgr(ctx: StageContext) -> dict[str, Any]:
 
 
 def _scoring_features(run: RunContext, model: Stage, a: AnssConfig) -> Stage:
-    """The ``features`` stage of AnSS's scoring images (``anss.scoring``, ALGORITHMS §2)."""
+    """The ``features`` stage of AnSS's scoring images (``anss.scoring``, docs/algorithms.md#anss-scoring-images)."""
     if a.scoring == "clean":
         return run.features(model, "train", max_per_class=50)
     if run.ds.eval_split != "val" and "val" in run.ds.splits:

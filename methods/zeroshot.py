@@ -1,7 +1,7 @@
 """``zeroshot``: zero-shot CLIP (Table 8), class prototypes from the text encoder.
 
 Each class prototype is the mean of the L2-normalised embeddings of its sentences, re-normalised,
-and an image is assigned to the class of highest cosine (ALGORITHMS.md §4). The sentences are
+and an image is assigned to the class of highest cosine (docs/algorithms.md#zero-shot-clip). The sentences are
 the 80 prompt templates by default (``zeroshot.source: prompt_only``); ``wiki_prompt`` uses the
 whole corpus as the official ``--ensemble`` mode does (the paper does not say which it used).
 """

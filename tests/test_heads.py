@@ -202,7 +202,7 @@ def _make_head(n_cls: int = 5, m: int = 4, dim: int = 8, seed: int = 0, **kw) ->
 
 
 def _reference_text_logits(head: LGRHead, x: torch.Tensor) -> torch.Tensor:
-    """ALGORITHMS §3 written per class, attending only to the real anchors."""
+    """docs/algorithms.md#lgr-attention written per class, attending only to the real anchors."""
     dim = x.shape[1]
     q = head.q_proj(head.ln_q(x))
     cols = []

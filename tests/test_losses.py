@@ -47,7 +47,7 @@ def _transpose(z: list[list[float]]) -> list[list[float]]:
 
 
 def _loop_smooth_ce(z: list[list[float]], labels: list[int], eps: float) -> float:
-    """ℓ(Z,Q) of ALGORITHMS §1 written term by term."""
+    """ℓ(Z,Q) of docs/algorithms.md#cvlp-loss written term by term."""
     b, total = len(z), 0.0
     for i in range(b):
         logp = _log_softmax(z[i])

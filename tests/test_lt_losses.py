@@ -1,8 +1,8 @@
 """The long-tail losses of ltrbench.losses against independent numpy re-implementations of each
-official code's math (ALGORITHMS.md §9), on random logits, targets and long-tailed counts.
+official code's math (docs/algorithms.md#long-tail-losses), on random logits, targets and long-tailed counts.
 
 Each reference below is written from the official file named in its docstring (read at the commit
-ALGORITHMS.md §9 gives), in float64 numpy, without calling ltrbench; the functions under test run in
+docs/algorithms.md#long-tail-losses gives), in float64 numpy, without calling ltrbench; the functions under test run in
 float64 torch, so the two agree to 1e-6 or one of them is wrong.
 """
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """The real data sets' resolved recipes against the official code, value by value.
 
-Sources: C = the official VL-LTR code (github.com/ChangyaoTian/VL-LTR, commit e5391f5: configs/*,
-main.py's argparse defaults, datasets.py, mcloader/inat.py, eval.sh); K = the decoupling code
-(github.com/facebookresearch/classifier-balancing, commit f162ade: config/*). C's batch sizes are
-per GPU on 8 GPUs (dist_train_arun.sh); here they are global, and the lr belongs to that global
-batch. ALGORITHMS.md §1–§5 transcribe the same values.
+Sources: the official VL-LTR code (github.com/ChangyaoTian/VL-LTR, commit e5391f5: configs/*,
+main.py's argparse defaults, datasets.py, mcloader/inat.py, eval.sh) and the decoupling code
+(github.com/facebookresearch/classifier-balancing, commit f162ade: config/*). The VL-LTR code's
+batch sizes are per GPU on 8 GPUs (dist_train_arun.sh); here they are global, and the lr belongs to
+that global batch. docs/algorithms.md#cvlp-recipes, docs/algorithms.md#lgr-parameters-and-learning-rates
+and docs/algorithms.md#crt transcribe the same values.
 
-The one value that differs on purpose is the mixed precision: C and K's NativeScaler train with
+The one value that differs on purpose is the mixed precision: both codes' NativeScaler train with
 fp16 + GradScaler, the harness defaults to bf16 (``train.amp: fp16`` gives the official one). Any
 other difference is a failure of this test.
 """
@@ -35,9 +36,9 @@ BACKBONE_NAMES = ("RN50", "ViT-B-16")
 
 # ----------------------------------------------------------------------------- the official values
 
-#: C's per-GPU batch × 8 GPUs; the pre-train configs (configs/<ds>/pretrain/*.py).
+#: The VL-LTR code's per-GPU batch × 8 GPUs; the pre-train configs (configs/<ds>/pretrain/*.py).
 CVLP = {
-    # (dataset, backbone): lr, global batch, epochs, min_lr (C's argparse default 1e-5 unless the
+    # (dataset, backbone): lr, global batch, epochs, min_lr (the VL-LTR argparse default 1e-5 unless the
     # config sets 0.), train_mode (False in the IN-LT / Places configs, argparse default True on iNat)
     ("imagenet_lt", "RN50"): (5e-5, 256 * 8, 50, 0.0, False),
     ("imagenet_lt", "ViT-B-16"): (3.5e-5, 128 * 8, 50, 0.0, False),
@@ -57,7 +58,7 @@ LGR = {
     ("inat2018", "RN50"): (2e-5, 128 * 8, 360, False, True, 0.7),
     ("inat2018", "ViT-B-16"): (2e-5, 128 * 8, 360, False, True, 0.7),
 }
-#: K's configs: stage 1 (feat_uniform / feat_unifrom; Places: the feat_model block of
+#: The decoupling code's configs: stage 1 (feat_uniform / feat_unifrom; Places: the feat_model block of
 #: cls_crt.yaml, see configs/places_lt.yaml), cRT (cls_crt.yaml), LWS (cls_lws.yaml):
 #: (lr, batch, weight decay, epochs) each.
 DECOUPLING = {
@@ -91,7 +92,7 @@ def test_lgr_recipe_is_the_official_one(dataset, backbone):
     assert (t.lr, t.batch_size, t.ref_batch_size, t.epochs) == (pytest.approx(lr), batch, batch, epochs)
     assert (t.warmup_epochs, t.min_lr, t.optimizer, t.weight_decay, t.sampler) == (0, 0.0, "adamw", 0.05, "sqrt")
     assert (not c.finetune_encoder, c.v_detach, c.alpha, c.text_lr) == (frozen, v_detach, alpha, 1e-6)
-    # D1: C trains LGR on augmented images (the training transform) with main.py's mixup 0.8 /
+    # D1: the VL-LTR code trains LGR on augmented images (the training transform) with main.py's mixup 0.8 /
     # CutMix 1.0 / smoothing 0.1, whether the encoder is frozen or not.
     assert c.through_encoder
     assert (c.mixup, c.cutmix, c.label_smoothing, c.hidden) == (0.8, 1.0, 0.1, None)
@@ -121,7 +122,7 @@ def test_decoupling_recipes_are_k_ones(dataset, backbone):
         assert (t.optimizer, t.momentum, t.min_lr, t.warmup_epochs, t.schedule_shift) == ("sgd", 0.9, 0.0, 0, 1)
         if section == "stage1":
             assert t.sampler == "instance" and not t.select_best
-        else:  # ClassAwareSampler, num_samples_cls 4; K keeps the best val epoch
+        else:  # ClassAwareSampler, num_samples_cls 4; the decoupling code keeps the best val epoch
             assert (t.sampler, t.samples_per_class, t.select_best) == ("class_aware", 4, True)
 
 

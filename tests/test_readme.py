@@ -1,5 +1,6 @@
-"""The README's "Add a method" example, exactly as printed: saved under the name its first line
-gives, with no other file changed, it runs with the command the README gives."""
+"""The manual's "Adding a method" example (docs/extending.md#adding-a-method), exactly as printed:
+saved under the name its first line gives, with no other file changed, it runs with the command the
+page gives."""
 from __future__ import annotations
 
 import json
@@ -14,14 +15,19 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, tiny_set
+from test_docs import marked_blocks
+
+#: The marker of the example's blocks in docs/extending.md (tests/test_docs.py checks every marker).
+EXAMPLE = "tests/test_readme.py::test_add_a_method_example_runs_as_written"
 
 
 def readme_example() -> tuple[str, str, list[str]]:
-    """(file name, Python block, command) of the README's "## Add a method" section."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("\n## Add a method\n", 1)[1].split("\n## ", 1)[0]
-    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    (command,) = re.findall(r"```bash\n(.*?)\n```", section, flags=re.S)
+    """(file name, Python block, command) of docs/extending.md's "## Adding a method" section: the
+    blocks marked as run by :func:`test_add_a_method_example_runs_as_written`."""
+    found = marked_blocks(EXAMPLE)
+    assert {b.where.split(":")[0] for b in found} == {"docs/extending.md"}, [b.where for b in found]
+    (block,) = [b.code for b in found if b.lang == "python"]
+    (command,) = [b.code.strip() for b in found if b.lang == "bash"]
     first = block.splitlines()[0]
     match = re.fullmatch(r"# (methods/\w+\.py)", first)
     assert match, f"the block's first line must name its file, got {first!r}"

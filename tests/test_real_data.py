@@ -1,5 +1,5 @@
 """Real-format data: the published split lists, miniature roots in each real layout, bad inputs,
-and the text corpus (ALGORITHMS.md §6). Fast: no images beyond a few generated 8x8 JPEGs."""
+and the text corpus (docs/algorithms.md#data-layout). Fast: no images beyond a few generated 8x8 JPEGs."""
 from __future__ import annotations
 
 import json
@@ -164,7 +164,7 @@ def test_miniature_root_loads_and_checks_usable(tmp_path: Path, name: str) -> No
     make, classnames, eval_split = LAYOUTS[name]
     root = make(tmp_path)
     ds = dataset_plugin(name).load(root)
-    assert list(ds.classnames) == classnames  # sorted by wnid / by id, names derived as in C
+    assert list(ds.classnames) == classnames  # sorted by wnid / by id, names derived as in the VL-LTR code
     assert ds.eval_split == eval_split and ds.wiki_dir == root / "wiki"
     assert list(ds.train_counts()[:3]) == TRAIN_COUNTS[:3]
     assert set(ds.splits) == ({"train", "val"} if name == "inat2018" else {"train", "val", "test"})
@@ -376,7 +376,8 @@ def test_class_sentences_prompts_first_no_separator(tmp_path: Path) -> None:
     path.write_text("The goldfish is orange. It swims.\n== External links ==\nhttp://x.\n")
     sents = class_sentences("goldfish", path, "wiki_prompt")
     assert sents[:80] == fill_prompts("goldfish") and sents[80:] == ["The goldfish is orange.", "It swims."]
-    # No separator (§6 step 2): a wiki text starting in lowercase merges into the last prompt, as in C.
+    # No separator (docs/algorithms.md#sentence-list step 2): a wiki text starting in lowercase merges into the
+    # last prompt, as in the official VL-LTR code.
     path.write_text("goldfish are orange.")
     sents = class_sentences("goldfish", path, "wiki_prompt")
     assert len(sents) == 80 and sents[-1] == "a tattoo of the goldfish .goldfish are orange."

@@ -2,8 +2,9 @@
 changes recomputes it; a stage's seed (ltrbench.stages: from its kind and its run's seed, never
 from the key or a config value) draws its initial weights and data order. This pins both for the
 plans recorded in tests/data/stage_keys.json (the built-in world at the tiny sizes: the methods
-named there, Table 4, Table 10), which are those of the runs behind the README's numbers. Only the
-methods named in the file are planned, so a new method leaves this test as it is.
+named there, Table 4, Table 10), which are those of the runs behind the numbers of
+docs/measurements.md#the-built-in-world. Only the methods named in the file are planned, so a new
+method leaves this test as it is.
 
 If a change of a key is intended (a stage's output really changes: bump its kind's version),
 regenerate the file (``python tests/test_stage_keys.py``), rerun the built-in benchmark and say so

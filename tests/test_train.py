@@ -13,7 +13,7 @@ from ltrbench.train import fit, lr_schedule
 
 
 def g(t, lr0, T, W, lr_min=0.0):
-    """ALGORITHMS.md §1's schedule, written independently."""
+    """The schedule of docs/algorithms.md#cosine-schedule, written independently."""
     if t < W:
         return 1e-6 + t * (lr0 - 1e-6) / W
     return lr_min + 0.5 * (lr0 - lr_min) * (1 + math.cos(math.pi * t / T))
@@ -122,7 +122,7 @@ def _visits(labels, idx, per_class=4):
 
 def test_class_aware_sampler_carries_its_cycles_over_epochs():
     # 5 classes, 85 draws an epoch: 21.25 visits, so an epoch ends in the middle of a pass over
-    # the classes. K's cycle iterators outlive the epoch: the next epoch finishes that pass.
+    # the classes. The decoupling code's cycle iterators outlive the epoch: the next epoch finishes that pass.
     labels = np.repeat(np.arange(5), [50, 20, 10, 3, 2])
     s = ClassAwareSampler(labels, seed=0)
     visits = []

@@ -151,7 +151,7 @@ def test_captions_cover_all_combinations() -> None:
 
 
 def _parse_wiki(text: str) -> dict[str, str]:
-    """The corpus parser of ALGORITHMS.md section 6, steps 1-3."""
+    """The corpus parser of docs/algorithms.md#wiki-corpus, steps 1-3."""
     sections, current = {"summary": []}, "summary"
     for line in (x.strip() for x in text.splitlines()):
         if not line:

@@ -1,17 +1,19 @@
 """The per-class text corpus: prompt templates, wiki files, sentence splitting, corpus statistics.
 
-This module owns ALGORITHMS.md §6 "Wiki corpus" and "Per-class sentence list", reproducing the
-official VL-LTR preprocessing (code C, ``mcloader/preprocess.py``) exactly, quirks included:
+This module owns docs/algorithms.md#wiki-corpus and docs/algorithms.md#sentence-list, reproducing
+the official VL-LTR preprocessing (its ``mcloader/preprocess.py``) exactly, quirks included:
 
 * the prompt block is the 80 OpenAI ImageNet templates filled with ``name + " "`` (so
   "a photo of a goldfish ."), joined by newlines;
 * the wiki text is appended to the prompt block with NO separator, then the whole is split into
   sentences, so the result is the 80 prompt sentences followed by the wiki sentences (a wiki text
-  starting with a lowercase letter or a digit merges into the last prompt sentence, as in C);
+  starting with a lowercase letter or a digit merges into the last prompt sentence, as in the
+  official code);
 * ``wiki/desc_{k}.txt`` is indexed 0-based into the sorted class list.
 
-Decisions beyond C: an empty (or whitespace-only) wiki file and a file that is neither UTF-8 nor
-GBK are :class:`DataError` s naming the file (C would silently use the prompts or crash); a class
+Decisions beyond the official code: an empty (or whitespace-only) wiki file and a file that is
+neither UTF-8 nor GBK are :class:`DataError` s naming the file (the official code would silently use
+the prompts or crash); a class
 whose wiki file is absent falls back to its prompts with one logged warning.
 """
 from __future__ import annotations
@@ -32,8 +34,9 @@ from ..errors import DataError
 log = logging.getLogger(__name__)
 
 
-#: The 80 templates: open_clip's ``OPENAI_IMAGENET_TEMPLATES``, same order (= C's list). Each is a
-#: callable ``t(text) -> str``; :func:`fill_prompts` passes ``name + " "`` as C does.
+#: The 80 templates: open_clip's ``OPENAI_IMAGENET_TEMPLATES``, same order (= the official code's
+#: list). Each is a callable ``t(text) -> str``; :func:`fill_prompts` passes ``name + " "`` as the
+#: official code does.
 PROMPT_TEMPLATES: tuple[Callable[[str], str], ...] = tuple(OPENAI_IMAGENET_TEMPLATES)
 
 
@@ -43,32 +46,38 @@ def prompt_templates() -> tuple[Callable[[str], str], ...]:
 
 SOURCES = ("wiki_prompt", "prompt_only")
 
-#: Sections left out of the corpus text (§6 step 4; exact, case-sensitive names as in C).
+#: Sections left out of the corpus text (docs/algorithms.md#wiki-corpus step 4; exact,
+#: case-sensitive names as in the official code).
 DROPPED_SECTIONS = ("External links", "References", "Further reading", "Bibliography")
 
-# §6 step 3, the regex of C with its dead branch removed. A split point is a zero-width position
+# docs/algorithms.md#sentence-list step 3, the official code's regex with its dead branch removed.
+# A split point is a zero-width position
 #   (?<=[.?])          right after "." or "?",
 #   (?=[\sA-Z])        followed by whitespace or an ASCII uppercase letter,
 #   (?<![A-Z]\.)       unless the two characters before it are uppercase + "." (initials, "U.S."),
 #   (?<!\w\.\w.)       unless the four before it are word-char "." word-char any ("e.g.", "i.e.").
-# C also has (?<![A-Z][a-z]) which can never match here (the character before is "." or "?").
-# "\w" is Python's Unicode word class and "." does not match a newline, both as in C.
+# The official code also has (?<![A-Z][a-z]), which can never match here (the character before is
+# "." or "?").
+# "\w" is Python's Unicode word class and "." does not match a newline, both as in the official code.
 _SPLIT = re.compile(r"(?<!\w\.\w.)(?<![A-Z]\.)(?<=[.?])(?=[\sA-Z])")
 
 
 def fill_prompts(name: str) -> list[str]:
-    """The 80 prompt sentences for one class, each template filled with ``name + " "`` (§6 step 1)."""
+    """The 80 prompt sentences for one class, each template filled with ``name + " "``
+    (docs/algorithms.md#sentence-list step 1)."""
     return [t(name + " ") for t in prompt_templates()]
 
 
 def parse_wiki(text: str) -> dict[str, str]:
-    """Split a wiki file's text into sections (§6 "Wiki corpus" steps 1-3), as C's ``_parse_wiki``.
+    """Split a wiki file's text into sections (docs/algorithms.md#wiki-corpus steps 1-3), as the
+    official code's ``_parse_wiki``.
 
     Lines are stripped and blank ones dropped; a line starting with ``==`` opens a section named by
     the line with ``=`` and spaces stripped (any heading level); text before the first heading is
     ``summary``. A repeated section name keeps its first position and its last text (a dict).
     """
-    # C reads with readlines() in text mode: universal newlines, no split on \f, \v, \u2028 ...
+    # The official code reads with readlines() in text mode: universal newlines, no split on \f, \v,
+    # \u2028 ...
     lines = [ln.strip() for ln in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
     sections: dict[str, str] = {}
     key, val = "summary", ""
@@ -83,13 +92,15 @@ def parse_wiki(text: str) -> dict[str, str]:
 
 
 def wiki_corpus_text(sections: dict[str, str]) -> str:
-    """Summary + "\\n" + the other kept sections joined by "\\n" (§6 step 4, C's ``_get_text``)."""
+    """Summary + "\\n" + the other kept sections joined by "\\n"
+    (docs/algorithms.md#wiki-corpus step 4, the official code's ``_get_text``)."""
     skip = ("summary", *DROPPED_SECTIONS)
     return sections.get("summary", "") + "\n" + "\n".join(v for k, v in sections.items() if k not in skip)
 
 
 def read_wiki_file(path: Path) -> str:
-    """A wiki file's raw text: UTF-8, else GBK (as C). Empty or undecodable is a :class:`DataError`.
+    """A wiki file's raw text: UTF-8, else GBK (as in the official code). Empty or undecodable is a
+    :class:`DataError`.
 
     An empty file raises rather than warns: Table 7's minimum is one wiki sentence per class, so
     an empty file in a release is a broken download or extraction, and silently training on the
@@ -120,12 +131,14 @@ def read_wiki_file(path: Path) -> str:
 
 
 def wiki_text(path: Path) -> str:
-    """The wiki part of a class's corpus text: the file read, parsed and joined (§6 steps 1-4)."""
+    """The wiki part of a class's corpus text: the file read, parsed and joined
+    (docs/algorithms.md#wiki-corpus steps 1-4)."""
     return wiki_corpus_text(parse_wiki(read_wiki_file(path)))
 
 
 def split_sentences(text: str) -> list[str]:
-    """Split text into sentences exactly as §6 "Per-class sentence list" steps 3-4 (C's ``split_sent``).
+    """Split text into sentences exactly as docs/algorithms.md#sentence-list steps 3-4 (the official
+    code's ``split_sent``).
 
     Splits after "." or "?" followed by whitespace or A-Z, except after uppercase + "." ("U.S.",
     "J. R. R.") and after letter-"."-letter-any ("e.g."); "Dr." splits. Pieces are stripped and
@@ -137,7 +150,8 @@ def split_sentences(text: str) -> list[str]:
 def class_sentences(name: str, wiki_path: Path | None, source: str = "wiki_prompt") -> list[str]:
     """One class's sentence list: the 80 prompts, then (``wiki_prompt``) the wiki sentences.
 
-    The wiki text is appended to the prompt block with no separator before splitting (§6 step 2).
+    The wiki text is appended to the prompt block with no separator before splitting
+    (docs/algorithms.md#sentence-list step 2).
     ``wiki_path=None`` or ``source="prompt_only"`` gives the prompts alone.
     """
     _check_source(source)
@@ -148,7 +162,8 @@ def class_sentences(name: str, wiki_path: Path | None, source: str = "wiki_promp
 
 
 def wiki_path(wiki_dir: Path, k: int) -> Path:
-    """``wiki/desc_{k}.txt``, k a 0-based index into the sorted class list (⚠ the README says desc_1)."""
+    """``wiki/desc_{k}.txt``, k a 0-based index into the sorted class list (⚠ the official VL-LTR README
+    says desc_1)."""
     return Path(wiki_dir) / f"desc_{k}.txt"
 
 
@@ -203,7 +218,7 @@ def corpus_stats(
     token_sample: int | None = None,
     seed: int = 0,
 ) -> dict[str, float | int]:
-    """Statistics comparable to the paper's Table 7 (ALGORITHMS.md §6 "Sanity targets").
+    """Statistics comparable to the paper's Table 7 (docs/algorithms.md#corpus-statistics).
 
     Wiki sentences per class are ``len(sentences) - n_prompts`` (floored at 0): Table 7's minimum
     is below 80, so its counts exclude the prompts. ``avg_tokens`` is the mean number of CLIP BPE

@@ -1,7 +1,7 @@
 """Split lists: reading ``<relative path> <int label>`` files and checking what they name.
 
 Every dataset reads its image lists through :func:`read_list` (the real benchmarks' official lists,
-ALGORITHMS.md §6, and the built-in world's generated ones), so one parser decides what a valid line
+docs/algorithms.md#split-lists, and the built-in world's generated ones), so one parser decides what a valid line
 is and every error names the file, the line and what to do. The checks used by ``check-data``
 (duplicates, images absent on disk, images that do not decode) live here too; they never raise for a
 bad image, they return what they found.

@@ -1,13 +1,13 @@
 """Samplers: instance-balanced, square-root and class-aware, each reseeded every epoch.
 
 * ``instance``: a random permutation of the training set (instance-balanced).
-* ``sqrt``: VL-LTR's ``weight_sample`` + ``use_sqrt_freq`` (ALGORITHMS.md §1): every sample has
+* ``sqrt``: VL-LTR's ``weight_sample`` + ``use_sqrt_freq`` (docs/algorithms.md#square-root-sampler): every sample has
   weight n_y^(-1/2), so class c is drawn with probability ∝ √n_c; N indices with replacement.
   The official single-process run repeats one sequence every epoch (its ``set_epoch`` is only
   called under DDP); here the generator is reseeded from (seed, epoch) every epoch.
-* ``class_aware``: the decoupling code's sampler (ALGORITHMS.md §5): classes visited in a random
+* ``class_aware``: the decoupling code's sampler (docs/algorithms.md#class-aware-sampler): classes visited in a random
   cyclic order, reshuffled after each pass; each visit yields ``samples_per_class`` images from
-  that class's own cyclic, reshuffled list. N indices per epoch. As in K (whose cycle iterators
+  that class's own cyclic, reshuffled list. N indices per epoch. As in the decoupling code (whose cycle iterators
   live as long as the sampler), the class cycle and every class's cycle carry over from one
   epoch to the next, so over training every class is visited equally often (±1).
 
@@ -91,14 +91,14 @@ class _Cycles:
 
 
 class ClassAwareSampler(EpochSampler):
-    """K's ClassAwareSampler, deterministic and resumable: epoch e's indices are a function of
+    """The decoupling code's ClassAwareSampler, deterministic and resumable: epoch e's indices are a function of
     (seed, e) alone. The cycles of epoch e continue where epoch e - 1 left them, so the sampler
     replays the draws from epoch 0 (keeping the state where the last draw ended, so consecutive
     epochs cost one epoch each, and a run resumed at epoch k replays k epochs once). Epoch 0 is
     drawn exactly as the first revision drew every epoch.
 
-    K's DataLoader workers prefetch a few batches past the last step of an epoch, which K's
-    sampler then skips; here an epoch consumes exactly N indices.
+    The decoupling code's DataLoader workers prefetch a few batches past the last step of an epoch,
+    which its sampler then skips; here an epoch consumes exactly N indices.
     """
 
     def __init__(self, labels: np.ndarray, seed: int = 0, samples_per_class: int = 4) -> None:
@@ -127,7 +127,7 @@ class ClassAwareSampler(EpochSampler):
                     pool.extend(st.rng.permutation(self.by_class[c]).tolist())
                 out.append(pool.pop())
         # A visit cut at the end of an epoch is not finished later: the next epoch opens with a
-        # new visit (K's generator restarts its block of 4), its images' cycle going on.
+        # new visit (the decoupling code's generator restarts its block of 4), its images' cycle going on.
         return np.asarray(out[:n], dtype=np.int64)
 
     def indices(self) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Image transforms, built with timm (ALGORITHMS.md §1 "Augmentation and normalisation").
+"""Image transforms, built with timm (docs/algorithms.md#augmentation-and-normalisation).
 
 * ``official``: the VL-LTR training transform: RandomResizedCrop (scale 0.08–1, bicubic),
   horizontal flip, RandAugment ``rand-m9-mstd0.5-inc1``, RandomErasing (p 0.25, pixel mode).
