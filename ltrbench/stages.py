@@ -69,6 +69,7 @@ of that kind fail its first n attempts (every attempt without n), counted across
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -205,10 +206,25 @@ def _canonical(obj: Any) -> str:
 
 def config_json(config: Any) -> Any:
     """A stage config as plain JSON data (a dataclass as its fields, recursively): what is hashed
-    into the key and written into ``stage.json``."""
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        config = dataclasses.asdict(config)
-    return json.loads(_canonical(config))
+    into the key and written into ``stage.json``. A dataclass field named in the class's
+    ``KEY_NEUTRAL_DEFAULTS`` is left out while it holds that value (a field added after keys were
+    recorded, e.g. ``TrainConfig.devices``: every earlier key stays as it was)."""
+    return json.loads(_canonical(_plain(config)))
+
+
+def _plain(obj: Any) -> Any:
+    """``dataclasses.asdict`` without the key-neutral defaults (:func:`config_json`)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        neutral = getattr(type(obj), "KEY_NEUTRAL_DEFAULTS", {})
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.name in neutral and getattr(obj, f.name) == neutral[f.name])}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a named tuple, as asdict keeps it
+        return type(obj)(*(_plain(v) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return copy.deepcopy(obj)
 
 
 def config_value(config: Any, name: str, default: Any = None) -> Any:
