@@ -1,7 +1,7 @@
 """Connecting to Ray: the embedded local cluster, or an external one at ``--ray-address``.
 
-Part of the execution layer (with :mod:`ltrbench.execute` and :mod:`ltrbench.sweep`, the only
-modules that import ray). What it owns:
+Part of the execution layer (with :mod:`ltrbench.execute`, :mod:`ltrbench.sweep` and
+:mod:`ltrbench.parallel`, the only modules that import ray). What it owns:
 
 * **Embedded** (no address): ``ray.init(address="local")``, always a fresh Ray on this machine.
   Ray's default would join a cluster that a ``ray start`` left running on this machine, with
@@ -24,6 +24,7 @@ modules that import ray). What it owns:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -33,7 +34,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 from .errors import ClusterError
 
@@ -83,6 +84,34 @@ class Connection:
 
 
 _current: Connection | None = None
+
+
+@contextlib.contextmanager
+def task_env(env: Mapping[str, str], threads: int | None, exclusive: bool) -> Iterator[None]:
+    """``env`` set in this process while a stage runs (and torch's threads), restored afterwards.
+
+    ``exclusive``: also remove forwarded variables (``LTRBENCH_*`` …) that ``env`` lacks, so a reused
+    Ray worker has exactly the driver's, never those of an earlier plan.
+    """
+    import torch  # here: cluster imports no more than it needs at import time (the address check)
+
+    drop = [k for k in os.environ if exclusive and k not in env and (k.startswith(FORWARD_PREFIXES) or k in FORWARD_NAMES)]
+    saved = {k: os.environ.get(k) for k in [*env, *drop]}
+    old_threads = torch.get_num_threads()
+    try:
+        for k in drop:
+            del os.environ[k]
+        os.environ.update(env)
+        if threads:
+            torch.set_num_threads(threads)
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        torch.set_num_threads(old_threads)
 
 
 def _amount(name: str, value: float) -> str:
