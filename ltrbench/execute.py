@@ -280,7 +280,8 @@ def attempt_stage(stage: Stage, cache: Path, attempt: int, where: Mapping[str, A
     would only repeat.
     """
     path = attempts_log(cache, stage)
-    place = ", ".join(f"{k} {v}" for k, v in where.items() if k in ("host", "node", "executor", "worker_log") and v)
+    place = ", ".join(f"{k} {v}" for k, v in where.items()
+                      if k in ("host", "node", "executor", "group_start", "worker_log") and v)
     _append(path, f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt {attempt} of {stage.describe()} "
                   f"(key {stage.key}) on {place}, {_device_name()}\n")
     t0 = time.time()

@@ -81,11 +81,22 @@ def _worker(config: Mapping[str, Any]) -> dict[str, Any] | None:
             follow_stage(stage, cache)
             return None
         where = {**config["where"], "host": me["host"], "node": me["node"], "executor": "ray-train",
-                 "workers": workers, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+                 "group_start": _count_start(Path(config["runs"])), "workers": workers,
+                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
         res = config["attempt_fn"](stage, cache, int(config["attempt"]), where, False)
         if not res["ok"] and res["retry"]:
             raise GroupAttemptFailed(res["error"])  # the group is torn down and restarted (max_failures)
         return res
+
+
+def _count_start(folder: Path) -> int:
+    """The how-many-th start of this attempt's group this is (1, then 2 after a restart ...), counted
+    in the group's Ray Train folder, so the stage's log and ``stage.json`` tell restarts apart."""
+    folder.mkdir(parents=True, exist_ok=True)
+    counter = folder / "ltrbench-starts"
+    n = int(counter.read_text() or 0) + 1 if counter.is_file() else 1
+    counter.write_text(str(n))
+    return n
 
 
 def run_group(stage: Stage, cache: Path, attempt: int, *, attempt_fn: Callable[..., dict[str, Any]],
@@ -109,8 +120,9 @@ def run_group(stage: Stage, cache: Path, attempt: int, *, attempt_fn: Callable[.
         resources["memory"] = float(per_worker["memory"])
     runs = Path(cache) / RUNS
     name = f"{stage.kind}-{stage.key}"
+    shutil.rmtree(runs / name, ignore_errors=True)  # a group left by an earlier attempt: its count is not ours
     config = {"stage": stage, "cache": str(cache), "attempt": attempt, "attempt_fn": attempt_fn, "env": dict(env),
-              "use_gpu": use_gpu,
+              "runs": str(runs / name), "use_gpu": use_gpu,
               "threads": max(1, int(cpus)), "where": dict(where)}
     trainer = TorchTrainer(
         _worker, train_loop_config=config,
