@@ -94,9 +94,9 @@ Data-parallel training
 ``train.devices: N`` runs a training stage on N workers (the Ray executor; :mod:`ltrbench.parallel`),
 each on its slice of every global batch, through the one loop. A task's loss that is a mean over
 samples needs nothing more. A loss of the whole batch at once (a contrastive loss) sets
-``whole_batch = True`` on its task (no micro-batches, ``train.accumulate``) and :func:`gather`\ s
-what it contrasts (embeddings with their gradient, labels); a random draw per sample is made with
-:func:`global_rand`, so N workers draw what one process draws (``methods/_cvlp.py``).
+``whole_batch = True`` on its task (no micro-batches, ``train.accumulate``) and gathers what it
+contrasts with :func:`gather` (embeddings with their gradient, labels); a random draw per sample
+is made with :func:`global_rand`, so N workers draw what one process draws (``methods/_cvlp.py``).
 
 Errors are for people: raise :class:`ConfigError` for a bad setting, :class:`DataError` for bad
 data, saying what was wrong, where, and what to do.
