@@ -173,6 +173,7 @@ def connect(address: str | None, cache: Path, *, ship_code: bool = True) -> Conn
     on_term = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     if address is None:
         env, code = runtime_env(cache, embedded=True, ship_code=ship_code)
+        env["worker_process_setup_hook"] = _quiet_placement_group_cleaner()
         ray.init(address="local", include_dashboard=False, log_to_driver=True, runtime_env=env)
     else:
         _preflight(address)
@@ -188,6 +189,21 @@ def connect(address: str | None, cache: Path, *, ship_code: bool = True) -> Conn
     _current = Connection(address=address, auth=_auth_mode(), code=code)
     _refresh(_current)
     return _current
+
+
+def _quiet_placement_group_cleaner():
+    """A worker setup hook for the embedded cluster, which runs without a dashboard: Ray Train's
+    placement-group cleaner (a helper actor of every data-parallel stage, ltrbench.parallel) asks
+    the State API, which needs the dashboard, every second whether the group's controller lives,
+    and warns each time it cannot ("Failed to query Ray Train Controller actor state"), for as long
+    as the stage trains. On one machine that backup is moot (the controller removes its placement
+    group itself; a dead driver takes the whole embedded Ray with it), so its warnings are silenced.
+    A nested function: Ray pickles it by value, so no worker imports ltrbench to run it."""
+
+    def hook() -> None:
+        logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+    return hook
 
 
 def _refresh(conn: Connection) -> None:
