@@ -461,9 +461,13 @@ class _RayRun:
     def submit(self, s: Stage) -> None:
         self.attempts[s.key] += 1
         res = stage_resources(s, gpus_used=self.gpus_used, cpus_per_stage=self.opts.cpus_per_stage, caps=self.caps)
-        if stage_devices(s) > 1:  # a Ray Train group (ltrbench.parallel), launched by a task that only waits
+        n = stage_devices(s)
+        if n > 1:  # a Ray Train group (ltrbench.parallel), launched by a task that only waits
             use_gpu = res["num_gpus"] > 0
             per_worker = {"num_cpus": res["num_cpus"], "memory": res["memory"]}
+            if self.caps:  # the embedded cluster is one machine: its N workers share it
+                per_worker = {"num_cpus": min(res["num_cpus"], max(1.0, float(self.caps.get("CPU", n) // n))),
+                              "memory": int(min(res["memory"], self.caps.get("memory", res["memory"] * n) / n))}
             left = self.opts.retries - (self.attempts[s.key] - 1)
             gen = self.group_fn.options(num_cpus=0, max_retries=0, name=s.describe()).remote(
                 s, str(self.cache), self.attempts[s.key], attempt_stage, forwarded_env(self.cache), per_worker,
@@ -560,8 +564,13 @@ def _warn_unplaceable(conn: Connection, todo: list[Stage], opts: ExecOptions, gp
     for s, a in zip(todo, asks):
         n = stage_devices(s)
         kind = "GPU" if a["num_gpus"] > 0 else "CPU"
-        per = 1.0 if kind == "GPU" else a["num_cpus"]
-        if n > 1 and n * per > conn.resources.get(kind, 0):
+        per = 1.0 if kind == "GPU" or caps else a["num_cpus"]  # the embedded cluster shares its CPUs out
+        have = conn.resources.get(kind, 0)
+        if n > 1 and n * per > have and caps:  # this machine alone: it will never have them
+            raise ConfigError(f"{s.describe()} trains on train.devices={n} workers of one {kind} each, and this "
+                              f"machine has {have:g} {kind}s: lower train.devices to {int(have)} or less, or pass "
+                              "--ray-address to run on a cluster. Nothing was run.")
+        if n > 1 and n * per > have:
             progress.say(f"Ray: {s.describe()} trains on {n} workers of {per:g} {kind} each and the cluster has "
                          f"{conn.resources.get(kind, 0):g} {kind}s now; its placement group waits until the cluster "
                          f"has them (an autoscaler adds nodes), or lower train.devices", counts=False)

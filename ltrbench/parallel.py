@@ -57,7 +57,7 @@ def _worker(config: Mapping[str, Any]) -> dict[str, Any] | None:
     """Ray Train's per-worker function: rank 0 builds the stage, the others follow it."""
     import ray  # here: runs in a Ray Train worker, which has ray imported anyway
     import ray.train  # here: as above
-    import torch.distributed as dist
+    import torch.distributed as dist  # here: the process group exists only in a Ray Train worker
 
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
