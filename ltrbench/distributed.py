@@ -104,6 +104,26 @@ def broadcast(obj: Any, device: torch.device | None = None) -> Any:
     return box[0]
 
 
+_WORD: list[bool | None] = [None]  # what rank 0 of this process's group said last (announce)
+
+
+def announce(building: bool) -> None:
+    """Rank 0 tells the group whether it builds the stage (:func:`hear` on the other ranks)."""
+    broadcast(building)
+    _WORD[0] = building
+
+
+def hear() -> bool:
+    """Rank 0's word on the other ranks: whether it builds the stage, so they run it with it."""
+    return bool(broadcast(None))
+
+
+def said() -> bool | None:
+    """What this process last announced (None: nothing yet): after True, the other ranks are in
+    the stage with it, so a failure must end the whole group rather than leave them waiting."""
+    return _WORD[0]
+
+
 def all_sum(values: list[float], device: torch.device) -> list[float]:
     """The element-wise sum of ``values`` over the ranks (``values`` outside a group)."""
     if not shard().parallel:

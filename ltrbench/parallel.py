@@ -43,6 +43,7 @@ import torch
 
 from .cluster import task_env
 from .devices import DEVICE_ENV, describe
+from .distributed import said
 from .stages import Stage, follow_stage, stage_devices
 
 #: Ray Train's run records of a data-parallel stage live under ``<cache>/<RUNS>/``.
@@ -84,8 +85,11 @@ def _worker(config: Mapping[str, Any]) -> dict[str, Any] | None:
                  "group_start": _count_start(Path(config["runs"])), "workers": workers,
                  "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
         res = config["attempt_fn"](stage, cache, int(config["attempt"]), where, False)
-        if not res["ok"] and res["retry"]:
-            raise GroupAttemptFailed(res["error"])  # the group is torn down and restarted (max_failures)
+        # A failure the other ranks may be waiting on (they are in the stage: rank 0 said so), or one
+        # another attempt may mend, ends the group, which Ray Train restarts (max_failures); a user
+        # error before the stage began (the others sent home) is the attempt's result, not retried.
+        if not res["ok"] and (res["retry"] or said()):
+            raise GroupAttemptFailed(res["error"])
         return res
 
 

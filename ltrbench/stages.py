@@ -96,7 +96,7 @@ from .data.images import recording_replacements
 from .data.samplers import REVISIONS
 from .config import TrainConfig
 from .devices import describe, stage_device
-from .distributed import broadcast, shard
+from .distributed import announce, hear, shard
 from .errors import CacheError, LtrBenchError
 from .fingerprints import sha256_file
 from .registry import STAGES
@@ -607,7 +607,7 @@ class _Announce:
     def __call__(self, building: bool) -> None:
         if not self.said:
             self.said = True
-            broadcast(building)
+            announce(building)
 
     def __enter__(self) -> "_Announce":
         return self
@@ -621,7 +621,7 @@ def follow_stage(stage: Stage, cache: str | os.PathLike, progress: bool = False)
     run the stage function as rank 0 does (the same seed, the same inputs), in step with it inside
     the training loop, into a scratch folder that is deleted afterwards: rank 0 alone writes the
     artifact and its checkpoints. Returns whether the function ran."""
-    if not broadcast(None):
+    if not hear():
         return False
     kind = STAGES.get(stage.kind)
     scratch = Path(tempfile.mkdtemp(prefix=f"ltrbench-{stage.kind}-{stage.key}-rank{shard().rank}-"))
