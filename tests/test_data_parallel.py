@@ -193,7 +193,7 @@ def two_nodes():
     """A head without CPUs and two nodes of one CPU each (token authentication on, as tests/test_ray.py
     starts it): a 2-worker group of one CPU per worker can only place one worker on each node."""
     import ray
-    from ray._raylet import Config
+    from ray._raylet import AuthenticationTokenLoader, Config
     from ray.cluster_utils import Cluster
 
     with pytest.MonkeyPatch.context() as mp:
@@ -201,6 +201,7 @@ def two_nodes():
         mp.setenv("RAY_AUTH_TOKEN", uuid.uuid4().hex)
         mp.setenv("OMP_NUM_THREADS", "1")
         Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()  # an embedded Ray earlier loaded this machine's token
         c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 200 * 2**20})
         try:
             nodes = [c.add_node(num_cpus=1, object_store_memory=200 * 2**20) for _ in range(2)]
@@ -212,6 +213,7 @@ def two_nodes():
             ray.shutdown()
             c.shutdown()
     Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 @pytest.mark.slow
