@@ -47,7 +47,7 @@ from .data.transforms import AUGMENTS
 from .errors import ConfigError, DataError, LtrBenchError, clip
 from .plan import clip_weights_stage
 from .resolve import RunSpec
-from .registry import BACKBONES, STAGES, WEIGHTS
+from .registry import BACKBONES, METHODS, STAGES, WEIGHTS
 from .safeio import refuse_links
 from .stages import Stage, config_value, stage_paths, verify
 from .train import OPTIMIZERS
@@ -172,6 +172,25 @@ def config_problems(cfg: BenchConfig) -> list[str]:
         except LtrBenchError as e:
             out.append(f"backbone.name={cfg.backbone.name}: {str(e).rstrip('.')}")
     return out
+
+
+def check_inline_devices(resolved: Sequence[tuple[RunSpec, BenchConfig]]) -> None:
+    """The inline executor runs every stage in this process, so a training recipe that a run's
+    method reads (its ``sections``) with ``train.devices`` > 1 is refused before anything is
+    planned (the executor refuses a data-parallel stage too, :func:`ltrbench.execute.check_inline`)."""
+    found: list[str] = []
+    for spec, cfg in resolved:
+        for name in METHODS.get(spec.method).sections:
+            if name not in cfg.sections:
+                continue
+            for path, t in _walk(cfg.sections[name], name):
+                item = f"{path}.devices={t.devices}"
+                if t.devices > 1 and item not in found:
+                    found.append(item)
+    if found:
+        raise ConfigError(f"{', '.join(found)}: a data-parallel stage needs Ray to start its workers; pass "
+                          "--executor ray (an embedded Ray on this machine) or --ray-address HOST:PORT, or set "
+                          "train.devices=1. Nothing was run.")
 
 
 def check_configs(resolved: Sequence[tuple[RunSpec, BenchConfig]]) -> None:

@@ -132,8 +132,14 @@ def test_a_default_recipe_keeps_its_key_and_a_device_count_keeps_the_seed():
     assert config_json(two.config)["train"]["devices"] == 2
 
 
-def test_the_inline_executor_refuses_a_data_parallel_stage_before_any_work():
-    cache, stage = planned("baseline", "finetune", ["baseline.train.devices=2", "baseline.train.epochs=1"])
+def test_the_inline_executor_refuses_a_data_parallel_stage_before_any_work(monkeypatch):
+    sets = [*TINY, "baseline.train.devices=2", "baseline.train.epochs=1"]
+    monkeypatch.setattr(ltrbench.api, "plan", lambda *a, **k: pytest.fail("planned (and so read the data set)"))
+    with pytest.raises(ConfigError, match=r"baseline.train.devices=2: .*--executor ray"):
+        ltrbench.run(ltrbench.Request(["baseline"], "synthetic_lt", overrides=sets))  # inline by default
+    monkeypatch.undo()
+    # The executor itself refuses it too (a library caller of execute), before any stage runs.
+    cache, stage = planned("baseline", "finetune", sets[len(TINY):])
     needed = topological([stage])
     before = {s.key: is_done(cache, s) for s in needed}
     with pytest.raises(ConfigError, match=r"train.devices=2\).*--executor ray") as e:
