@@ -129,6 +129,9 @@ def run(request: Request, options: ExecOptions | None = None, *, raise_on_failur
     validate.check_execution(opts)  # the Ray address (format, port, reachability) before planning writes anything
     if opts.out is not None:
         validate.check_output(opts.out)
+    if opts.executor == "inline":  # a data-parallel recipe needs Ray: said before the world is generated
+        validate.check_names(request.methods, request.seeds)
+        validate.check_inline_devices(resolve(request))
     p = plan(request, progress=opts.progress)
     t0 = time.time()
     ex = execute(p.targets, p.cache, options=opts)

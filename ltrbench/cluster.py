@@ -1,7 +1,7 @@
 """Connecting to Ray: the embedded local cluster, or an external one at ``--ray-address``.
 
-Part of the execution layer (with :mod:`ltrbench.execute` and :mod:`ltrbench.sweep`, the only
-modules that import ray). What it owns:
+Part of the execution layer (with :mod:`ltrbench.execute`, :mod:`ltrbench.sweep` and
+:mod:`ltrbench.parallel`, the only modules that import ray). What it owns:
 
 * **Embedded** (no address): ``ray.init(address="local")``, always a fresh Ray on this machine.
   Ray's default would join a cluster that a ``ray start`` left running on this machine, with
@@ -24,6 +24,7 @@ modules that import ray). What it owns:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -33,7 +34,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 from .errors import ClusterError
 
@@ -83,6 +84,34 @@ class Connection:
 
 
 _current: Connection | None = None
+
+
+@contextlib.contextmanager
+def task_env(env: Mapping[str, str], threads: int | None, exclusive: bool) -> Iterator[None]:
+    """``env`` set in this process while a stage runs (and torch's threads), restored afterwards.
+
+    ``exclusive``: also remove forwarded variables (``LTRBENCH_*`` …) that ``env`` lacks, so a reused
+    Ray worker has exactly the driver's, never those of an earlier plan.
+    """
+    import torch  # here: cluster imports no more than it needs at import time (the address check)
+
+    drop = [k for k in os.environ if exclusive and k not in env and (k.startswith(FORWARD_PREFIXES) or k in FORWARD_NAMES)]
+    saved = {k: os.environ.get(k) for k in [*env, *drop]}
+    old_threads = torch.get_num_threads()
+    try:
+        for k in drop:
+            del os.environ[k]
+        os.environ.update(env)
+        if threads:
+            torch.set_num_threads(threads)
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        torch.set_num_threads(old_threads)
 
 
 def _amount(name: str, value: float) -> str:
@@ -144,6 +173,7 @@ def connect(address: str | None, cache: Path, *, ship_code: bool = True) -> Conn
     on_term = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     if address is None:
         env, code = runtime_env(cache, embedded=True, ship_code=ship_code)
+        env["worker_process_setup_hook"] = _quiet_placement_group_cleaner()
         ray.init(address="local", include_dashboard=False, log_to_driver=True, runtime_env=env)
     else:
         _preflight(address)
@@ -159,6 +189,21 @@ def connect(address: str | None, cache: Path, *, ship_code: bool = True) -> Conn
     _current = Connection(address=address, auth=_auth_mode(), code=code)
     _refresh(_current)
     return _current
+
+
+def _quiet_placement_group_cleaner():
+    """A worker setup hook for the embedded cluster, which runs without a dashboard: Ray Train's
+    placement-group cleaner (a helper actor of every data-parallel stage, ltrbench.parallel) asks
+    the State API, which needs the dashboard, every second whether the group's controller lives,
+    and warns each time it cannot ("Failed to query Ray Train Controller actor state"), for as long
+    as the stage trains. On one machine that backup is moot (the controller removes its placement
+    group itself; a dead driver takes the whole embedded Ray with it), so its warnings are silenced.
+    A nested function: Ray pickles it by value, so no worker imports ltrbench to run it."""
+
+    def hook() -> None:
+        logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+    return hook
 
 
 def _refresh(conn: Connection) -> None:

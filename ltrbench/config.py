@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import yaml
 
@@ -136,7 +136,23 @@ class TrainConfig:
 
     ``lr`` is the recipe's learning rate at global batch ``ref_batch_size``; when ``batch_size``
     differs, the loop scales it linearly (``effective_lr``) and records both in the result.
+
+    ``devices`` (N) runs the training data-parallel on N workers (Ray Train, one device each:
+    :mod:`ltrbench.parallel`), ``accumulate`` (k) splits each device's batch into k micro-batches
+    per optimizer step; ``batch_size`` stays the global batch, so each device takes
+    ``batch_size / N`` images and each micro-batch ``batch_size / (N·k)``. Both enter a stage's key
+    only where they are not 1 (:data:`KEY_NEUTRAL_DEFAULTS`), so every key of a single-process run
+    stays what it was. They do enter it otherwise, deliberately: the N-device run draws the same
+    images, augmentations and sentences as the single-process one and matches it to float
+    rounding where every layer is per-sample (the built-in world's ViT), but BatchNorm layers in
+    train mode normalise over each device's (or micro-batch's) images, and gradients are summed in
+    another order, so its artifact is not the single-process artifact, bit for bit or (RN50) at all.
+    The stage's seed does not depend on them (common random numbers across device counts).
     """
+
+    #: Fields left out of a stage key while they hold these values (the defaults of fields added
+    #: after keys were first recorded): :func:`ltrbench.stages.config_json`.
+    KEY_NEUTRAL_DEFAULTS: ClassVar[Mapping[str, Any]] = {"devices": 1, "accumulate": 1}
 
     epochs: int = 10
     lr: float = 1e-3
@@ -162,6 +178,8 @@ class TrainConfig:
     # ``false`` are the first spellings of bf16 and off, and the stored form (so the stage keys
     # of every earlier run stay as they were): "bf16" is stored as true, "off" as false.
     amp: bool | Literal["bf16", "fp16", "off"] = True
+    devices: int = 1  # data-parallel workers, one device each (Ray executor only)
+    accumulate: int = 1  # micro-batches per optimizer step on each device
 
     def __post_init__(self) -> None:
         if self.amp not in (True, False, "bf16", "fp16", "off"):  # from_dict bypasses _coerce
@@ -173,6 +191,16 @@ class TrainConfig:
     def amp_mode(self) -> str:
         """The mixed-precision mode by its name: ``bf16``, ``fp16`` or ``off``."""
         return "fp16" if self.amp == "fp16" else ("bf16" if self.amp is True else "off")
+
+    @property
+    def per_device_batch(self) -> int:
+        """The images each device takes per step (``batch_size / devices``; validated to divide)."""
+        return self.batch_size // max(1, self.devices)
+
+    @property
+    def micro_batch(self) -> int:
+        """The images of one forward and backward pass on one device (``per_device_batch / accumulate``)."""
+        return self.per_device_batch // max(1, self.accumulate)
 
     @property
     def effective_lr(self) -> float:

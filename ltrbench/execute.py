@@ -1,7 +1,8 @@
 """Executors of the stage DAG: inline (in this process, in order) or on Ray.
 
-The execution layer: this module, :mod:`ltrbench.cluster` (connecting to Ray) and
-:mod:`ltrbench.sweep` are the only modules that import ray. Both executors run one attempt of a
+The execution layer: this module, :mod:`ltrbench.cluster` (connecting to Ray), :mod:`ltrbench.sweep`
+and :mod:`ltrbench.parallel` (data-parallel stages on Ray Train) are the only modules that import
+ray. Both executors run one attempt of a
 stage the same way, :func:`attempt_stage` around :func:`ltrbench.stages.run_stage` (picklable
 arguments: a stage, the cache path), so a stage never depends on running in the driver's process.
 A finished stage (its ``stage.json`` exists and its manifest verifies) is skipped; a stage shared by several runs is one node
@@ -34,6 +35,14 @@ has CUDA; on an external cluster always (an autoscaler then adds GPU nodes), unl
 for GPU stages, which get a fresh process each, an actor ended when the stage has reported (as
 Ray does for GPU tasks, ray-project/ray#29624: a CUDA context keeps its memory and its device
 until the process ends).
+
+A data-parallel stage (``train.devices`` N > 1, :func:`ltrbench.stages.stage_devices`) runs only on
+Ray: the inline executor refuses it before any stage runs (:func:`check_inline`). On Ray its task
+reserves nothing and launches a Ray Train group of N workers, each asking for what the stage's own
+task would (:func:`stage_resources`: CPUs, memory, one GPU where GPUs are used), reserved together
+in one placement group (:mod:`ltrbench.parallel`); its start line names the N workers and its
+finish line each worker's rank, host and device and the per-device batch. Group restarts after a
+worker's death count against the stage's ``retries``.
 """
 from __future__ import annotations
 
@@ -46,17 +55,19 @@ import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
 from . import head_fit, stage_kinds  # noqa: F401  (the core stage kinds register themselves)
-from .cluster import FORWARD_NAMES, FORWARD_PREFIXES, GPU_TASK_ENV, Connection, connect, forwarded_env, probe
+from .cluster import GPU_TASK_ENV, Connection, connect, forwarded_env, probe
+from .cluster import task_env as _task_env
 from .devices import DEVICE_CHOICES, DEVICE_ENV, describe, stage_device
 from .errors import ConfigError, LtrBenchError
 from .registry import STAGES
 from .safeio import StorageError, open_append
-from .stages import Stage, artifact_dir, read_info, run_stage, topological, verify
+from .parallel import describe_workers, group_stage
+from .stages import Stage, artifact_dir, read_info, run_stage, stage_devices, topological, verify
 
 log = logging.getLogger(__name__)
 
@@ -215,9 +226,10 @@ class _Progress:
         again = f", attempt {attempt}" if attempt > 1 else ""
         self.say(f"· {s.describe()} on {where}, {device}{again}")
 
-    def finish(self, s: Stage) -> None:
+    def finish(self, s: Stage, info: Mapping[str, Any] | None = None) -> None:
         took = time.time() - self.started.get(s.key, time.time())
-        self.say(f"✓ {s.describe()} {took:.1f} s")
+        group = describe_workers(info or {})
+        self.say(f"✓ {s.describe()} {took:.1f} s" + (f" on {group}" if group else ""))
 
     def failed(self, s: Stage, attempt: int, attempts: int, error: str, retry: bool) -> None:
         then = "; retrying" if retry else ("; not retried (a user error)" if attempt < attempts else "; giving up")
@@ -253,32 +265,6 @@ def _error_line(e: BaseException) -> str:
     return lines[-1] if lines else type(e).__name__
 
 
-@contextlib.contextmanager
-def _task_env(env: Mapping[str, str], threads: int | None, exclusive: bool) -> Iterator[None]:
-    """``env`` set in this process while a stage runs (and torch's threads), restored afterwards.
-
-    ``exclusive``: also remove forwarded variables (``LTRBENCH_*`` …) that ``env`` lacks, so a reused
-    Ray worker has exactly the driver's, never those of an earlier plan.
-    """
-    drop = [k for k in os.environ if exclusive and k not in env and (k.startswith(FORWARD_PREFIXES) or k in FORWARD_NAMES)]
-    saved = {k: os.environ.get(k) for k in [*env, *drop]}
-    old_threads = torch.get_num_threads()
-    try:
-        for k in drop:
-            del os.environ[k]
-        os.environ.update(env)
-        if threads:
-            torch.set_num_threads(threads)
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        torch.set_num_threads(old_threads)
-
-
 def _device_name() -> str:
     try:
         return describe(stage_device())
@@ -294,7 +280,8 @@ def attempt_stage(stage: Stage, cache: Path, attempt: int, where: Mapping[str, A
     would only repeat.
     """
     path = attempts_log(cache, stage)
-    place = ", ".join(f"{k} {v}" for k, v in where.items() if k in ("host", "node", "executor", "worker_log") and v)
+    place = ", ".join(f"{k} {v}" for k, v in where.items()
+                      if k in ("host", "node", "executor", "group_start", "worker_log") and v)
     _append(path, f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt {attempt} of {stage.describe()} "
                   f"(key {stage.key}) on {place}, {_device_name()}\n")
     t0 = time.time()
@@ -321,6 +308,7 @@ def _stage_device(stage: Stage, opts: ExecOptions, gpus_used: bool) -> str:
 def _inline(dag: _Dag, cache: Path, opts: ExecOptions) -> dict[str, StageFailure]:
     if opts.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda, but this machine has no CUDA device; pass --device auto or cpu.")
+    check_inline(s for s in dag.order if dag.state[s.key] == "todo")
     gpus_used = opts.device != "cpu" and torch.cuda.is_available()
     progress = _Progress(dag, opts.progress)
     failures: dict[str, StageFailure] = {}
@@ -348,6 +336,17 @@ def _inline(dag: _Dag, cache: Path, opts: ExecOptions) -> dict[str, StageFailure
                 dag.fail(s.key)
                 break
     return failures
+
+
+def check_inline(stages: Iterable[Stage]) -> None:
+    """Refuse, before any stage runs, a data-parallel stage (``train.devices`` > 1) under the inline
+    executor: only Ray starts the group of workers."""
+    group = [(s, stage_devices(s)) for s in stages if stage_devices(s) > 1]
+    if group:
+        names = ", ".join(f"{s.describe()} (train.devices={n})" for s, n in group)
+        raise ConfigError(f"{names} trains data-parallel, which needs Ray to start its workers: pass --executor ray "
+                          "(an embedded Ray on this machine) or --ray-address HOST:PORT, or set train.devices=1. "
+                          "Nothing was run.")
 
 
 # --------------------------------------------------------------------------- Ray
@@ -405,6 +404,12 @@ def _ray_cpu_stage(*args):
     yield from _ray_stage_body(*args)
 
 
+def _ray_group_stage(*args):
+    """A Ray generator task that runs a data-parallel stage as a Ray Train group and waits for it
+    (:func:`ltrbench.parallel.group_stage`; it reserves nothing: the group's workers do)."""
+    yield from group_stage(*args)
+
+
 class _GpuStage:
     """A stage that reserved a GPU runs in an actor of its own, ended once the stage has reported:
     a fresh process per GPU stage. (A generator task with Ray's ``max_calls=1`` would do the same,
@@ -446,6 +451,7 @@ class _RayRun:
         self.ray, self.dag, self.cache, self.opts, self.progress = ray, dag, cache, opts, progress
         self.gpus_used, self.caps = gpus_used, caps
         self.cpu_fn = ray.remote(_ray_cpu_stage)
+        self.group_fn = ray.remote(_ray_group_stage)
         self.gpu_actor = ray.remote(_GpuStage)
         self.attempts: Counter[str] = Counter()
         self.inflight: dict[Any, Stage] = {}  # the task's generator → its stage
@@ -455,6 +461,20 @@ class _RayRun:
     def submit(self, s: Stage) -> None:
         self.attempts[s.key] += 1
         res = stage_resources(s, gpus_used=self.gpus_used, cpus_per_stage=self.opts.cpus_per_stage, caps=self.caps)
+        n = stage_devices(s)
+        if n > 1:  # a Ray Train group (ltrbench.parallel), launched by a task that only waits
+            use_gpu = res["num_gpus"] > 0
+            per_worker = {"num_cpus": res["num_cpus"], "memory": res["memory"]}
+            if self.caps:  # the embedded cluster is one machine: its N workers share it
+                per_worker = {"num_cpus": min(res["num_cpus"], max(1.0, float(self.caps.get("CPU", n) // n))),
+                              "memory": int(min(res["memory"], self.caps.get("memory", res["memory"] * n) / n))}
+            left = self.opts.retries - (self.attempts[s.key] - 1)
+            gen = self.group_fn.options(num_cpus=0, max_retries=0, name=s.describe()).remote(
+                s, str(self.cache), self.attempts[s.key], attempt_stage, forwarded_env(self.cache), per_worker,
+                use_gpu, left)
+            self.inflight[gen] = s
+            self.dag.state[s.key] = "queued"
+            return
         env = {**forwarded_env(self.cache), DEVICE_ENV: _stage_device(s, self.opts, self.gpus_used)}
         gpu = res["num_gpus"] > 0
         args = (s, str(self.cache), self.attempts[s.key], env, max(1, int(res["num_cpus"])), False, gpu)
@@ -505,7 +525,7 @@ class _RayRun:
         self.actors.pop(gen, None)  # the last handle: Ray ends the actor's process (gracefully, its work done)
         if msg["ok"]:
             self.dag.finish(s.key)
-            self.progress.finish(s)
+            self.progress.finish(s, msg.get("info"))
             for n in self.dag.ready():
                 self.submit(n)
             return
@@ -541,6 +561,19 @@ def _warn_unplaceable(conn: Connection, todo: list[Stage], opts: ExecOptions, gp
     if gpu_stages and conn.resources.get("GPU", 0) == 0:
         progress.say(f"Ray: {gpu_stages} stages ask for GPUs and the cluster has none now; they wait until an "
                      f"autoscaler adds GPU nodes (pass --device cpu to run them on CPUs)", counts=False)
+    for s, a in zip(todo, asks):
+        n = stage_devices(s)
+        kind = "GPU" if a["num_gpus"] > 0 else "CPU"
+        per = 1.0 if kind == "GPU" or caps else a["num_cpus"]  # the embedded cluster shares its CPUs out
+        have = conn.resources.get(kind, 0)
+        if n > 1 and n * per > have and caps:  # this machine alone: it will never have them
+            raise ConfigError(f"{s.describe()} trains on train.devices={n} workers of one {kind} each, and this "
+                              f"machine has {have:g} {kind}s: lower train.devices to {int(have)} or less, or pass "
+                              "--ray-address to run on a cluster. Nothing was run.")
+        if n > 1 and n * per > have:
+            progress.say(f"Ray: {s.describe()} trains on {n} workers of {per:g} {kind} each and the cluster has "
+                         f"{conn.resources.get(kind, 0):g} {kind}s now; its placement group waits until the cluster "
+                         f"has them (an autoscaler adds nodes), or lower train.devices", counts=False)
     cpus = max((a["num_cpus"] for a in asks), default=0)
     if cpus > conn.largest("CPU"):
         progress.say(f"Ray: a stage asks for {cpus:g} CPUs and the largest node has {conn.largest('CPU'):g}; such "

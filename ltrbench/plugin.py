@@ -89,6 +89,15 @@ loss factory ``make(train_counts, **params) -> loss(logits, targets)``, used by 
 ``loss=``), :data:`WEIGHTS` (generated starting weights by ``backbone.pretrained`` tag),
 :data:`STAGES`, :data:`SECTIONS`.
 
+Data-parallel training
+----------------------
+``train.devices: N`` runs a training stage on N workers (the Ray executor; :mod:`ltrbench.parallel`),
+each on its slice of every global batch, through the one loop. A task's loss that is a mean over
+samples needs nothing more. A loss of the whole batch at once (a contrastive loss) sets
+``whole_batch = True`` on its task (no micro-batches, ``train.accumulate``) and gathers what it
+contrasts with :func:`gather` (embeddings with their gradient, labels); a random draw per sample
+is made with :func:`global_rand`, so N workers draw what one process draws (``methods/_cvlp.py``).
+
 Errors are for people: raise :class:`ConfigError` for a bad setting, :class:`DataError` for bad
 data, saying what was wrong, where, and what to do.
 """
@@ -105,6 +114,7 @@ from .data.lists import path_problem, read_list, read_split_lists
 from .data.loaders import DatasetRef, ImageSettings, crops_loader, eval_loader, open_dataset, train_loader
 from .data.samplers import SAMPLERS, InstanceSampler, build_sampler, sampler_key
 from .devices import stage_device
+from .distributed import Shard, gather, global_rand, shard
 from .errors import ConfigError, DataError, LtrBenchError, PluginError
 from .head_fit import (HeadData, HeadEnv, HeadFit, HeadMethod, HeadStageConfig, TrainedHeadMethod, head_logits,
                        load_head_data, train_head)
@@ -145,6 +155,8 @@ __all__ = [
     # models, training, building blocks
     "BackboneSpec", "create_clip", "tokenizer", "Classifier", "load_model", "read_manifest", "write_manifest",
     "FitResult", "TrainTask", "seed_everything", "cache_root", "refuse_link", "write_atomic",
+    # data-parallel training (train.devices): whole-batch losses gather, per-sample draws are global
+    "Shard", "shard", "gather", "global_rand",
     "DISTILL_TYPES", "cvlp_loss", "posthoc_rule", "soft_cross_entropy",
     "ANCHOR_MODES", "DEFAULT_TAUS", "NCM_DIST_TYPES", "NCM_FEAT_TYPES", "CRTHead", "LGRHead", "LWSHead",
     "anss_scores", "fuse_logits", "knn_predict", "ncm_logits", "select_anchors", "select_tau", "tau_normalize",

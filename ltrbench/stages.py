@@ -69,6 +69,7 @@ of that kind fail its first n attempts (every attempt without n), counted across
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -77,6 +78,7 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -92,7 +94,9 @@ except ImportError:  # pragma: no cover - not POSIX: stages are built without a 
 
 from .data.images import recording_replacements
 from .data.samplers import REVISIONS
+from .config import TrainConfig
 from .devices import describe, stage_device
+from .distributed import announce, hear, shard
 from .errors import CacheError, LtrBenchError
 from .fingerprints import sha256_file
 from .registry import STAGES
@@ -205,10 +209,25 @@ def _canonical(obj: Any) -> str:
 
 def config_json(config: Any) -> Any:
     """A stage config as plain JSON data (a dataclass as its fields, recursively): what is hashed
-    into the key and written into ``stage.json``."""
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        config = dataclasses.asdict(config)
-    return json.loads(_canonical(config))
+    into the key and written into ``stage.json``. A dataclass field named in the class's
+    ``KEY_NEUTRAL_DEFAULTS`` is left out while it holds that value (a field added after keys were
+    recorded, e.g. ``TrainConfig.devices``: every earlier key stays as it was)."""
+    return json.loads(_canonical(_plain(config)))
+
+
+def _plain(obj: Any) -> Any:
+    """``dataclasses.asdict`` without the key-neutral defaults (:func:`config_json`)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        neutral = getattr(type(obj), "KEY_NEUTRAL_DEFAULTS", {})
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.name in neutral and getattr(obj, f.name) == neutral[f.name])}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a named tuple, as asdict keeps it
+        return type(obj)(*(_plain(v) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return copy.deepcopy(obj)
 
 
 def config_value(config: Any, name: str, default: Any = None) -> Any:
@@ -563,17 +582,74 @@ def run_stage(stage: Stage, cache: str | os.PathLike, progress: bool = True,
     """
     cache = Path(cache)
     final = artifact_dir(cache, stage)
-    check_stage_paths(cache, stage)
-    if verify(cache, stage):
-        return read_info(cache, stage)
-    real_dir(final.parent, cache, "the stage folder", create=True)
-    with _build_lock(final.with_name(final.name + ".lock"), stage):
-        found = check_artifact(cache, stage, full=True)
-        if found.problem is None:  # another process built it while we waited
+    with _Announce() as announce:  # rank 0 of a data-parallel group tells the others whether it builds
+        check_stage_paths(cache, stage)
+        if verify(cache, stage):
             return read_info(cache, stage)
-        if found.aside:
-            _quarantine(final, stage, found)
-        return _build(stage, cache, final, progress, dict(record or {}))
+        real_dir(final.parent, cache, "the stage folder", create=True)
+        with _build_lock(final.with_name(final.name + ".lock"), stage):
+            found = check_artifact(cache, stage, full=True)
+            if found.problem is None:  # another process built it while we waited
+                return read_info(cache, stage)
+            if found.aside:
+                _quarantine(final, stage, found)
+            return _build(stage, cache, final, progress, dict(record or {}), announce)
+
+
+class _Announce:
+    """Rank 0's word to the other workers of a data-parallel group (:func:`follow_stage`): True
+    just before the stage function runs, False when it will not run (the stage was done, or the
+    build failed before it started). Said once; nothing outside a group."""
+
+    def __init__(self) -> None:
+        self.said = not shard().parallel
+
+    def __call__(self, building: bool) -> None:
+        if not self.said:
+            self.said = True
+            announce(building)
+
+    def __enter__(self) -> "_Announce":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self(False)
+
+
+def follow_stage(stage: Stage, cache: str | os.PathLike, progress: bool = False) -> bool:
+    """A data-parallel worker of rank > 0 (:mod:`ltrbench.parallel`): wait for rank 0's word, then
+    run the stage function as rank 0 does (the same seed, the same inputs), in step with it inside
+    the training loop, into a scratch folder that is deleted afterwards: rank 0 alone writes the
+    artifact and its checkpoints. Returns whether the function ran."""
+    if not hear():
+        return False
+    kind = STAGES.get(stage.kind)
+    scratch = Path(tempfile.mkdtemp(prefix=f"ltrbench-{stage.kind}-{stage.key}-rank{shard().rank}-"))
+    try:
+        seed_everything(stage.seed)
+        ctx = StageContext.of(stage, scratch, Path(cache), progress)
+        with recording_replacements():
+            kind.fn(ctx)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return True
+
+
+def stage_devices(stage: Stage) -> int:
+    """The data-parallel workers ``stage`` trains on: the largest ``devices`` of the training
+    recipes (:class:`~ltrbench.config.TrainConfig`) in its config, 1 where it has none."""
+    return max((t.devices for t in _recipes(stage.config)), default=1)
+
+
+def _recipes(obj: Any) -> Iterable[TrainConfig]:
+    if isinstance(obj, TrainConfig):
+        yield obj
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield from _recipes(getattr(obj, f.name))
+    elif isinstance(obj, Mapping):
+        for v in obj.values():
+            yield from _recipes(v)
 
 
 def _say(msg: str) -> None:
@@ -707,7 +783,8 @@ def _clear_partial(partial: Path) -> None:
             child.unlink()
 
 
-def _build(stage: Stage, cache: Path, final: Path, progress: bool, record: dict[str, Any]) -> dict[str, Any]:
+def _build(stage: Stage, cache: Path, final: Path, progress: bool, record: dict[str, Any],
+           announce: Callable[[bool], None] = lambda building: None) -> dict[str, Any]:
     partial = final.with_name(final.name + ".partial")
     real_dir(partial, cache, f"the build folder of stage {stage.describe()}", create=True)
     links = links_inside(partial)
@@ -722,6 +799,7 @@ def _build(stage: Stage, cache: Path, final: Path, progress: bool, record: dict[
                              "the input is then checked and rebuilt first.")
     kind = STAGES.get(stage.kind)
     dev = stage_device()  # before any work: --device cuda on a host without CUDA fails here
+    announce(True)
     with stage_log(partial / "log.txt"):
         log.info("stage %s: computing (key %s) on %s", stage.describe(), stage.key, dev)
         # Every stage starts from generators seeded by its own seed (the module docstring's rule), so

@@ -11,7 +11,7 @@ In order (each a function called by :mod:`ltrbench.api`):
 1. :func:`check_output`: the output folder can be created and written (nothing is created now).
 2. :func:`check_configs`: every run's resolved configuration: value ranges of every training
    recipe wherever it sits (epochs ≥ 1, lr > 0, batch ≥ 1, warm-up ≥ 0, known optimizer, sampler
-   and schedule), the data section (known augmentation, sizes ≥ 1), the backbone name, and every
+   and schedule, a batch that splits evenly over ``devices`` × ``accumulate``), the data section (known augmentation, sizes ≥ 1), the backbone name, and every
    section's own ``check()`` (a plugin's section validates itself, e.g. LGR's fusion α in [0, 1]).
    Every section is checked, used by the run or not: a bad value is a mistake wherever it sits.
    Messages carry the full key path (``baseline.train.epochs=-1: must be at least 1``); every float
@@ -47,7 +47,7 @@ from .data.transforms import AUGMENTS
 from .errors import ConfigError, DataError, LtrBenchError, clip
 from .planner import clip_weights_stage
 from .resolve import RunSpec
-from .registry import BACKBONES, STAGES, WEIGHTS
+from .registry import BACKBONES, METHODS, STAGES, WEIGHTS
 from .safeio import refuse_links
 from .stages import Stage, config_value, stage_paths, verify
 from .train import OPTIMIZERS
@@ -112,6 +112,14 @@ def train_problems(t: TrainConfig, path: str) -> list[str]:
         bad("sampler", t.sampler, f"unknown sampler; use one of {', '.join(SAMPLERS)}")
     if t.samples_per_class < 1:
         bad("samples_per_class", t.samples_per_class, "must be at least 1")
+    if t.devices < 1:
+        bad("devices", t.devices, "must be at least 1 (data-parallel workers, one device each)")
+    if t.accumulate < 1:
+        bad("accumulate", t.accumulate, "must be at least 1 (micro-batches per optimizer step)")
+    if t.batch_size >= 1 and t.devices >= 1 and t.accumulate >= 1 and t.batch_size % (t.devices * t.accumulate):
+        split = f"{t.devices} devices" + (f" × {t.accumulate} micro-batches" if t.accumulate > 1 else "")
+        bad("batch_size", t.batch_size, f"does not split evenly over {split}: the global batch must be a multiple "
+            f"of train.devices × train.accumulate = {t.devices * t.accumulate}")
     if t.schedule_shift not in SCHEDULE_SHIFTS:
         bad("schedule_shift", t.schedule_shift, "unknown schedule; use "
             + ", ".join(f"{k} ({v})" for k, v in SCHEDULE_SHIFTS.items()))
@@ -164,6 +172,25 @@ def config_problems(cfg: BenchConfig) -> list[str]:
         except LtrBenchError as e:
             out.append(f"backbone.name={cfg.backbone.name}: {str(e).rstrip('.')}")
     return out
+
+
+def check_inline_devices(resolved: Sequence[tuple[RunSpec, BenchConfig]]) -> None:
+    """The inline executor runs every stage in this process, so a training recipe that a run's
+    method reads (its ``sections``) with ``train.devices`` > 1 is refused before anything is
+    planned (the executor refuses a data-parallel stage too, :func:`ltrbench.execute.check_inline`)."""
+    found: list[str] = []
+    for spec, cfg in resolved:
+        for name in METHODS.get(spec.method).sections:
+            if name not in cfg.sections:
+                continue
+            for path, t in _walk(cfg.sections[name], name):
+                item = f"{path}.devices={t.devices}"
+                if t.devices > 1 and item not in found:
+                    found.append(item)
+    if found:
+        raise ConfigError(f"{', '.join(found)}: a data-parallel stage needs Ray to start its workers; pass "
+                          "--executor ray (an embedded Ray on this machine) or --ray-address HOST:PORT, or set "
+                          "train.devices=1. Nothing was run.")
 
 
 def check_configs(resolved: Sequence[tuple[RunSpec, BenchConfig]]) -> None:

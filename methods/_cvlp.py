@@ -20,8 +20,8 @@ from typing import Any, Mapping
 import torch
 
 from ltrbench.plugin import (ConfigError, DISTILL_TYPES, Reads, RunContext, Stage, StageContext, TrainConfig,
-    create_clip, cvlp_loss, dataset_of, device, image_settings, load_model, read_manifest, register_section,
-    stage_kind, tokenizer, train_loader, write_manifest)
+    create_clip, cvlp_loss, dataset_of, device, gather, global_rand, image_settings, load_model, read_manifest,
+    register_section, stage_kind, tokenizer, train_loader, write_manifest)
 
 ENCODERS = ("cvlp", "clip")  # the frozen encoders KNN and FC can use
 
@@ -50,6 +50,11 @@ class CVLPConfig:
             raise ConfigError(f"cvlp.beta must lie in [0, 1], got {self.beta}.")
         if self.source not in ("wiki_prompt", "prompt_only"):
             raise ConfigError(f"cvlp.source must be wiki_prompt or prompt_only, got {self.source!r}.")
+        if self.train.accumulate > 1:
+            raise ConfigError(f"cvlp.train.accumulate={self.train.accumulate}: CVLP's class-wise contrastive loss and "
+                              "its distillation need the whole batch at once (every image against every sentence), "
+                              "so micro-batches would change the loss; keep cvlp.train.accumulate=1 and spread the "
+                              "batch over GPUs with cvlp.train.devices instead (e.g. --set cvlp.train.devices=8).")
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,16 @@ def encoder_stage(run: RunContext, encoder: str) -> Stage:
 
 
 class CVLPTask:
-    """One CVLP step: sample a sentence per image, student and teacher embeddings, L_pre."""
+    """One CVLP step: sample a sentence per image, student and teacher embeddings, L_pre.
+
+    The loss contrasts every image of the batch with every sentence (``whole_batch``): the loop
+    refuses micro-batches for it, and on N data-parallel devices the student's and the teacher's
+    embeddings and the labels are gathered from every device (with the student's gradient, as the
+    official ``GatherLayer``), so the loss is the global batch's, equal on every device. The
+    sentence of each image is drawn for the whole global batch on every device (``global_rand``):
+    N devices draw the sentences one process draws."""
+
+    whole_batch = True
 
     def __init__(self, student, teacher, tokens: torch.Tensor, offsets: torch.Tensor, counts: torch.Tensor,
                  c: CVLPConfig, distill: str) -> None:
@@ -107,17 +121,18 @@ class CVLPTask:
         x, y = batch
         yc = y.cpu()
         # A fresh uniform draw among all sentences of the image's class, at every step
-        # (docs/algorithms.md#cvlp-batches).
-        pick = self.offsets[yc] + (torch.rand(len(yc)) * self.counts[yc]).long()
+        # (docs/algorithms.md#cvlp-batches), drawn for the global batch on every data-parallel worker.
+        pick = self.offsets[yc] + (global_rand(len(yc)) * self.counts[yc]).long()
         t = self.tokens[pick].to(x.device, non_blocking=True)
-        img = self.module.encode_image(x)
-        txt = self.module.encode_text(t)
+        img = gather(self.module.encode_image(x))
+        txt = gather(self.module.encode_text(t))
         kw: dict[str, Any] = {}
         if self.distill != "none":
             with torch.no_grad():
-                kw = {"teacher_image_emb": self.teacher.encode_image(x), "teacher_text_emb": self.teacher.encode_text(t),
+                kw = {"teacher_image_emb": gather(self.teacher.encode_image(x)),
+                      "teacher_text_emb": gather(self.teacher.encode_text(t)),
                       "teacher_logit_scale": self.teacher.logit_scale.exp()}
-        return cvlp_loss(img, txt, y, self.module.logit_scale.exp(), distill=self.distill, beta=self.c.beta,
+        return cvlp_loss(img, txt, gather(y), self.module.logit_scale.exp(), distill=self.distill, beta=self.c.beta,
                          smoothing=self.c.smoothing, **kw).total
 
     def validate(self):

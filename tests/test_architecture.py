@@ -10,7 +10,7 @@ from ltrbench.registry import DATASETS, METHODS
 
 CORE = REPO / "ltrbench"
 #: The execution layer: the only modules that may import ray.
-RAY_IMPORTERS = {"ltrbench.execute", "ltrbench.cluster", "ltrbench.sweep"}
+RAY_IMPORTERS = {"ltrbench.execute", "ltrbench.cluster", "ltrbench.sweep", "ltrbench.parallel"}
 
 
 def _module_name(path: Path) -> str:

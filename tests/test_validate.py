@@ -123,11 +123,11 @@ def test_train_problems_cover_every_range():
     assert train_problems(TrainConfig(), "x.train") == []
     bad = TrainConfig(epochs=0, lr=-1, batch_size=0, ref_batch_size=0, warmup_epochs=-1, min_lr=-1,
                       weight_decay=-1, momentum=1.0, optimizer="adam", sampler="x", samples_per_class=0,
-                      schedule_shift=2)
+                      schedule_shift=2, devices=0, accumulate=0)
     fields = [p.split("=")[0] for p in train_problems(bad, "x.train")]
     assert fields == [f"x.train.{f}" for f in ("epochs", "lr", "batch_size", "ref_batch_size", "warmup_epochs",
                                                "min_lr", "weight_decay", "momentum", "optimizer", "sampler",
-                                               "samples_per_class", "schedule_shift")]
+                                               "samples_per_class", "devices", "accumulate", "schedule_shift")]
 
 
 def test_plan_raises_the_config_error_in_the_library_too():

@@ -19,9 +19,23 @@ import torch.nn.functional as F
 from torch.utils.data import Sampler
 
 
-def random_resized_crop_flip(x: torch.Tensor, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3), flip: float = 0.5) -> torch.Tensor:
-    """Per-sample random resized crop + horizontal flip of a float batch (B×3×H×W), same output size."""
+def random_resized_crop_flip(x: torch.Tensor, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3), flip: float = 0.5,
+                             part: tuple[int, int] | None = None) -> torch.Tensor:
+    """Per-sample random resized crop + horizontal flip of a float batch (B×3×H×W), same output size.
+
+    ``part`` = (offset, total): ``x`` is rows offset … offset+B of a global batch of ``total``
+    (a data-parallel worker's slice, :mod:`ltrbench.data.sharding`); the crops of all ``total``
+    images are drawn and this slice's applied, so the draws are the single process's.
+    """
     b = x.shape[0]
+    offset, total = part if part is not None else (0, b)
+    crop = _draw_crops(total, scale, ratio, flip)[offset : offset + b]
+    grid = F.affine_grid(crop, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _draw_crops(b: int, scale, ratio, flip: float) -> torch.Tensor:
+    """The affine matrices (b×2×3) of ``b`` random resized crops with flips, from torch's generator."""
     area = torch.empty(b).uniform_(*scale)
     log_r = torch.empty(b).uniform_(math.log(ratio[0]), math.log(ratio[1]))
     r = torch.exp(log_r)
@@ -35,8 +49,7 @@ def random_resized_crop_flip(x: torch.Tensor, scale=(0.6, 1.0), ratio=(3 / 4, 4 
     theta[:, 0, 2] = tx
     theta[:, 1, 1] = sy
     theta[:, 1, 2] = ty
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return theta
 
 
 def resize_center_crop(x: torch.Tensor, resize: int, size: int) -> torch.Tensor:
@@ -76,6 +89,8 @@ class BatchLoader:
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
         self.drop_last = drop_last
+        #: (rank, world) of a data-parallel worker's loader (ltrbench.data.sharding.shard_loader)
+        self.shard: tuple[int, int] = (0, 1)
 
     def _order(self) -> np.ndarray:
         return np.asarray(list(iter(self.sampler))) if self.sampler is not None else np.arange(len(self.images))
@@ -93,7 +108,8 @@ class BatchLoader:
             if self.augment == "light":
                 if x.shape[-1] != self.image_size:
                     x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
-                x = random_resized_crop_flip(x)
+                rank, world = self.shard
+                x = random_resized_crop_flip(x, part=(rank * len(idx), world * len(idx)))
             else:
                 x = resize_center_crop(x, self.eval_resize, self.image_size)
             yield (x - self.mean) / self.std, self.targets[torch.from_numpy(idx)]
