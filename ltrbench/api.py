@@ -78,18 +78,18 @@ class RunResult:
     execution: dict[str, Any] = field(default_factory=dict)
 
 
-def check(request: Request) -> tuple[list, Path]:
+def check(request: Request, executor: str | None = None) -> tuple[list, Path]:
     """What :func:`plan` checks before it reads any data set (which may generate the built-in world):
     the request's names and seeds, every run's resolved configuration, the cache and data root
-    folders, the weights. Writes nothing; returns the resolved ``(spec, config)`` pairs and the cache."""
-    validate.check_names(request.methods, request.seeds)
-    resolved = resolve(request)
+    folders, the weights, and (``executor="inline"``) that no stage is data-parallel. Writes
+    nothing; returns the resolved ``(spec, config)`` pairs and the cache."""
+    resolved = resolve(request)  # unknown names and seeds first, with "did you mean"
     cache = cache_root()
-    validate.check_request(resolved, cache)
+    validate.check_request(resolved, cache, methods=request.methods, seeds=request.seeds, executor=executor)
     return resolved, cache
 
 
-def plan(request: Request, *, progress: bool = False) -> Plan:
+def plan(request: Request, *, progress: bool = False, executor: str | None = None) -> Plan:
     """Resolve a request into its runs and de-duplicated stage DAG, without running anything.
 
     Everything is validated here, before any work (:mod:`ltrbench.validate`): names, every run's
@@ -98,7 +98,7 @@ def plan(request: Request, *, progress: bool = False) -> Plan:
     was (the built-in world is generated when its data set is first read, after the configuration
     and weights checked out). ``progress``: bars for the world's generation and the image check.
     """
-    resolved, cache = check(request)
+    resolved, cache = check(request, executor)
     runs, stages = plan_request(resolved, progress=progress)
     validate.check_stage_paths(stages, cache)
     validate.check_data(stages, cache, progress=progress)
@@ -129,10 +129,7 @@ def run(request: Request, options: ExecOptions | None = None, *, raise_on_failur
     validate.check_execution(opts)  # the Ray address (format, port, reachability) before planning writes anything
     if opts.out is not None:
         validate.check_output(opts.out)
-    if opts.executor == "inline":  # a data-parallel recipe needs Ray: said before the world is generated
-        validate.check_names(request.methods, request.seeds)
-        validate.check_inline_devices(resolve(request))
-    p = plan(request, progress=opts.progress)
+    p = plan(request, progress=opts.progress, executor=opts.executor)  # inline: no data-parallel stage
     t0 = time.time()
     ex = execute(p.targets, p.cache, options=opts)
     records, failures = [], []

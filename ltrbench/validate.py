@@ -207,12 +207,17 @@ def check_configs(resolved: Sequence[tuple[RunSpec, BenchConfig]]) -> None:
                           + ". Fix the value with --set KEY=VALUE or in the config file.")
 
 
-def check_request(resolved: Sequence[tuple[RunSpec, BenchConfig]], cache: Path) -> None:
-    """What needs no data set read, in order: the cache and data root folders, every configuration
-    (step 2), then the weights (3)."""
+def check_request(resolved: Sequence[tuple[RunSpec, BenchConfig]], cache: Path, *,
+                  methods: Sequence[str] | None = None, seeds: Sequence[int] = (), executor: str | None = None) -> None:
+    """What needs no data set read, in order: the request's method names and seeds (given once, in
+    range), the cache and data root folders, every configuration (step 2), then the weights (3);
+    with ``executor="inline"``, that no training recipe is data-parallel (it needs Ray)."""
+    check_names(methods, seeds)
     check_storage(resolved, cache)
     check_configs(resolved)
     check_weights(resolved, cache)
+    if executor == "inline":  # a data-parallel recipe needs Ray: said before the world is generated
+        check_inline_devices(resolved)
 
 
 # --------------------------------------------------------------------------- weights
