@@ -134,7 +134,10 @@ def test_a_default_recipe_keeps_its_key_and_a_device_count_keeps_the_seed():
 
 def test_the_inline_executor_refuses_a_data_parallel_stage_before_any_work(monkeypatch):
     sets = [*TINY, "baseline.train.devices=2", "baseline.train.epochs=1"]
-    monkeypatch.setattr(ltrbench.api, "plan", lambda *a, **k: pytest.fail("planned (and so read the data set)"))
+    # plan_request reads the data sets (and would generate the built-in world): the refusal comes first
+    import ltrbench.api  # imported on first use (ltrbench stays light)
+
+    monkeypatch.setattr(ltrbench.api, "plan_request", lambda *a, **k: pytest.fail("planned (and so read the data set)"))
     with pytest.raises(ConfigError, match=r"baseline.train.devices=2: .*--executor ray"):
         ltrbench.run(ltrbench.Request(["baseline"], "synthetic_lt", overrides=sets))  # inline by default
     monkeypatch.undo()
