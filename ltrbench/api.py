@@ -7,9 +7,10 @@ these two functions.
     res.frame[["method", "seed", "overall", "few"]]
 
 A request goes one way through the core, each step in its own module: resolve
-(:mod:`ltrbench.resolve`: names, runs, configurations) → validate what needs no data
-(:mod:`ltrbench.validate`: configurations, weights) → plan (:mod:`ltrbench.planner`: data sets read,
-stages) → validate the data the stages read → execute (:mod:`ltrbench.execute`) → record
+(:mod:`ltrbench.resolve`: names, runs, configurations) → validate what needs no data and no cache
+(:mod:`ltrbench.validate`: names, configurations, weights files) → plan (:mod:`ltrbench.planner`:
+data sets read, stages) → validate the plan against the cache, once (which stages are cached, the
+tags and data the others need) → execute what is not cached (:mod:`ltrbench.execute`) → record
 (:mod:`ltrbench.results`). Every check comes before any work.
 
 A stage that keeps failing fails only the runs that need it: :func:`run` returns (or, by default,
@@ -45,11 +46,13 @@ __all__ = ["ExecOptions", "Plan", "Request", "RunResult", "RunSpec", "failure_su
 
 @dataclass
 class Plan:
-    """A request resolved into runs and the stages they need (each key once, inputs first)."""
+    """A request resolved into runs and the stages they need (each key once, inputs first), and
+    which of them were cached when it was validated (``done``)."""
 
     runs: list[PlannedRun]
     stages: list[Stage]
     cache: Path
+    done: frozenset[str] = frozenset()  # the keys cached and verified when planned
 
     @property
     def targets(self) -> list[Stage]:
@@ -100,10 +103,9 @@ def plan(request: Request, *, progress: bool = False, executor: str | None = Non
     """
     resolved, cache = check(request, executor)
     runs, stages = plan_request(resolved, progress=progress)
-    validate.check_stage_paths(stages, cache)
-    validate.check_data(stages, cache, progress=progress)
+    done = validate.check_plan(stages, cache, progress=progress)
     fingerprints.flush()  # remember the weights files' hashes only once the request is valid
-    return Plan(runs, stages, cache)
+    return Plan(runs, stages, cache, done)
 
 
 def run(request: Request, options: ExecOptions | None = None, *, raise_on_failure: bool = True) -> RunResult:
@@ -131,7 +133,7 @@ def run(request: Request, options: ExecOptions | None = None, *, raise_on_failur
         validate.check_output(opts.out)
     p = plan(request, progress=opts.progress, executor=opts.executor)  # inline: no data-parallel stage
     t0 = time.time()
-    ex = execute(p.targets, p.cache, options=opts)
+    ex = execute(p.stages, p.cache, done=p.done, options=opts)
     records, failures = [], []
     for r in p.runs:
         failed = ex.failure_of(r.stages)

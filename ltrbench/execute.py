@@ -141,15 +141,24 @@ class Execution:
         return None
 
 
-def execute(targets: Sequence[Stage], cache: Path, *, options: ExecOptions | None = None, executor: str = "inline",
-            progress: bool = True, ray_address: str | None = None, retries: int = 2, device: str = "auto",
-            ship_code: bool = True, cpus_per_stage: int | None = None, out: Path | None = None) -> Execution:
-    """Run every stage the targets need, isolating failures; see the module's docstring. ``options``
-    (what :func:`ltrbench.run` passes) replaces the keywords after it."""
+def execute(stages: Sequence[Stage], cache: Path, *, done: Iterable[str] | None = None,
+            options: ExecOptions | None = None, executor: str = "inline", progress: bool = True,
+            ray_address: str | None = None, retries: int = 2, device: str = "auto", ship_code: bool = True,
+            cpus_per_stage: int | None = None, out: Path | None = None) -> Execution:
+    """Run ``stages``, isolating failures; see the module's docstring.
+
+    ``stages``: the stages to have (a :class:`~ltrbench.api.Plan`'s ``stages``, or any targets: their
+    inputs are added, inputs first).
+    ``done``: the keys already cached and verified (the plan's ``done``, from
+    :func:`ltrbench.validate.check_plan`); ``None`` asks the cache here. ``options`` (what
+    :func:`ltrbench.run` passes) replaces the keywords after it."""
     opts = (options or ExecOptions("ray" if ray_address else executor, ray_address, retries, device, ship_code,
                                    cpus_per_stage, progress, out)).check()
     t0 = time.time()
-    dag = _Dag(topological(targets), Path(cache))
+    order = topological(stages)  # inputs first; a plan's stages are already in this order
+    if done is None:
+        done = {s.key for s in order if verify(cache, s)}
+    dag = _Dag(order, frozenset(done))
     log.info("%d stages needed, %d cached, %d to run", len(dag.order), len(dag.order) - dag.todo, dag.todo)
     if dag.todo and opts.executor == "ray":
         failures = _ray(dag, Path(cache), opts)
@@ -167,9 +176,9 @@ def execute(targets: Sequence[Stage], cache: Path, *, options: ExecOptions | Non
 class _Dag:
     """Which stages are done, to do, queued, running, failed or blocked by a failed input."""
 
-    def __init__(self, order: list[Stage], cache: Path) -> None:
+    def __init__(self, order: list[Stage], done: frozenset[str]) -> None:
         self.order = order
-        self.state = {s.key: "done" if verify(cache, s) else "todo" for s in order}
+        self.state = {s.key: "done" if s.key in done else "todo" for s in order}
         self.todo = sum(v == "todo" for v in self.state.values())
         self.ran: set[str] = set()
         self.users: dict[str, list[Stage]] = {}

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
-from .stage_kinds import (ClipWeightsConfig, Draw, EvaluateConfig, FeaturesConfig, FinetuneConfig,
-                          TextFeaturesConfig)
+from .stage_kinds import (Draw, EvaluateConfig, FeaturesConfig, FinetuneConfig, TextFeaturesConfig,
+                          clip_weights_stage)
 from .backbones import check_input_size
 from .config import BenchConfig, TrainConfig
 from .data.base import LTDataset
 from .data.loaders import DatasetRef, ImageSettings, resolve_dataset
 from .errors import ConfigError
-from .fingerprints import file_sha256
-from .registry import LOSSES, METHODS, WEIGHTS
+from .registry import LOSSES, METHODS
 from .resolve import RunSpec, resolve_configs  # noqa: F401  (resolve_configs: its old home)
 from .stages import Stage, by_kind, topological
 
@@ -143,19 +141,6 @@ class RunContext:
         named = inputs if isinstance(inputs, Mapping) else by_kind(inputs)
         conf = EvaluateConfig(self.spec.method, self.dataset_key(), self.eval_split, dict(params))
         return self.stage("evaluate", conf, named, label=f"{self.spec.name}/seed{self.seed}")
-
-
-def clip_weights_stage(cfg: BenchConfig, env: Mapping[str, Any] | None = None) -> Stage:
-    """The ``clip_weights`` stage of a configuration. Its key needs no data set, so validation can
-    ask whether it is cached before anything else is resolved. A weights file enters the key by the
-    SHA-256 of its whole content (:func:`ltrbench.fingerprints.file_sha256`)."""
-    b = cfg.backbone
-    conf = ClipWeightsConfig(b.name, b.pretrained)
-    if b.pretrained in WEIGHTS:
-        conf = dataclasses.replace(conf, generated=dict(WEIGHTS.get(b.pretrained).key(cfg)))
-    elif Path(b.pretrained).expanduser().is_file():
-        conf = dataclasses.replace(conf, file=file_sha256(Path(b.pretrained).expanduser()))
-    return Stage("clip_weights", conf, {}, dict(env or {}), label=f"{b.name}/{Path(b.pretrained).name}")
 
 
 @dataclass

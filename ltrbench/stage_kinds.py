@@ -17,6 +17,7 @@ kind (a head fitted on cached features) is :mod:`ltrbench.head_fit`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .backbones import BACKBONES, convert_to_state_dict, resolve_pretrained, tokenizer
-from .config import TrainConfig
+from .config import BenchConfig, TrainConfig
 from .data.loaders import DatasetRef, ImageSettings, eval_loader, open_dataset, train_loader
 from .devices import stage_device
 from .errors import LtrBenchError
@@ -37,7 +38,7 @@ from .fingerprints import file_sha256
 from .metrics import summarize
 from .models import Classifier, load_model, read_manifest, write_manifest
 from .registry import LOSSES, METHODS, WEIGHTS
-from .stages import Reads, StageContext, config_value, stage_kind
+from .stages import Reads, Stage, StageContext, config_value, stage_kind
 from .stats import evaluation
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,19 @@ class ClipWeightsConfig:
     pretrained: str
     file: str | None = None
     generated: Mapping[str, Any] = field(default_factory=dict)
+
+
+def clip_weights_stage(cfg: BenchConfig, env: Mapping[str, Any] | None = None) -> Stage:
+    """The ``clip_weights`` stage of a configuration. Its key needs no data set, so validation can
+    ask whether it is cached before any data set is read. A weights file enters the key by the
+    SHA-256 of its whole content (:func:`ltrbench.fingerprints.file_sha256`)."""
+    b = cfg.backbone
+    conf = ClipWeightsConfig(b.name, b.pretrained)
+    if b.pretrained in WEIGHTS:
+        conf = dataclasses.replace(conf, generated=dict(WEIGHTS.get(b.pretrained).key(cfg)))
+    elif Path(b.pretrained).expanduser().is_file():
+        conf = dataclasses.replace(conf, file=file_sha256(Path(b.pretrained).expanduser()))
+    return Stage("clip_weights", conf, {}, dict(env or {}), label=f"{b.name}/{Path(b.pretrained).name}")
 
 
 def _clip_weights_gpus(config: ClipWeightsConfig) -> float:

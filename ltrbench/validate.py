@@ -16,15 +16,19 @@ In order (each a function called by :mod:`ltrbench.api`):
    Every section is checked, used by the run or not: a bad value is a mistake wherever it sits.
    Messages carry the full key path (``baseline.train.epochs=-1: must be at least 1``); every float
    value anywhere is finite (:func:`nonfinite_problems`: ``nan`` and ``inf`` pass every range check).
-3. :func:`check_weights`: the backbone's weights can be had: a weights file exists and is a
-   format read without running code (:func:`ltrbench.backbones.check_weights_file`), an open_clip
-   tag is known and cached or downloadable; skipped where the ``clip_weights`` stage is cached.
+3. :func:`check_weights`: a weights file named by ``backbone.pretrained`` exists and is a format
+   read without running code (:func:`ltrbench.backbones.check_weights_file`); an open_clip tag
+   is known and cached or downloadable, unless its ``clip_weights`` stage is cached (its key needs
+   no data set: :func:`ltrbench.stage_kinds.clip_weights_stage`).
 4. (the data set is read by planning: its lists, labels and class file are checked there)
-5. :func:`check_data`: for the stages that will run, every image they read is on disk (one
-   ``os.listdir`` per folder) and every wiki file of a corpus they read decodes and is not empty.
-   What a stage reads, its kind declares (:class:`ltrbench.stages.Reads`). Before it,
-   :func:`check_stage_paths`: no name the engine writes for a stage is a link planted in a shared
-   cache (:mod:`ltrbench.safeio`).
+5. :func:`check_plan`, once the stages are planned, the one pass over the cache: no name the
+   engine writes for a stage is a link planted in a shared cache (:mod:`ltrbench.safeio`); which
+   stages are cached (verified); and for the stages that will run, every image they read is
+   on disk (one ``os.listdir`` per folder) and every wiki file of a corpus they read decodes and
+   is not empty (what a stage reads, its kind declares: :class:`ltrbench.stages.Reads`). It
+   returns the keys of the cached stages, which the executor takes as done.
+
+Steps 0–3 need no data set (:func:`check_request`); step 5 needs the plan.
 """
 from __future__ import annotations
 
@@ -45,10 +49,10 @@ from .data.loaders import DatasetRef, open_dataset
 from .data.samplers import SAMPLERS
 from .data.transforms import AUGMENTS
 from .errors import ConfigError, DataError, LtrBenchError, clip
-from .planner import clip_weights_stage
 from .resolve import RunSpec
 from .registry import BACKBONES, METHODS, STAGES, WEIGHTS
 from .safeio import refuse_links
+from .stage_kinds import clip_weights_stage
 from .stages import Stage, config_value, stage_paths, verify
 from .train import OPTIMIZERS
 
@@ -209,22 +213,24 @@ def check_configs(resolved: Sequence[tuple[RunSpec, BenchConfig]]) -> None:
 
 def check_request(resolved: Sequence[tuple[RunSpec, BenchConfig]], cache: Path, *,
                   methods: Sequence[str] | None = None, seeds: Sequence[int] = (), executor: str | None = None) -> None:
-    """What needs no data set read, in order: the request's method names and seeds (given once, in
-    range), the cache and data root folders, every configuration (step 2), then the weights (3);
-    with ``executor="inline"``, that no training recipe is data-parallel (it needs Ray)."""
+    """What needs no data set read, in order: the request's method names and
+    seeds (given once, in range), the cache and data root folders, every configuration (step 2);
+    with ``executor="inline"``, that no training recipe is data-parallel (it needs Ray); then the
+    weights files (3)."""
     check_names(methods, seeds)
     check_storage(resolved, cache)
     check_configs(resolved)
-    check_weights(resolved, cache)
     if executor == "inline":  # a data-parallel recipe needs Ray: said before the world is generated
         check_inline_devices(resolved)
+    check_weights(resolved, cache)
 
 
 # --------------------------------------------------------------------------- weights
 
 
 def check_weights(resolved: Sequence[tuple[RunSpec, BenchConfig]], cache: Path) -> None:
-    """Every run's backbone weights can be had (see the module docstring, step 3)."""
+    """Every run's backbone weights can be had (step 3): a weights file exists and is read without
+    running code; an open_clip tag can be had, unless it was converted before (cached)."""
     seen: set[tuple[str, str, bool]] = set()
     for _spec, cfg in resolved:
         b = cfg.backbone
@@ -238,19 +244,29 @@ def check_weights(resolved: Sequence[tuple[RunSpec, BenchConfig]], cache: Path) 
                                   f"{', '.join(source.backbones)} only, not {b.name}; pass an open_clip tag or a "
                                   "weights file.")
             continue
-        if verify(cache, clip_weights_stage(cfg)):  # converted before (a file's key holds its SHA-256)
-            continue
-        path = Path(b.pretrained).expanduser()
-        is_file = is_weights_path(b.pretrained)
-        if is_file and not path.is_file():
-            raise LtrBenchError(f"backbone.pretrained={b.pretrained}: CLIP weights file {path} does not exist. "
-                                f"Pass an existing file of {b.name} weights (an open_clip state dict, a .safetensors "
-                                "file or OpenAI's TorchScript release) with --set backbone.pretrained=FILE, or an "
-                                "open_clip tag.")
-        if is_file:
+        if is_weights_path(b.pretrained):
+            path = Path(b.pretrained).expanduser()
+            if not path.is_file():
+                raise LtrBenchError(f"backbone.pretrained={b.pretrained}: CLIP weights file {path} does not exist. "
+                                    f"Pass an existing file of {b.name} weights (an open_clip state dict, a "
+                                    ".safetensors file or OpenAI's TorchScript release) with --set "
+                                    "backbone.pretrained=FILE, or an open_clip tag.")
             check_weights_file(path, trust_torchscript=b.trust_torchscript)
-        else:
+        elif not verify(cache, clip_weights_stage(cfg)):  # a tag converted before needs no download
             tag_available(b.name, b.pretrained)
+
+
+# --------------------------------------------------------------------------- the plan against the cache
+
+
+def check_plan(stages: Sequence[Stage], cache: Path, *, progress: bool = False) -> frozenset[str]:
+    """Step 5: the planned stages against the cache, before any work. Raises on a planted link, an
+    data that is not there; returns the keys of the stages
+    whose artifacts are cached and verified (the executor's done set)."""
+    check_stage_paths(stages, cache)
+    done = frozenset(s.key for s in stages if verify(cache, s))
+    check_data(stages, done, progress=progress)
+    return done
 
 
 # --------------------------------------------------------------------------- data
@@ -264,15 +280,16 @@ def _reads(stage: Stage) -> tuple[tuple[str, ...], str | None]:
     return tuple(r.splits), r.corpus
 
 
-def check_data(stages: Sequence[Stage], cache: Path, *, progress: bool = False) -> None:
-    """The images and wiki files the stages to run will read are there and readable (step 5)."""
+def check_data(stages: Sequence[Stage], done: frozenset[str] = frozenset(), *, progress: bool = False) -> None:
+    """The images and wiki files the stages to run (those not in ``done``) will read are there and
+    readable (step 5)."""
     images: dict[tuple, tuple[Any, set[str]]] = {}
     corpora: dict[tuple, Any] = {}
     for s in stages:
         splits, corpus = _reads(s)
         if not splits and corpus is None:
             continue
-        if verify(cache, s):
+        if s.key in done:
             continue
         ref = DatasetRef.from_key(config_value(s.config, "dataset"), s.env.get("data_root"))
         ident = (ref.name, ref.root, repr(sorted(ref.options.items())))
