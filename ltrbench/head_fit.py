@@ -261,6 +261,9 @@ class HeadMethod(Method):
 
     config_cls: ClassVar[type]
     roles: ClassVar[tuple[str, ...]] = ROLES
+    #: what the head's ``logits`` are (:data:`ltrbench.metrics.SCORE_KINDS`): ``scores`` for a head
+    #: not trained as log-probabilities (NCM's negative distances, KNN's votes)
+    score_kind: ClassVar[str] = "logits"
 
     def fit_head(self, data: HeadData, cfg: Any, env: HeadEnv) -> HeadFit:  # pragma: no cover
         raise NotImplementedError
@@ -290,7 +293,8 @@ class HeadMethod(Method):
     def predict(self, ctx: StageContext, ds) -> Prediction:
         folder = ctx.input("head")
         info = json.loads((folder / "head.json").read_text())
-        return Prediction(scores=load_array(folder, "logits"), labels=load_array(folder, "labels"), info=info)
+        return Prediction(scores=load_array(folder, "logits"), labels=load_array(folder, "labels"), info=info,
+                          score_kind=self.score_kind)
 
 
 class TrainedHeadMethod(HeadMethod):

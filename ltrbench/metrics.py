@@ -53,16 +53,17 @@ def per_class_accuracy(preds: np.ndarray, labels: np.ndarray, num_classes: int) 
 
 def summarize(
     preds: np.ndarray, labels: np.ndarray, train_counts: np.ndarray, *, scores: np.ndarray | None = None,
-    bucket_preds: np.ndarray | None = None,
+    bucket_preds: np.ndarray | None = None, score_kind: str = "logits",
 ) -> dict[str, object]:
     """Everything a result records: both conventions' row of :data:`METRIC_NAMES` (overall,
     many/medium/few, the class-accuracy means, macro-F1, and, given ``scores``, NLL and ECE; an
     undefined one is None) and per-class accuracy. ``bucket_preds``: the predictions many/medium/few
-    come from, when not ``preds`` (:class:`Predictions`)."""
+    come from, when not ``preds`` (:class:`Predictions`); ``score_kind``: what ``scores`` are
+    (:data:`SCORE_KINDS`)."""
     train_counts = np.asarray(train_counts)
     labels = np.asarray(labels, np.int64)
     if scores is not None:
-        p = Predictions.from_scores(scores, labels, train_counts)
+        p = Predictions.from_scores(scores, labels, train_counts, kind=score_kind)
         p = Predictions(p.labels, p.pred, p.train_counts, None if bucket_preds is None else np.asarray(bucket_preds),
                         p.log_p_true, p.confidence)
     else:
@@ -98,12 +99,13 @@ def mean_class_accuracy(preds: np.ndarray, labels: np.ndarray, num_classes: int 
 #: mean, geometric mean and minimum of the per-class accuracies (%; a class at 0 % makes the harmonic
 #: and geometric means 0); ``macro_f1`` (%) is the unweighted mean F1 over the classes that have
 #: evaluation images or are predicted (scikit-learn's ``f1_score(average="macro")``); ``nll`` (nats)
-#: is the mean negative log-likelihood of the true class under softmax(scores), probabilities
-#: clipped at 1e-15; ``ece`` (%) the expected calibration error of the arg-max confidence in 15
-#: equal-width bins (b-th bin: (b/15, (b+1)/15], confidence 0 in the first), and ``ece_many`` etc. the
-#: same over the evaluation images of that bucket's classes. ``nll`` and ``ece`` read a method's
-#: scores as logits: a method whose scores are no logits (zero-shot cosine similarities without
-#: CLIP's logit scale, a vote count) is measured as it stands, badly calibrated by construction.
+#: is the mean negative log-likelihood of the true class, probabilities clipped at 1e-15; ``ece``
+#: (%) the expected calibration error of the arg-max confidence in 15 equal-width bins (b-th bin:
+#: (b/15, (b+1)/15], confidence 0 in the first), and ``ece_many`` etc. the same over the evaluation
+#: images of that bucket's classes. Both read the scores as the method declares them
+#: (:data:`SCORE_KINDS`): logits by log softmax, VL-LTR's fused probabilities as probabilities; a
+#: method whose scores are neither (zero-shot cosine similarities without CLIP's logit scale, a vote
+#: count, NCM's negative distances) is read as logits, as it stands, badly calibrated by construction.
 #: (:data:`METRIC_NAMES` itself lives in :mod:`ltrbench.vocab`.)
 #: The metrics that depend on the shot convention (the others are the same under both).
 BUCKET_METRICS = ("many", "medium", "few", "ece_many", "ece_medium", "ece_few")
@@ -113,22 +115,49 @@ ECE_BINS = 15
 _NLL_EPS = 1e-15
 
 
-def probabilities(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Arg-max predictions, log softmax(scores) of the true class and the arg-max confidence, per image."""
+#: What a method's scores are (:class:`ltrbench.stage_kinds.Prediction`'s ``score_kind``), which
+#: decides how ``nll``, ``ece`` and the oracle prior correction read them: ``logits`` (trained as
+#: log-probabilities up to a constant: log softmax), ``probabilities`` (non-negative, read as p / Σp:
+#: VL-LTR's fused branches), ``scores`` (similarities, negative distances or votes, never trained as
+#: log-probabilities: ``nll`` and ``ece`` read them as logits, as they stand, and there is no oracle).
+SCORE_KINDS = ("logits", "probabilities", "scores")
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in SCORE_KINDS:
+        raise ValueError(f"score kind must be one of {', '.join(SCORE_KINDS)}, got {kind!r}")
+
+
+def log_probabilities(scores: np.ndarray, kind: str = "logits") -> np.ndarray:
+    """Row-wise log-probabilities (float64) of a block of scores of ``kind`` (:data:`SCORE_KINDS`):
+    log softmax(s) for logits and scores, log(p / Σp) for probabilities (a masked class, −inf or
+    p = 0, gets −inf)."""
+    _check_kind(kind)
+    c = np.asarray(scores, np.float64)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        if kind == "probabilities":
+            return np.log(np.maximum(c, 0.0)) - np.log(np.maximum(c, 0.0).sum(1, keepdims=True))
+        top = c.max(1, keepdims=True)
+        return c - (top + np.log(np.exp(c - top).sum(1, keepdims=True)))
+
+
+def probabilities(scores: np.ndarray, labels: np.ndarray,
+                  kind: str = "logits") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Arg-max predictions, the log-probability of the true class and the arg-max confidence, per
+    image, with the scores read as ``kind`` (:func:`log_probabilities`)."""
     s = np.asarray(scores)
     labels = np.asarray(labels, dtype=np.int64)
+    _check_kind(kind)
     if not len(labels):
         return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
     step = max(1, 2_000_000 // max(s.shape[1], 1))  # rows at a time: no N × C float64 copy
     pred, log_p_true, confidence = (np.empty(len(labels), t) for t in (np.int64, float, float))
     for i in range(0, len(labels), step):
-        c = np.asarray(s[i:i + step], np.float64)
-        top = c.max(1, keepdims=True)
-        with np.errstate(invalid="ignore", over="ignore"):  # a masked class (-inf) has probability 0
-            log_z = top[:, 0] + np.log(np.exp(c - top).sum(1))
+        c = np.asarray(s[i:i + step])
+        lp = log_probabilities(c, kind)
         pred[i:i + step] = c.argmax(1)
-        log_p_true[i:i + step] = c[np.arange(len(c)), labels[i:i + step]] - log_z
-        confidence[i:i + step] = np.exp(top[:, 0] - log_z)
+        log_p_true[i:i + step] = lp[np.arange(len(c)), labels[i:i + step]]
+        confidence[i:i + step] = np.exp(lp.max(1))
     return pred, np.maximum(log_p_true, np.log(_NLL_EPS)), confidence
 
 
@@ -161,8 +190,8 @@ class Predictions:
 
     @classmethod
     def from_scores(cls, scores: np.ndarray, labels: np.ndarray, train_counts: np.ndarray,
-                    bucket_scores: np.ndarray | None = None) -> "Predictions":
-        pred, lp, conf = probabilities(scores, labels)
+                    bucket_scores: np.ndarray | None = None, kind: str = "logits") -> "Predictions":
+        pred, lp, conf = probabilities(scores, labels, kind)
         bucket = None if bucket_scores is None else np.asarray(bucket_scores).argmax(1)
         return cls(np.asarray(labels, np.int64), pred, np.asarray(train_counts), bucket, lp, conf)
 
@@ -331,17 +360,27 @@ def shifted_accuracy(per_class_accuracy: Sequence[float | None], train_counts: n
 
 
 def prior_corrected_accuracy(scores: np.ndarray, labels: np.ndarray, train_counts: np.ndarray,
-                             q: np.ndarray) -> np.ndarray:
+                             q: np.ndarray, kind: str = "logits") -> np.ndarray:
     """Per-class accuracy (%) after the post-hoc prior correction that knows the test prior q (an
-    oracle: no method knows q): predict arg max_c log softmax(s)_c + log q_c − log π_c, π the training
-    class frequencies (logit adjustment, Menon et al. 2021, with SADE's test prior)."""
+    oracle: no method knows q): predict arg max_c log p_c + log q_c − log π_c, π the training class
+    frequencies and log p the scores' log-probabilities (:func:`log_probabilities`: log softmax of
+    logits, log of probabilities; logit adjustment, Menon et al. 2021, with SADE's test prior).
+    Defined for ``logits`` and ``probabilities`` only: scores of kind ``scores`` are no
+    log-probabilities, so no correction by priors is meaningful for them (``ValueError``)."""
+    _check_kind(kind)
+    if kind == "scores":
+        raise ValueError("the prior correction needs logits or probabilities, not scores of kind 'scores'")
     counts = np.asarray(train_counts, float)
     with np.errstate(divide="ignore"):
         shift = np.log(q) - np.log(np.maximum(counts, 1) / counts.sum())
     s = np.asarray(scores)
-    shift = shift.astype(s.dtype if s.dtype.kind == "f" else np.float64)
     step = max(1, 2_000_000 // max(s.shape[1], 1)) if s.ndim == 2 else 1
-    pred = np.concatenate([(s[i:i + step] + shift[None, :]).argmax(1) for i in range(0, len(s), step)]
+    if kind == "logits":  # log softmax differs from the logits by a constant per row: same arg-max
+        shift = shift.astype(s.dtype if s.dtype.kind == "f" else np.float64)
+        rows = lambda i: s[i:i + step]  # noqa: E731
+    else:
+        rows = lambda i: log_probabilities(s[i:i + step], kind)  # noqa: E731
+    pred = np.concatenate([(rows(i) + shift[None, :]).argmax(1) for i in range(0, len(s), step)]
                           or [np.zeros(0, np.int64)])
     return per_class_accuracy(pred, np.asarray(labels), len(counts))
 
@@ -361,12 +400,17 @@ def shifted(per_class: Sequence[float | None], train_counts: np.ndarray,
     return out
 
 
-def oracle_per_class(scores: np.ndarray, labels: np.ndarray, train_counts: np.ndarray) -> dict[str, list]:
+def oracle_per_class(scores: np.ndarray, labels: np.ndarray, train_counts: np.ndarray,
+                     kind: str = "logits") -> dict[str, list] | None:
     """Per SADE test distribution (name → per-class accuracy) of :func:`prior_corrected_accuracy`:
-    what the evaluate stage stores, so that the oracle needs no scores afterwards."""
+    what the evaluate stage stores, so that the oracle needs no scores afterwards. None for scores
+    of kind ``scores``, which have no oracle."""
+    _check_kind(kind)
+    if kind == "scores":
+        return None
     out = {}
     for direction, ratio in SHIFTS:
         pca = prior_corrected_accuracy(scores, labels, train_counts,
-                                       shifted_prior(train_counts, ratio, direction == "backward"))
+                                       shifted_prior(train_counts, ratio, direction == "backward"), kind)
         out[shift_name(direction, ratio)] = [None if np.isnan(v) else float(v) for v in pca]
     return out

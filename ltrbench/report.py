@@ -502,7 +502,8 @@ def _shifted_figure(dataset: str, shifted: pd.DataFrame):
     ax.grid(alpha=0.3)
     ax.set_title(f"Accuracy under shifted test distributions on {dataset} (SADE: Σ_c q_c · acc_c)\n"
                  "solid: the method (mean over seeds; band: 95 % t interval, clipped to 0–100)\n"
-                 "dashed: oracle prior correction that knows q (a reference, not a method)", fontsize=10.5)
+                 "dashed: oracle prior correction that knows q (a reference, not a method; none for scores that "
+                 "are no logits or probabilities: zero-shot, NCM, KNN)", fontsize=10.5)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="method", fontsize=8.5)
     return fig
 

@@ -341,6 +341,9 @@ class Prediction:
     inference rules puts each rule's scores in ``rules`` (all are scored and recorded) and names the
     primary one; ``bucket_rule`` names the rule whose predictions give the many/medium/few numbers
     of the primary result when the method reports those from another rule than its overall.
+    ``score_kind`` says what ``scores`` are (:data:`ltrbench.metrics.SCORE_KINDS`: ``logits``,
+    ``probabilities`` or ``scores``), which decides how ``nll``, ``ece`` and the oracle prior
+    correction read them; ``rule_kinds`` the same per rule (a rule not named: ``logits``).
     """
     scores: np.ndarray
     labels: np.ndarray
@@ -348,6 +351,8 @@ class Prediction:
     primary_rule: str | None = None
     bucket_rule: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    score_kind: str = "logits"
+    rule_kinds: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -361,7 +366,7 @@ class EvaluateConfig:
     params: Mapping[str, Any] = field(default_factory=dict)
 
 
-@stage_kind("evaluate", version="2", gpus=0.25, memory_gb=2.0, config=EvaluateConfig)
+@stage_kind("evaluate", version="3", gpus=0.25, memory_gb=2.0, config=EvaluateConfig)
 def evaluate(ctx: StageContext) -> dict[str, Any]:
     """A method's scores → ``result.json``: every metric (:data:`ltrbench.metrics.METRIC_NAMES`) of
     the primary result and of each rule, the bootstrap intervals of the primary result's metrics
@@ -369,7 +374,10 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
     (label, prediction, log-probability of the true class, confidence; and the bucket rule's
     prediction) that paired comparisons resample, and the per-class accuracy after the oracle prior
     correction for each SADE test distribution (:func:`ltrbench.metrics.oracle_per_class`).
-    Version 2: version 1 recorded overall/many/medium/few and per-class accuracy only."""
+    The scores are read as the method declares them (``Prediction.score_kind``, recorded as
+    ``score_kind``). Version 3: before it every score was read as logits (VL-LTR's probabilities and
+    zero-shot's similarities got a meaningless oracle); version 2: version 1 recorded
+    overall/many/medium/few and per-class accuracy only."""
 
     method = METHODS.get(ctx.config.method)()
     ds = dataset_of(ctx)
@@ -377,10 +385,13 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
     counts = ds.train_counts()
     labels = np.asarray(pred.labels)
     res = evaluation(pred.scores, labels, counts, pred.rules.get(pred.bucket_rule) if pred.bucket_rule else None,
-                     seed=ctx.seed)
-    rules = {name: summarize(None, labels, counts, scores=np.asarray(s)) for name, s in pred.rules.items()}
+                     seed=ctx.seed, score_kind=pred.score_kind)
+    kinds = {name: pred.rule_kinds.get(name, "logits") for name in pred.rules}
+    rules = {name: summarize(None, labels, counts, scores=np.asarray(s), score_kind=kinds[name])
+             for name, s in pred.rules.items()}
     result = {
         **res,
+        "rule_kinds": kinds,
         "rules": {k: v["metrics"] for k, v in rules.items()},
         "primary_rule": pred.primary_rule,
         "bucket_rule": pred.bucket_rule,

@@ -36,6 +36,7 @@ class KNN(HeadMethod):
     name = "knn"
     sections = ("knn",)
     description = "KNN: majority class of the 5 nearest corpus sentences (CVLP encoders, Table 4)"
+    score_kind = "scores"  # votes, not trained as log-probabilities
     config_cls = KNNConfig
     roles = ("eval",)
 

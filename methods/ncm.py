@@ -32,6 +32,7 @@ class NCM(HeadMethod):
     name = "ncm"
     sections = ("ncm", "stage1")
     description = "NCM: nearest class mean of centred, L2-normalised stage-1 features"
+    score_kind = "scores"  # negative squared distances, not trained as log-probabilities
     config_cls = NCMConfig
     roles = ("train", "eval")
 

@@ -337,4 +337,5 @@ class VLLTR(Method):
         rules["visual_branch"] = zi.numpy()
         rules["text_branch"] = zt.numpy()
         return Prediction(scores=rules["alpha"], labels=labels, rules=rules, primary_rule="alpha",
-                          bucket_rule="logit_sum", info={"alpha": alpha})
+                          bucket_rule="logit_sum", info={"alpha": alpha}, score_kind="probabilities",
+                          rule_kinds={"alpha": "probabilities", "paper": "probabilities"})

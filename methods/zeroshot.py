@@ -49,4 +49,5 @@ class ZeroShot(Method):
         protos = class_prototypes(load_array(text, "text_feats"), load_array(text, "class_ids"), ds.num_classes)
         x = np.asarray(load_array(feats, "feats"))
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        return Prediction(scores=x @ protos.T, labels=load_array(feats, "labels"))
+        # cosine similarities, without CLIP's logit scale: scores, not logits (no oracle prior correction)
+        return Prediction(scores=x @ protos.T, labels=load_array(feats, "labels"), score_kind="scores")

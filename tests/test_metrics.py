@@ -36,3 +36,45 @@ def test_bucket_counts():
     counts = np.array([300, 100, 100, 60, 20, 20, 4])
     assert bucket_counts(counts, "paper") == {"many": 3, "medium": 1, "few": 3}
     assert bucket_counts(counts, "decoupling") == {"many": 1, "medium": 5, "few": 1}
+
+
+# -- what the scores are (score_kind): how nll, ece and the oracle prior correction read them ------
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def test_probabilities_are_read_as_probabilities_not_as_logits():
+    from ltrbench.metrics import probabilities
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(50, 7)) * 3
+    labels = rng.integers(0, 7, 50)
+    p = _softmax(z)
+    pred_z, lp_z, conf_z = probabilities(z, labels, "logits")
+    pred_p, lp_p, conf_p = probabilities(2 * p, labels, "probabilities")  # VL-LTR's paper rule sums to 2
+    np.testing.assert_array_equal(pred_z, pred_p)
+    np.testing.assert_allclose(lp_p, np.log(p[np.arange(50), labels]), rtol=1e-12)
+    np.testing.assert_allclose(lp_z, lp_p, rtol=1e-9)
+    np.testing.assert_allclose(conf_p, p.max(1), rtol=1e-12)
+    _, lp_wrong, _ = probabilities(p, labels, "logits")  # what evaluate v2 did with VL-LTR's scores
+    assert np.abs(lp_wrong - lp_p).max() > 0.5
+    with pytest.raises(ValueError, match="score kind"):
+        probabilities(z, labels, "logprobs")
+
+
+def test_the_oracle_reads_probabilities_as_their_logits_would_be_read_and_scores_have_none():
+    from ltrbench.metrics import oracle_per_class, prior_corrected_accuracy, shifted_prior
+    rng = np.random.default_rng(1)
+    counts = np.array([400, 150, 60, 20, 8, 3])
+    z = rng.normal(size=(300, 6)) * 2
+    labels = rng.integers(0, 6, 300)
+    q = shifted_prior(counts, 10, True)
+    by_logits = prior_corrected_accuracy(z, labels, counts, q, "logits")
+    by_probs = prior_corrected_accuracy(_softmax(z), labels, counts, q, "probabilities")
+    np.testing.assert_array_equal(by_logits, by_probs)
+    assert not np.array_equal(by_probs, prior_corrected_accuracy(_softmax(z), labels, counts, q, "logits"))
+    assert oracle_per_class(z, labels, counts, "scores") is None
+    with pytest.raises(ValueError, match="logits or probabilities"):
+        prior_corrected_accuracy(z, labels, counts, q, "scores")
