@@ -17,9 +17,9 @@ In order (each a function called by :mod:`ltrbench.api`):
    Messages carry the full key path (``baseline.train.epochs=-1: must be at least 1``); every float
    value anywhere is finite (:func:`nonfinite_problems`: ``nan`` and ``inf`` pass every range check).
 3. :func:`check_weights`: a weights file named by ``backbone.pretrained`` exists and is a format
-   read without running code (:func:`ltrbench.backbones.check_weights_file`); an open_clip tag
-   is known and cached or downloadable, unless its ``clip_weights`` stage is cached (its key needs
-   no data set: :func:`ltrbench.stage_kinds.clip_weights_stage`).
+   read without running code (:func:`ltrbench.backbones.check_weights_file`), an open_clip tag is
+   known and cached or downloadable; skipped where the ``clip_weights`` stage is cached (its key
+   needs no data set: :func:`ltrbench.stage_kinds.clip_weights_stage`).
 4. (the data set is read by planning: its lists, labels and class file are checked there)
 5. :func:`check_plan`, once the stages are planned, the one pass over the cache: no name the
    engine writes for a stage is a link planted in a shared cache (:mod:`ltrbench.safeio`); which
@@ -229,8 +229,9 @@ def check_request(resolved: Sequence[tuple[RunSpec, BenchConfig]], cache: Path, 
 
 
 def check_weights(resolved: Sequence[tuple[RunSpec, BenchConfig]], cache: Path) -> None:
-    """Every run's backbone weights can be had (step 3): a weights file exists and is read without
-    running code; an open_clip tag can be had, unless it was converted before (cached)."""
+    """Every run's backbone weights can be had (step 3), unless they were converted before (the
+    ``clip_weights`` stage is cached): a weights file exists and is read without running code; an
+    open_clip tag is known and cached or downloadable."""
     seen: set[tuple[str, str, bool]] = set()
     for _spec, cfg in resolved:
         b = cfg.backbone
@@ -244,6 +245,8 @@ def check_weights(resolved: Sequence[tuple[RunSpec, BenchConfig]], cache: Path) 
                                   f"{', '.join(source.backbones)} only, not {b.name}; pass an open_clip tag or a "
                                   "weights file.")
             continue
+        if verify(cache, clip_weights_stage(cfg)):  # converted before (a file's key holds its SHA-256)
+            continue
         if is_weights_path(b.pretrained):
             path = Path(b.pretrained).expanduser()
             if not path.is_file():
@@ -252,7 +255,7 @@ def check_weights(resolved: Sequence[tuple[RunSpec, BenchConfig]], cache: Path) 
                                     ".safetensors file or OpenAI's TorchScript release) with --set "
                                     "backbone.pretrained=FILE, or an open_clip tag.")
             check_weights_file(path, trust_torchscript=b.trust_torchscript)
-        elif not verify(cache, clip_weights_stage(cfg)):  # a tag converted before needs no download
+        else:
             tag_available(b.name, b.pretrained)
 
 

@@ -1,0 +1,110 @@
+"""The first table's cost: where the stages of a cold `python run_bench.py` spend their time.
+
+    python bench/first_table.py                 # a cold run in a fresh cache, then its stage shares
+    python bench/first_table.py --cache DIR     # the shares of the stages already in DIR (no run)
+    python bench/first_table.py -- --methods baseline,vlltr   # arguments after -- go to run_bench.py
+
+Prints each stage's elapsed seconds (its ``stage.json``: ``elapsed_s``) and share of the total,
+then the totals by kind and by the method that needs the stage (a stage several methods share
+counts once, under "shared"). The wall time of the whole command is printed beside the stages' sum,
+so the gap (start-up, planning, the world's generation, writing results) shows. Run it on an idle
+machine: other jobs on its cores change every figure (docs/measurements.md#the-first-table).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def stage_infos(cache: Path) -> list[dict]:
+    """Every finished stage's ``stage.json`` under ``cache`` (kind, label, key, inputs, elapsed)."""
+    out = []
+    for meta in sorted(cache.glob("*/*/stage.json")):
+        info = json.loads(meta.read_text())
+        out.append({"kind": info.get("kind", meta.parent.parent.name), "label": info.get("label", ""),
+                    "key": info.get("key", meta.parent.name), "inputs": list(info.get("inputs", [])),
+                    "elapsed": float(info.get("elapsed_s") or 0.0)})
+    return out
+
+
+def owners(infos: list[dict]) -> dict[str, set[str]]:
+    """The methods (by the label of their ``evaluate`` stage, ``<method>/seed<N>``) that need each key."""
+    by_key = {i["key"]: i for i in infos}
+    need: dict[str, set[str]] = defaultdict(set)
+    for i in infos:
+        if i["kind"] != "evaluate":
+            continue
+        method = i["label"].split("/")[0]
+        stack = [i["key"]]
+        while stack:
+            k = stack.pop()
+            if method in need[k]:
+                continue
+            need[k].add(method)
+            stack.extend(x if isinstance(x, str) else x.get("key", "") for x in by_key.get(k, {}).get("inputs", []))
+    return need
+
+
+def report(infos: list[dict], wall: float | None) -> str:
+    total = sum(i["elapsed"] for i in infos)
+    lines = [f"{len(infos)} stages, {total:.1f} s of stages" + (f", {wall:.1f} s wall for the command" if wall else "")]
+    lines.append(f"\n{'stage':<44} {'s':>8} {'share':>7}")
+    for i in sorted(infos, key=lambda i: -i["elapsed"]):
+        if i["elapsed"] < 0.05 * total / 10 and i["elapsed"] < 2:
+            continue
+        lines.append(f"{(i['kind'] + '[' + i['label'] + ']')[:44]:<44} {i['elapsed']:>8.1f} {i['elapsed'] / total:>7.1%}")
+    small = [i for i in infos if i["elapsed"] < 0.05 * total / 10 and i["elapsed"] < 2]
+    if small:
+        s = sum(i["elapsed"] for i in small)
+        lines.append(f"{f'{len(small)} stages under 2 s each':<44} {s:>8.1f} {s / total:>7.1%}")
+    by_kind: dict[str, float] = defaultdict(float)
+    for i in infos:
+        by_kind[i["kind"]] += i["elapsed"]
+    lines.append(f"\n{'by kind':<44} {'s':>8} {'share':>7}")
+    for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+        lines.append(f"{k:<44} {v:>8.1f} {v / total:>7.1%}")
+    need = owners(infos)
+    by_method: dict[str, float] = defaultdict(float)
+    for i in infos:
+        who = need.get(i["key"], set())
+        by_method[next(iter(who)) if len(who) == 1 else ("shared" if who else "(no method)")] += i["elapsed"]
+    lines.append(f"\n{'by method (stages only it needs)':<44} {'s':>8} {'share':>7}")
+    for k, v in sorted(by_method.items(), key=lambda kv: -kv[1]):
+        lines.append(f"{k:<44} {v:>8.1f} {v / total:>7.1%}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cache", type=Path, default=None, help="read this cache's stages instead of running")
+    args = ap.parse_args(argv)
+    wall = None
+    if args.cache is None:
+        tmp = Path(tempfile.mkdtemp(prefix="first-table-"))
+        cache, out = tmp / "cache", tmp / "results"
+        env = {**os.environ, "LTRBENCH_CACHE": str(cache)}
+        t0 = time.time()
+        subprocess.run([sys.executable, str(REPO / "run_bench.py"), "--out", str(out), *extra], env=env, check=True,
+                       cwd=REPO, stdout=subprocess.DEVNULL)
+        wall = time.time() - t0
+        print(f"cache: {cache}")
+    else:
+        cache = args.cache
+    print(report(stage_infos(cache), wall))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
