@@ -363,6 +363,22 @@ def lade_loss(logits: Tensor, targets: Tensor, counts, remine_lambda: float = 0.
     return ce + estim_loss_weight * estim
 
 
+#: The registered losses that balance the classes themselves (a prior term, weights that grow as
+#: the count falls): scores trained with them are calibrated to a uniform prior whatever the sampler.
+#: LDAM balances only with its deferred re-weighting (``drw``, on by default).
+BALANCING_LOSSES = ("logit_adjusted", "balanced_softmax", "lade_loss", "class_balanced", "generalized_reweight")
+
+
+def loss_prior(loss: str, params: dict | None, sampler: str) -> str:
+    """The class distribution (:data:`ltrbench.metrics.SCORE_PRIORS`) that a classifier trained
+    with the registered ``loss`` (``params``) on batches of ``sampler`` is calibrated to."""
+    from .metrics import SAMPLER_PRIOR
+
+    if loss in BALANCING_LOSSES or (loss == "ldam" and (params or {}).get("drw", True)):
+        return "uniform"
+    return SAMPLER_PRIOR[sampler]
+
+
 # -- the registered factories: make(train_counts, **params) -> loss(logits, targets) ---------
 
 

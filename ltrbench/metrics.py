@@ -123,6 +123,26 @@ _NLL_EPS = 1e-15
 SCORE_KINDS = ("logits", "probabilities", "scores")
 
 
+#: The class distribution a method's scores are calibrated to (``EvaluateConfig.score_prior``,
+#: from :meth:`ltrbench.planner.Method.score_prior`): what its training saw after sampling and loss
+#: balancing. ``train``: the training frequencies π (plain CE on instance sampling); ``sqrt``: ∝ √n
+#: (the square-root sampler); ``uniform``: 1/C (class-aware sampling, or a loss that balances:
+#: logit adjustment, balanced softmax, LADE, class-balanced and GRW weights, LDAM's deferred
+#: re-weighting). The oracle prior correction moves scores from this prior to the test prior q.
+SCORE_PRIORS = ("train", "sqrt", "uniform")
+#: The prior a training sampler gives scores trained with plain cross-entropy.
+SAMPLER_PRIOR = {"instance": "train", "sqrt": "sqrt", "class_aware": "uniform"}
+
+
+def score_prior(train_counts: np.ndarray, name: str) -> np.ndarray:
+    """The class distribution ``name`` (:data:`SCORE_PRIORS`) over classes with ``train_counts``."""
+    if name not in SCORE_PRIORS:
+        raise ValueError(f"score prior must be one of {', '.join(SCORE_PRIORS)}, got {name!r}")
+    c = np.maximum(np.asarray(train_counts, float), 1.0)
+    w = {"train": c, "sqrt": np.sqrt(c), "uniform": np.ones_like(c)}[name]
+    return w / w.sum()
+
+
 def _check_kind(kind: str) -> None:
     if kind not in SCORE_KINDS:
         raise ValueError(f"score kind must be one of {', '.join(SCORE_KINDS)}, got {kind!r}")
@@ -360,11 +380,13 @@ def shifted_accuracy(per_class_accuracy: Sequence[float | None], train_counts: n
 
 
 def prior_corrected_accuracy(scores: np.ndarray, labels: np.ndarray, train_counts: np.ndarray,
-                             q: np.ndarray, kind: str = "logits") -> np.ndarray:
+                             q: np.ndarray, kind: str = "logits", prior: str = "train") -> np.ndarray:
     """Per-class accuracy (%) after the post-hoc prior correction that knows the test prior q (an
-    oracle: no method knows q): predict arg max_c log p_c + log q_c − log π_c, π the training class
-    frequencies and log p the scores' log-probabilities (:func:`log_probabilities`: log softmax of
-    logits, log of probabilities; logit adjustment, Menon et al. 2021, with SADE's test prior).
+    oracle: no method knows q): predict arg max_c log p_c + log q_c − log π_c, log p the scores'
+    log-probabilities (:func:`log_probabilities`: log softmax of logits, log of probabilities) and π
+    the prior they are calibrated to (``prior``, :func:`score_prior`: the training frequencies for
+    plain CE; uniform for a balanced method, which would otherwise be corrected twice; logit
+    adjustment, Menon et al. 2021, with SADE's test prior).
     Defined for ``logits`` and ``probabilities`` only: scores of kind ``scores`` are no
     log-probabilities, so no correction by priors is meaningful for them (``ValueError``)."""
     _check_kind(kind)
@@ -372,7 +394,7 @@ def prior_corrected_accuracy(scores: np.ndarray, labels: np.ndarray, train_count
         raise ValueError("the prior correction needs logits or probabilities, not scores of kind 'scores'")
     counts = np.asarray(train_counts, float)
     with np.errstate(divide="ignore"):
-        shift = np.log(q) - np.log(np.maximum(counts, 1) / counts.sum())
+        shift = np.log(q) - np.log(score_prior(counts, prior))
     s = np.asarray(scores)
     step = max(1, 2_000_000 // max(s.shape[1], 1)) if s.ndim == 2 else 1
     if kind == "logits":  # log softmax differs from the logits by a constant per row: same arg-max
@@ -401,16 +423,16 @@ def shifted(per_class: Sequence[float | None], train_counts: np.ndarray,
 
 
 def oracle_per_class(scores: np.ndarray, labels: np.ndarray, train_counts: np.ndarray,
-                     kind: str = "logits") -> dict[str, list] | None:
-    """Per SADE test distribution (name → per-class accuracy) of :func:`prior_corrected_accuracy`:
-    what the evaluate stage stores, so that the oracle needs no scores afterwards. None for scores
-    of kind ``scores``, which have no oracle."""
+                     kind: str = "logits", prior: str = "train") -> dict[str, list] | None:
+    """Per SADE test distribution (name → per-class accuracy) of :func:`prior_corrected_accuracy`
+    (scores of ``kind`` calibrated to ``prior``): what the evaluate stage stores, so that the oracle
+    needs no scores afterwards. None for scores of kind ``scores``, which have no oracle."""
     _check_kind(kind)
     if kind == "scores":
         return None
     out = {}
     for direction, ratio in SHIFTS:
         pca = prior_corrected_accuracy(scores, labels, train_counts,
-                                       shifted_prior(train_counts, ratio, direction == "backward"), kind)
+                                       shifted_prior(train_counts, ratio, direction == "backward"), kind, prior)
         out[shift_name(direction, ratio)] = [None if np.isnan(v) else float(v) for v in pca]
     return out

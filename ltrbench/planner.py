@@ -42,6 +42,13 @@ class Method:
     def predict(self, ctx, ds: LTDataset):  # pragma: no cover - interface
         raise NotImplementedError
 
+    def score_prior(self, run: "RunContext") -> str:
+        """The class distribution this method's scores are calibrated to under ``run``'s config
+        (:data:`ltrbench.metrics.SCORE_PRIORS`: ``train``, ``sqrt``, ``uniform``), from which the
+        oracle prior correction of the shifted-distribution evaluation starts. Default ``train``
+        (plain cross-entropy on instance sampling); a balanced method says ``uniform``."""
+        return "train"
+
 
 @dataclass
 class RunContext:
@@ -139,7 +146,8 @@ class RunContext:
         ``ctx.input(name)`` reads; a plain list is named by kind), ``params`` in
         ``ctx.config.params``."""
         named = inputs if isinstance(inputs, Mapping) else by_kind(inputs)
-        conf = EvaluateConfig(self.spec.method, self.dataset_key(), self.eval_split, dict(params))
+        prior = METHODS.get(self.spec.method)().score_prior(self)
+        conf = EvaluateConfig(self.spec.method, self.dataset_key(), self.eval_split, dict(params), prior)
         return self.stage("evaluate", conf, named, label=f"{self.spec.name}/seed{self.seed}")
 
 

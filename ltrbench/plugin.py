@@ -120,7 +120,8 @@ from .head_fit import (HeadData, HeadEnv, HeadFit, HeadMethod, HeadStageConfig, 
                        load_head_data, train_head)
 from .heads import (ANCHOR_MODES, DEFAULT_TAUS, NCM_DIST_TYPES, NCM_FEAT_TYPES, CosineHead, CRTHead, LGRHead, LWSHead,
                     anss_scores, fuse_logits, knn_predict, ncm_logits, select_anchors, select_tau, tau_normalize)
-from .losses import DISTILL_TYPES, cvlp_loss, posthoc_rule, soft_cross_entropy
+from .losses import DISTILL_TYPES, cvlp_loss, loss_prior, posthoc_rule, soft_cross_entropy
+from .metrics import SAMPLER_PRIOR, SCORE_KINDS, SCORE_PRIORS
 from .models import Classifier, load_model, read_manifest, write_manifest
 from .paths import cache_root
 from .planner import Method, PlannedRun, RunContext, RunSpec
@@ -158,6 +159,9 @@ __all__ = [
     # data-parallel training (train.devices): whole-batch losses gather, per-sample draws are global
     "Shard", "shard", "gather", "global_rand",
     "DISTILL_TYPES", "cvlp_loss", "posthoc_rule", "soft_cross_entropy",
+    # what a prediction's scores are and the prior they are calibrated to (Prediction.score_kind,
+    # Method.score_prior): how nll, ece and the oracle prior correction read them
+    "SCORE_KINDS", "SCORE_PRIORS", "SAMPLER_PRIOR", "loss_prior",
     "ANCHOR_MODES", "DEFAULT_TAUS", "NCM_DIST_TYPES", "NCM_FEAT_TYPES", "CRTHead", "LGRHead", "LWSHead",
     "anss_scores", "fuse_logits", "knn_predict", "ncm_logits", "select_anchors", "select_tau", "tau_normalize",
 ]

@@ -220,9 +220,10 @@ def build_record(run: Any, infos: Mapping[str, Mapping[str, Any]], cache: Path) 
         "bucket_rule": res.get("bucket_rule"),
         "per_class_accuracy": res["per_class_accuracy"],
         # since evaluate v2: intervals, per-image predictions, SADE's shifted test distributions;
-        # since v3: what the scores are (score_kind), by which nll, ece and the oracle read them
+        # since v3: what the scores are (score_kind, read by nll, ece and the oracle) and the prior
+        # they are calibrated to (score_prior, which the oracle corrects from)
         **{k: res[k] for k in ("intervals", "interval_method", "predictions", "shifted",
-                               "shifted_oracle_per_class", "score_kind", "rule_kinds") if k in res},
+                               "shifted_oracle_per_class", "score_kind", "score_prior", "rule_kinds") if k in res},
         "train_counts": res["train_counts"],
         "eval_split": res["eval_split"],
         "num_eval": res["num_eval"],

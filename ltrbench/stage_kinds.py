@@ -358,12 +358,15 @@ class Prediction:
 @dataclass(frozen=True)
 class EvaluateConfig:
     """The scoring of method ``method`` on ``split`` of ``dataset``; ``params``: what the method's
-    ``predict`` reads besides its inputs (e.g. VL-LTR's fusion α), by name."""
+    ``predict`` reads besides its inputs (e.g. VL-LTR's fusion α), by name; ``score_prior``: the
+    class distribution the method's scores are calibrated to (:data:`ltrbench.metrics.SCORE_PRIORS`,
+    :meth:`ltrbench.planner.Method.score_prior`), from which the oracle prior correction starts."""
 
     method: str
     dataset: Mapping[str, Any]
     split: str
     params: Mapping[str, Any] = field(default_factory=dict)
+    score_prior: str = "train"
 
 
 @stage_kind("evaluate", version="3", gpus=0.25, memory_gb=2.0, config=EvaluateConfig)
@@ -375,8 +378,10 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
     prediction) that paired comparisons resample, and the per-class accuracy after the oracle prior
     correction for each SADE test distribution (:func:`ltrbench.metrics.oracle_per_class`).
     The scores are read as the method declares them (``Prediction.score_kind``, recorded as
-    ``score_kind``). Version 3: before it every score was read as logits (VL-LTR's probabilities and
-    zero-shot's similarities got a meaningless oracle); version 2: version 1 recorded
+    ``score_kind``), and the oracle corrects from the prior they are calibrated to
+    (``EvaluateConfig.score_prior``). Version 3: before it every score was read as logits and
+    corrected from the training frequencies (VL-LTR's probabilities and zero-shot's similarities got
+    a meaningless oracle, and a balanced method's was corrected twice); version 2: version 1 recorded
     overall/many/medium/few and per-class accuracy only."""
 
     method = METHODS.get(ctx.config.method)()
@@ -385,7 +390,7 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
     counts = ds.train_counts()
     labels = np.asarray(pred.labels)
     res = evaluation(pred.scores, labels, counts, pred.rules.get(pred.bucket_rule) if pred.bucket_rule else None,
-                     seed=ctx.seed, score_kind=pred.score_kind)
+                     seed=ctx.seed, score_kind=pred.score_kind, score_prior=ctx.config.score_prior)
     kinds = {name: pred.rule_kinds.get(name, "logits") for name in pred.rules}
     rules = {name: summarize(None, labels, counts, scores=np.asarray(s), score_kind=kinds[name])
              for name, s in pred.rules.items()}

@@ -219,14 +219,16 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
 
 
 def evaluation(scores: np.ndarray, labels: np.ndarray, train_counts: np.ndarray,
-               bucket_scores: np.ndarray | None = None, seed: int = 0, score_kind: str = "logits") -> dict[str, object]:
+               bucket_scores: np.ndarray | None = None, seed: int = 0, score_kind: str = "logits",
+               score_prior: str = "train") -> dict[str, object]:
     """What the evaluate stage records of a method's scores (N × C): :func:`ltrbench.metrics.summarize`'s
     metrics and per-class accuracy, the bootstrap ``intervals`` of every metric (:func:`bootstrap`,
     seeded by ``seed``), the per-image ``predictions`` (:meth:`Predictions.to_json`), the SADE
     ``shifted`` accuracies and the oracle's per-class accuracies (``shifted_oracle_per_class``).
     ``bucket_scores``: the scores many/medium/few come from, when not ``scores``; ``score_kind``: what
     ``scores`` are (:data:`ltrbench.metrics.SCORE_KINDS`: how ``nll``, ``ece`` and the oracle read
-    them; no oracle, ``None``, for ``scores``)."""
+    them; no oracle, ``None``, for ``scores``); ``score_prior``: the class distribution they are
+    calibrated to (:data:`ltrbench.metrics.SCORE_PRIORS`), which the oracle corrects from."""
     scores = np.asarray(scores)
     labels = np.asarray(labels, np.int64)
     counts = np.asarray(train_counts)
@@ -234,7 +236,7 @@ def evaluation(scores: np.ndarray, labels: np.ndarray, train_counts: np.ndarray,
     res = summarize(None, labels, counts, scores=scores, bucket_preds=bucket, score_kind=score_kind)
     p = Predictions.from_scores(scores, labels, counts, kind=score_kind)
     p = Predictions(p.labels, p.pred, p.train_counts, bucket, p.log_p_true, p.confidence)
-    oracle = oracle_per_class(scores, labels, counts, score_kind)
+    oracle = oracle_per_class(scores, labels, counts, score_kind, score_prior)
     return {
         **res,
         "intervals": bootstrap(p, seed=seed) if len(labels) else {},
@@ -244,4 +246,5 @@ def evaluation(scores: np.ndarray, labels: np.ndarray, train_counts: np.ndarray,
         "shifted": shifted(res["per_class_accuracy"], counts, oracle),
         "shifted_oracle_per_class": oracle,
         "score_kind": score_kind,
+        "score_prior": score_prior,
     }

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from ltrbench.plugin import Method, Prediction, RunContext, load_array, posthoc_rule
+from ltrbench.plugin import Method, Prediction, RunContext, load_array, loss_prior, posthoc_rule
 
 
 def logits_with_posthoc(ctx, ds) -> Prediction:
@@ -56,6 +56,9 @@ class LossMethod(Method):
         model = run.finetune(run.clip_weights(), train, label=self.name, loss=self.loss,
                              loss_params=self.loss_params(run), head=head, head_scale=scale)
         return run.evaluate(eval_and_val_features(run, model))
+
+    def score_prior(self, run: RunContext) -> str:
+        return loss_prior(self.loss, self.loss_params(run), getattr(run.cfg, self.name).sampler)
 
     def predict(self, ctx, ds) -> Prediction:
         return logits_with_posthoc(ctx, ds)

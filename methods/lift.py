@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltrbench.plugin import (LOSSES, METHODS, ClassifierTask, ConfigError, CosineHead, Method, Prediction, Reads,
+from ltrbench.plugin import (LOSSES, METHODS, ClassifierTask, loss_prior, ConfigError, CosineHead, Method, Prediction, Reads,
                              RunContext, StageContext, TrainConfig, crops_loader, dataset_of, device, encode_texts,
                              image_settings, load_array, load_model, parameter_counts, peft, posthoc_rule,
                              read_manifest, register_section, save_array, stage_kind, train_loader)
@@ -207,6 +207,11 @@ class Lift(Method):
     name = "lift"
     sections = ("lift",)
     description = "LIFT: AdaptFormer (or any lift.peft module) + cosine head, logit-adjusted loss, five-crop TTE"
+
+    def score_prior(self, run: RunContext) -> str:
+        c = run.cfg.lift
+        params = dict(LIFT_LOSS_PARAMS.get(c.loss, {})) if c.loss_variant == "lift" else {}
+        return loss_prior(c.loss, params, c.train.sampler)
 
     def plan(self, run: RunContext):
         c = run.cfg.lift

@@ -29,7 +29,7 @@ import torch
 from timm.data import Mixup
 from torch import nn
 
-from ltrbench.plugin import (ANCHOR_MODES, ConfigError, HeadEnv, HeadFit, LGRHead, METHODS, Method, Prediction,
+from ltrbench.plugin import (ANCHOR_MODES, SAMPLER_PRIOR, ConfigError, HeadEnv, HeadFit, LGRHead, METHODS, Method, Prediction,
     Reads, RunContext, Stage, StageContext, TrainConfig, anss_scores, dataset_of, device, eval_loader,
     from_dict, fuse_logits, head_logits, image_settings, load_array, load_head_data, load_model,
     register_section, save_array, select_anchors, soft_cross_entropy, stage_kind, train_head, train_loader)
@@ -308,6 +308,9 @@ class VLLTR(Method):
     name = "vlltr"
     sections = ("cvlp", "anss", "lgr")
     description = "VL-LTR: class-wise visual-linguistic pre-training + AnSS + language-guided head"
+
+    def score_prior(self, run: RunContext) -> str:
+        return SAMPLER_PRIOR[run.cfg.lgr.train.sampler]  # the fused branches, as LGR trained them
 
     def plan(self, run: RunContext) -> Stage:
         a: AnssConfig = run.cfg.anss

@@ -7,7 +7,9 @@ import logging
 import os
 import subprocess
 import sys
+import contextlib
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,33 @@ class ToyTask:
 
     def validate(self):
         return self.score
+
+
+@contextlib.contextmanager
+def token_cluster(head: dict, node: dict, nodes: int = 2, env: dict | None = None):
+    """A local multi-node Ray cluster (``ray.cluster_utils.Cluster``) with token authentication on:
+    a head with ``head``'s resources and ``nodes`` nodes with ``node``'s, ``env`` set while it runs.
+    Yields ``(cluster, ids of the added nodes)``; the driver finds the token requirement itself."""
+    import ray
+    from ray._raylet import AuthenticationTokenLoader, Config
+    from ray.cluster_utils import Cluster
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "token")  # the cluster's processes start with token authentication
+        mp.setenv("RAY_AUTH_TOKEN", uuid.uuid4().hex)
+        for k, v in (env or {}).items():
+            mp.setenv(k, v)
+        Config.initialize("")  # (Ray reads the mode into this process's config)
+        AuthenticationTokenLoader.instance().reset_cache()  # an embedded Ray earlier loaded this machine's token
+        c = Cluster(initialize_head=True, head_node_args=head)
+        try:
+            added = [c.add_node(**node) for _ in range(nodes)]
+            c.wait_for_nodes()
+            mp.delenv("RAY_AUTH_MODE")  # the driver finds out itself that the cluster wants a token
+            Config.initialize("")
+            yield c, {n.node_id for n in added}
+        finally:
+            ray.shutdown()
+            c.shutdown()
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()

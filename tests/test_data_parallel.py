@@ -22,8 +22,6 @@ there by ~1e-4 and nowhere else, and it changes no output. Every other weight is
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +29,7 @@ import pytest
 import torch
 
 import ltrbench
-from conftest import TINY
+from conftest import TINY, token_cluster
 from ltrbench.data.batched import BatchLoader
 from ltrbench.data.samplers import build_sampler
 from ltrbench.data.sharding import shard_loader
@@ -201,28 +199,10 @@ def test_cvlp_on_two_workers_one_killed_mid_epoch_equals_one_process(monkeypatch
 def two_nodes():
     """A head without CPUs and two nodes of one CPU each (token authentication on, as tests/test_ray.py
     starts it): a 2-worker group of one CPU per worker can only place one worker on each node."""
-    import ray
-    from ray._raylet import AuthenticationTokenLoader, Config
-    from ray.cluster_utils import Cluster
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_AUTH_MODE", "token")
-        mp.setenv("RAY_AUTH_TOKEN", uuid.uuid4().hex)
-        mp.setenv("OMP_NUM_THREADS", "1")
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()  # an embedded Ray earlier loaded this machine's token
-        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 200 * 2**20})
-        try:
-            nodes = [c.add_node(num_cpus=1, object_store_memory=200 * 2**20) for _ in range(2)]
-            c.wait_for_nodes()
-            mp.delenv("RAY_AUTH_MODE")  # the driver finds out itself that the cluster wants a token
-            Config.initialize("")
-            yield c, {n.node_id for n in nodes}
-        finally:
-            ray.shutdown()
-            c.shutdown()
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
+    mb = 200 * 2**20
+    with token_cluster({"num_cpus": 0, "object_store_memory": mb}, {"num_cpus": 1, "object_store_memory": mb},
+                       env={"OMP_NUM_THREADS": "1"}) as c:
+        yield c
 
 
 @pytest.mark.slow

@@ -78,3 +78,21 @@ def test_the_oracle_reads_probabilities_as_their_logits_would_be_read_and_scores
     assert oracle_per_class(z, labels, counts, "scores") is None
     with pytest.raises(ValueError, match="logits or probabilities"):
         prior_corrected_accuracy(z, labels, counts, q, "scores")
+
+
+def test_the_oracle_corrects_from_the_prior_the_scores_are_calibrated_to():
+    from ltrbench.metrics import per_class_accuracy, prior_corrected_accuracy, score_prior, shifted_prior
+    rng = np.random.default_rng(2)
+    counts = np.array([400, 150, 60, 20, 8, 3])
+    z = rng.normal(size=(300, 6)) * 2
+    labels = rng.integers(0, 6, 300)
+    q = shifted_prior(counts, 25, False)
+    np.testing.assert_allclose(score_prior(counts, "sqrt"), np.sqrt(counts) / np.sqrt(counts).sum())
+    # a balanced method (uniform prior) is moved to q only: arg max z + log q, not corrected twice
+    np.testing.assert_array_equal(prior_corrected_accuracy(z, labels, counts, q, "logits", "uniform"),
+                                  per_class_accuracy((z + np.log(q)).argmax(1), labels, 6))
+    np.testing.assert_array_equal(prior_corrected_accuracy(z, labels, counts, q, "logits", "train"),
+                                  per_class_accuracy((z + np.log(q) - np.log(counts / counts.sum())).argmax(1),
+                                                     labels, 6))
+    with pytest.raises(ValueError, match="score prior"):
+        score_prior(counts, "balanced")

@@ -9,13 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 import ltrbench
-from conftest import REPO, TINY, run_cli, tiny_set
+from conftest import REPO, TINY, run_cli, tiny_set, token_cluster
 from ltrbench.stages import FAULT_ENV, is_done, read_info, topological
 
 pytestmark = pytest.mark.slow  # a Ray cluster per module, CLI subprocesses
@@ -56,26 +55,8 @@ def test_ray_executor_runs_vlltr_and_baseline_into_the_shared_cache(tmp_path):
 @pytest.fixture(scope="module")
 def cluster():
     """A head (no GPU) and two nodes of 2 CPUs and one logical GPU each, with token authentication."""
-    import ray
-    from ray._raylet import Config
-    from ray.cluster_utils import Cluster
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("RAY_AUTH_MODE", raising=False)  # restored when the module is done
-        mp.setenv("RAY_AUTH_MODE", "token")  # the cluster's processes start with token authentication
-        mp.setenv("RAY_AUTH_TOKEN", uuid.uuid4().hex)
-        Config.initialize("")  # (Ray reads the mode into this process's config)
-        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
-        try:
-            nodes = [c.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]
-            c.wait_for_nodes()
-            mp.delenv("RAY_AUTH_MODE")  # the driver finds out itself that the cluster wants a token
-            Config.initialize("")
-            yield c, {n.node_id for n in nodes}
-        finally:
-            ray.shutdown()
-            c.shutdown()
-    Config.initialize("")
+    with token_cluster({"num_cpus": 1, "num_gpus": 0}, {"num_cpus": 2, "num_gpus": 1}) as c:
+        yield c
 
 
 def _stage_info(kind: str, stages) -> list[dict]:

@@ -86,3 +86,17 @@ def regenerate() -> None:
 
 if __name__ == "__main__":
     regenerate()
+
+
+def test_each_method_plans_the_prior_its_scores_are_calibrated_to():
+    """The oracle prior correction starts from it (EvaluateConfig.score_prior): the sampler's for
+    plain CE, uniform for a balancing loss or class-aware sampling."""
+    want = {"baseline": "sqrt", "la": "uniform", "bs": "uniform", "lade": "uniform", "ldam_drw": "uniform",
+            "cb": "uniform", "grw": "uniform", "focal": "train", "crt": "uniform", "lws": "uniform",
+            "fc": "sqrt", "vlltr": "sqrt", "lift": "uniform", "tau_norm": "train"}
+    stages = planned({"methods": sorted(want)})
+    got = {s.config.method: s.config.score_prior for s in stages if s.kind == "evaluate"}
+    assert got == want
+    for loss, prior in (("ce", "train"), ("ldam", "train"), ("class_balanced", "uniform")):
+        ev = [s for s in planned({"methods": ["lift"]}, [f"lift.loss={loss}"]) if s.kind == "evaluate"]
+        assert ev[0].config.score_prior == prior, loss  # LIFT's LDAM has no deferred re-weighting
