@@ -362,16 +362,16 @@ def _figure(width: float, height: float):
 
 
 def _title(ax, text: str, fontsize: float = 11.0, **kw) -> None:
-    """``ax.set_title`` with every line wrapped to what the figure's width holds (matplotlib never
-    wraps, so a long subtitle ran past the figure's edge and was cut off): about 0.55 · size points
-    a character, on 80 % of the figure's width (a legend beside the axes takes the rest)."""
+    """The figure's title (``suptitle``, centred on the whole figure, which a legend beside the axes
+    does not narrow), every line wrapped to the figure's width: matplotlib never wraps, so a long
+    subtitle ran past the figure's edge and was cut off. About 0.55 · size points a character."""
     import textwrap
 
-    width_px = ax.figure.get_figwidth() * DPI * 0.8
+    fig = ax.figure
     per_char = 0.55 * fontsize * DPI / 72.0
-    chars = max(30, int(width_px / per_char))
+    chars = max(30, int(fig.get_figwidth() * DPI * 0.94 / per_char))
     wrapped = "\n".join(textwrap.fill(line, chars) if line else line for line in text.split("\n"))
-    ax.set_title(wrapped, fontsize=fontsize, **kw)
+    fig.suptitle(wrapped, fontsize=fontsize, **kw)
 
 
 def _colors(n: int) -> list:
@@ -487,10 +487,12 @@ def _shifted_figure(dataset: str, shifted: pd.DataFrame):
     (mean over seeds, 95 % t band over seeds), its oracle prior correction dashed."""
 
     names = [shift_name(d, r) for d, r in SHIFTS]
-    fig = _figure(12, 6)
+    groups = list(shifted.groupby(["method", "variant"], sort=False))
+    entries = sum(1 for _, g in groups for kind in ("method", "oracle") if (g["kind"] == kind).any())
+    ncol = 1 if entries <= 20 else 2  # every legend entry shown: a second column, and height, as needed
+    fig = _figure(12 + 2.6 * (ncol - 1), max(6.0, 0.24 * -(-entries // ncol) + 1.6))
     ax = fig.subplots()
     x = np.arange(len(names))
-    groups = list(shifted.groupby(["method", "variant"], sort=False))
     methods = list(dict.fromkeys((m, v) for (m, v), _ in groups))
     colors = dict(zip(methods, _colors(len(methods))))
     for (method, variant), g in groups:
@@ -517,7 +519,7 @@ def _shifted_figure(dataset: str, shifted: pd.DataFrame):
                "solid: the method (mean over seeds; band: 95 % t interval, clipped to 0–100)\n"
                "dashed: oracle prior correction that knows q (a reference, not a method; none for scores that "
                "are no logits or probabilities: zero-shot, NCM, KNN)", fontsize=10.5)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="method", fontsize=8.5)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="method", fontsize=8.5, ncol=ncol)
     return fig
 
 

@@ -13,16 +13,22 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
+import numpy as np
+
 from ltrbench.plugin import Method, Prediction, RunContext, load_array, loss_prior, posthoc_rule
 
 
 def logits_with_posthoc(ctx, ds) -> Prediction:
     """A classifier's evaluation logits (input ``features``) and, from its val logits (input
-    ``val``, or ``features`` where val is the evaluation split), the post-hoc LA rule."""
+    ``val``, or ``features`` where val is the evaluation split), the post-hoc LA rule. The evaluate
+    stage's ``score_scale`` param (default 1) multiplies both: a cosine head whose loss applies the
+    scale (LDAM's s) outputs cosines, and its logits are s · cos."""
     ev = ctx.input("features")
     val = ctx.input("val") if ctx.has_role("val") else ev
-    logits, labels = load_array(ev, "logits"), load_array(ev, "labels")
-    adjusted, info = posthoc_rule(logits, load_array(val, "logits"), load_array(val, "labels"), ds.train_counts())
+    scale = float(ctx.config.params.get("score_scale", 1.0))
+    logits, labels = scale * np.asarray(load_array(ev, "logits")), load_array(ev, "labels")
+    val_logits = scale * np.asarray(load_array(val, "logits"))
+    adjusted, info = posthoc_rule(logits, val_logits, load_array(val, "labels"), ds.train_counts())
     return Prediction(scores=logits, labels=labels, rules={"posthoc_la": adjusted}, info=info)
 
 
@@ -50,12 +56,17 @@ class LossMethod(Method):
         """The finetune stage's head and its scale (the baseline's linear head by default)."""
         return "linear", 1.0
 
+    def score_scale(self, run: RunContext) -> float:
+        """What the head's outputs are multiplied by to be the logits the loss saw (1: they are)."""
+        return 1.0
+
     def plan(self, run: RunContext):
         train = dataclasses.replace(run.cfg.baseline.train, sampler=getattr(run.cfg, self.name).sampler)
         head, scale = self.head(run)
         model = run.finetune(run.clip_weights(), train, label=self.name, loss=self.loss,
                              loss_params=self.loss_params(run), head=head, head_scale=scale)
-        return run.evaluate(eval_and_val_features(run, model))
+        scale = self.score_scale(run)
+        return run.evaluate(eval_and_val_features(run, model), **({"score_scale": scale} if scale != 1.0 else {}))
 
     def score_prior(self, run: RunContext) -> str:
         return loss_prior(self.loss, self.loss_params(run), getattr(run.cfg, self.name).sampler)

@@ -37,3 +37,8 @@ class LDAMDRW(LossMethod):
     def head(self, run):
         c = run.cfg.ldam_drw
         return "cosine", 1.0 if c.variant == "official" else c.s
+
+    def score_scale(self, run):
+        """The official head outputs cosines and the loss scales them by s: the logits are s · cos."""
+        c = run.cfg.ldam_drw
+        return c.s if c.variant == "official" else 1.0

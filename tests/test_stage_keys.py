@@ -93,10 +93,12 @@ def test_each_method_plans_the_prior_its_scores_are_calibrated_to():
     plain CE, uniform for a balancing loss or class-aware sampling."""
     want = {"baseline": "sqrt", "la": "uniform", "bs": "uniform", "lade": "uniform", "ldam_drw": "uniform",
             "cb": "uniform", "grw": "uniform", "focal": "train", "crt": "uniform", "lws": "uniform",
-            "fc": "sqrt", "vlltr": "sqrt", "lift": "uniform", "tau_norm": "train"}
+            "fc": "sqrt", "vlltr": "sqrt", "lift": "uniform", "tau_norm": "uniform"}
     stages = planned({"methods": sorted(want)})
     got = {s.config.method: s.config.score_prior for s in stages if s.kind == "evaluate"}
     assert got == want
+    scale = {s.config.method: s.config.params.get("score_scale") for s in stages if s.kind == "evaluate"}
+    assert scale["ldam_drw"] == 30.0 and scale["la"] is None  # LDAM's logits are s · cos of its cosine head
     for loss, prior in (("ce", "train"), ("ldam", "train"), ("class_balanced", "uniform")):
         ev = [s for s in planned({"methods": ["lift"]}, [f"lift.loss={loss}"]) if s.kind == "evaluate"]
         assert ev[0].config.score_prior == prior, loss  # LIFT's LDAM has no deferred re-weighting
