@@ -44,7 +44,7 @@ from .data.samplers import EpochSampler, build_sampler
 from .metrics import top1
 from .planner import Method, RunContext
 from .registry import METHODS
-from .stage_kinds import Prediction, device, load_array, save_array
+from .stage_kinds import Prediction, device, load_array, parameter_counts, save_array
 from .stages import Stage, StageContext, stage_kind, train_in
 from .train import FitResult, TrainTask, seed_everything
 
@@ -317,7 +317,8 @@ class TrainedHeadMethod(HeadMethod):
         seed_everything(env.seed)  # a new head's initialisation draws from torch's generator
         head = self.make_head(data, cfg)
         res = train_head(head, data, cfg.train, env, decay_all=self.decay_all, desc=self.name)
-        return HeadFit(head_logits(head, data.eval_x, env.device), {**res.info, **self.head_info(head)})
+        return HeadFit(head_logits(head, data.eval_x, env.device),
+                       {**res.info, **self.head_info(head), "params": parameter_counts(head, head)})
 
 
 def head_methods() -> dict[str, type[HeadMethod]]:
@@ -345,7 +346,7 @@ class HeadStageConfig:
     num_classes: int
 
 
-@stage_kind("head", version="1", gpus=0.25, memory_gb=2.0, config=HeadStageConfig)
+@stage_kind("head", version="2", gpus=0.25, memory_gb=2.0, config=HeadStageConfig)
 def head(ctx: StageContext) -> dict[str, Any]:
     conf: HeadStageConfig = ctx.config
     method: HeadMethod = METHODS.get(conf.method)()
@@ -357,9 +358,10 @@ def head(ctx: StageContext) -> dict[str, Any]:
         raise RuntimeError(f"head {conf.method}: logits of shape {tuple(res.logits.shape)}, expected "
                            f"{(len(data.eval_y), data.num_classes)}")
     save_head_fit(ctx.out, res, data.eval_y)
-    chosen = {k: v for k, v in res.info.items() if k not in ("history", "sweep", "scales")}
+    chosen = {k: v for k, v in res.info.items() if k not in ("history", "sweep", "scales", "params")}
     log.info("head %s: %s", ctx.stage.describe(), chosen)
-    return {"head": chosen}
+    # version 2: a trained head records its parameters (trained = added: the head on frozen features)
+    return {"head": chosen, **({"params": res.info["params"]} if "params" in res.info else {})}
 
 
 def save_head_fit(folder: Path, res: HeadFit, labels: Tensor) -> None:

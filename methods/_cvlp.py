@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import torch
 
 from ltrbench.plugin import (ConfigError, DISTILL_TYPES, Reads, RunContext, Stage, StageContext, TrainConfig,
-    create_clip, cvlp_loss, dataset_of, device, gather, global_rand, image_settings, load_model, read_manifest,
+    create_clip, cvlp_loss, dataset_of, device, gather, global_rand, image_settings, load_model, parameter_counts, read_manifest,
     register_section, stage_kind, tokenizer, train_loader, write_manifest)
 
 ENCODERS = ("cvlp", "clip")  # the frozen encoders KNN and FC can use
@@ -139,7 +139,7 @@ class CVLPTask:
         return None
 
 
-@stage_kind("cvlp", version="1", gpus=1.0, memory_gb=6.0, loader=True,
+@stage_kind("cvlp", version="2", gpus=1.0, memory_gb=6.0, loader=True,
             reads=lambda c: Reads(splits=("train",), corpus=c.cvlp.source), config=CVLPStageConfig, inputs=("clip",))
 def cvlp(ctx: StageContext) -> dict[str, Any]:
     c: CVLPConfig = ctx.config.cvlp
@@ -164,4 +164,6 @@ def cvlp(ctx: StageContext) -> dict[str, Any]:
                     seed=ctx.seed)
     torch.save({k: v.cpu() for k, v in student.state_dict().items()}, ctx.out / "weights.pt")
     write_manifest(ctx.out, type="clip", backbone=backbone, checkpoint="weights.pt")
-    return {**res.info, "sentences": int(counts.sum()), "logit_scale": float(student.logit_scale.detach().exp())}
+    # version 2: records the parameters trained (the whole student CLIP; nothing added to it)
+    return {**res.info, "sentences": int(counts.sum()), "logit_scale": float(student.logit_scale.detach().exp()),
+            "params": parameter_counts(student, [])}

@@ -31,7 +31,7 @@ from torch import nn
 
 from ltrbench.plugin import (ANCHOR_MODES, SAMPLER_PRIOR, ConfigError, HeadEnv, HeadFit, LGRHead, METHODS, Method, Prediction,
     Reads, RunContext, Stage, StageContext, TrainConfig, anss_scores, dataset_of, device, eval_loader,
-    from_dict, fuse_logits, head_logits, image_settings, load_array, load_head_data, load_model,
+    from_dict, fuse_logits, head_logits, image_settings, load_array, load_head_data, load_model, parameter_counts,
     register_section, save_array, select_anchors, soft_cross_entropy, stage_kind, train_head, train_loader)
 from ltrbench.methods._cvlp import cvlp_stage
 
@@ -272,7 +272,7 @@ def _lgr_reads(conf: LGRStageConfig) -> Reads:
     return Reads(splits=("train", conf.eval_split)) if conf.lgr.through_encoder else Reads()
 
 
-@stage_kind("lgr", version="1", gpus=1.0, memory_gb=4.0, loader=_lgr_on_images, reads=_lgr_reads,
+@stage_kind("lgr", version="2", gpus=1.0, memory_gb=4.0, loader=_lgr_on_images, reads=_lgr_reads,
             config=LGRStageConfig, inputs=("anchors", "model", "train?", "eval?"))
 def lgr(ctx: StageContext) -> dict[str, Any]:
     """VL-LTR's stage 2 (docs/algorithms.md#lgr): the LGR head on its anchors, trained from the feature cache or on
@@ -287,7 +287,8 @@ def lgr(ctx: StageContext) -> dict[str, Any]:
     for name, arr in fit.arrays.items():
         save_array(ctx.out, name, arr.numpy())
     torch.save({k: v.cpu() for k, v in module.state_dict().items() if not k.endswith("anchors")}, ctx.out / "lgr.pt")
-    return fit.info
+    head = getattr(module, "head", module)  # version 2: records the parameters trained and the head's
+    return {**fit.info, "params": parameter_counts(module, [p for p in head.parameters() if p.requires_grad])}
 
 
 # --------------------------------------------------------------------------- the method

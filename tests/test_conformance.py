@@ -13,7 +13,8 @@ import pytest
 import ltrbench
 from conftest import TINY
 from ltrbench.config import tiny_overrides
-from ltrbench.metrics import METRIC_NAMES, SHIFTS, shift_name
+from ltrbench.head_fit import TrainedHeadMethod
+from ltrbench.metrics import METRIC_NAMES, SCORE_KINDS, SHIFTS, shift_name
 from ltrbench.registry import METHODS
 from ltrbench.results import REQUIRED_KEYS, RESULT_COLUMNS, read_results
 
@@ -52,6 +53,14 @@ def test_method_plans_runs_and_records_deterministically(method, tmp_path, monke
     assert row["nll"] is not None and row["ece"] is not None
     assert len(rec["predictions"]["labels"]) == len(rec["predictions"]["log_p_true"]) == rec["num_eval"]
     assert set(rec["shifted"]) == {shift_name(d, r) for d, r in SHIFTS}
+    # what the scores are and the prior the oracle starts from; the oracle exactly where it is defined
+    assert rec["score_kind"] in SCORE_KINDS and rec["score_prior"] == plan.targets[0].config.score_prior
+    assert (rec["shifted_oracle_per_class"] is None) == (rec["score_kind"] == "scores")
+    # every training stage records what it trained (a method with none, e.g. zero-shot, records nothing)
+    trains = [s for s in plan.stages if s.kind in ("finetune", "cvlp", "lgr", "lift")
+              or (s.kind == "head" and isinstance(METHODS.get(method)(), TrainedHeadMethod))]
+    assert len(rec["params"]) == len({s.label or s.kind for s in trains}), (rec["params"], [s.describe() for s in trains])
+    assert all(p["trainable"] > 0 for p in rec["params"].values())
 
     # Same seed, every method stage recomputed in a fresh cache (the shared world and CLIP copied):
     # the same metrics, to the last digit.
