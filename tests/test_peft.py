@@ -16,7 +16,7 @@ from ltrbench.errors import ConfigError
 from ltrbench.heads import CosineHead, cosine_logits
 from ltrbench.registry import BACKBONES
 
-BACKBONES.names()  # loads the plugins: mini-clip's model config
+BACKBONES.get("mini-clip")  # imports its plugin, which registers mini-clip's open_clip model config
 
 
 @pytest.fixture(scope="module")
