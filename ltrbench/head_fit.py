@@ -110,6 +110,9 @@ class HeadFit:
     logits: Tensor
     info: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, Tensor] = field(default_factory=dict)
+    #: the same head's logits on val, where it has val features (``HeadData.val_x``): the evaluate
+    #: stage's post-hoc logit adjustment chooses its τ on them
+    val_logits: Tensor | None = None
 
 
 def _tensor(folder: Path, name: str) -> Tensor:
@@ -293,8 +296,10 @@ class HeadMethod(Method):
     def predict(self, ctx: StageContext, ds) -> Prediction:
         folder = ctx.input("head")
         info = json.loads((folder / "head.json").read_text())
+        val = (folder / "val_logits.npy").is_file()
         return Prediction(scores=load_array(folder, "logits"), labels=load_array(folder, "labels"), info=info,
-                          score_kind=self.score_kind)
+                          score_kind=self.score_kind, val_scores=load_array(folder, "val_logits") if val else None,
+                          val_labels=load_array(folder, "val_labels") if val else None)
 
 
 class TrainedHeadMethod(HeadMethod):
@@ -317,8 +322,9 @@ class TrainedHeadMethod(HeadMethod):
         seed_everything(env.seed)  # a new head's initialisation draws from torch's generator
         head = self.make_head(data, cfg)
         res = train_head(head, data, cfg.train, env, decay_all=self.decay_all, desc=self.name)
+        val = head_logits(head, data.val_x, env.device) if data.val_x is not None else None
         return HeadFit(head_logits(head, data.eval_x, env.device),
-                       {**res.info, **self.head_info(head), "params": parameter_counts(head, head)})
+                       {**res.info, **self.head_info(head), "params": parameter_counts(head, head)}, val_logits=val)
 
 
 def head_methods() -> dict[str, type[HeadMethod]]:
@@ -346,7 +352,7 @@ class HeadStageConfig:
     num_classes: int
 
 
-@stage_kind("head", version="2", gpus=0.25, memory_gb=2.0, config=HeadStageConfig)
+@stage_kind("head", version="3", gpus=0.25, memory_gb=2.0, config=HeadStageConfig)
 def head(ctx: StageContext) -> dict[str, Any]:
     conf: HeadStageConfig = ctx.config
     method: HeadMethod = METHODS.get(conf.method)()
@@ -357,16 +363,21 @@ def head(ctx: StageContext) -> dict[str, Any]:
     if tuple(res.logits.shape) != (len(data.eval_y), data.num_classes):
         raise RuntimeError(f"head {conf.method}: logits of shape {tuple(res.logits.shape)}, expected "
                            f"{(len(data.eval_y), data.num_classes)}")
-    save_head_fit(ctx.out, res, data.eval_y)
+    save_head_fit(ctx.out, res, data.eval_y, data.val_y)
     chosen = {k: v for k, v in res.info.items() if k not in ("history", "sweep", "scales", "params")}
     log.info("head %s: %s", ctx.stage.describe(), chosen)
-    # version 2: a trained head records its parameters (trained = added: the head on frozen features)
+    # version 2: a trained head records its parameters (trained = added: the head on frozen features);
+    # version 3: its val logits, where it has val features (the post-hoc rule's τ)
     return {"head": chosen, **({"params": res.info["params"]} if "params" in res.info else {})}
 
 
-def save_head_fit(folder: Path, res: HeadFit, labels: Tensor) -> None:
-    """A head's artifact: ``logits.npy`` (and its other score arrays), ``labels.npy``, ``head.json``."""
+def save_head_fit(folder: Path, res: HeadFit, labels: Tensor, val_labels: Tensor | None = None) -> None:
+    """A head's artifact: ``logits.npy`` (and its other score arrays), ``labels.npy``, ``head.json``;
+    ``val_logits.npy`` and ``val_labels.npy`` where the head scored val."""
     save_array(folder, "logits", res.logits.float().numpy())
+    if res.val_logits is not None and val_labels is not None:
+        save_array(folder, "val_logits", res.val_logits.float().numpy())
+        save_array(folder, "val_labels", val_labels.numpy())
     for name, arr in res.arrays.items():
         save_array(folder, name, arr.float().numpy())
     save_array(folder, "labels", labels.numpy())

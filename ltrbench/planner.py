@@ -136,6 +136,15 @@ class RunContext:
         return {"train": self.features(model, "train"), "val": self.features(model, val),
                 "eval": self.features(model, self.eval_split)}
 
+    def eval_and_val(self, model: Stage) -> dict[str, Stage]:
+        """``features`` of the evaluation split and, named ``val``, of val when it is another split:
+        the inputs of :func:`ltrbench.stage_kinds.classifier_prediction`."""
+        val = "val" if "val" in self.ds.splits else self.eval_split
+        out = {"features": self.features(model, self.eval_split)}
+        if val != self.eval_split:
+            out["val"] = self.features(model, val)
+        return out
+
     def text_features(self, clip: Stage, source: str = "wiki_prompt") -> Stage:
         """The raw text embeddings of corpus ``source`` under the weights of ``clip``."""
         return self.stage("text_features", TextFeaturesConfig(self.dataset_key(), source), {"clip": clip},

@@ -128,7 +128,7 @@ from .planner import Method, PlannedRun, RunContext, RunSpec
 from .safeio import refuse_link, write_atomic
 from .registry import BACKBONES, DATASETS, LOSSES, METHODS, SECTIONS, STAGES, WEIGHTS
 from .stage_kinds import (ClassifierTask, ClipWeightsConfig, Draw, EvaluateConfig, FeaturesConfig, FinetuneConfig,
-                          Prediction, TextFeaturesConfig, dataset_of, device, encode_texts, image_settings, load_array,
+                          Prediction, TextFeaturesConfig, classifier_prediction, dataset_of, device, encode_texts, image_settings, load_array,
                           parameter_counts, save_array)
 from .stages import Reads, Stage, StageContext, StageKind, config_value, stage_kind
 from .train import FitResult, TrainTask, seed_everything
@@ -137,6 +137,7 @@ from .validate import train_problems
 __all__ = [
     # methods and the run context
     "Method", "HeadMethod", "TrainedHeadMethod", "RunContext", "RunSpec", "PlannedRun", "Prediction",
+    "classifier_prediction",
     "HeadData", "HeadEnv", "HeadFit", "HeadStageConfig", "head_logits", "load_head_data", "train_head",
     # stages
     "Stage", "StageContext", "StageKind", "Reads", "stage_kind", "config_value",

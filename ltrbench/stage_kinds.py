@@ -35,6 +35,7 @@ from .data.loaders import DatasetRef, ImageSettings, eval_loader, open_dataset, 
 from .devices import stage_device
 from .errors import LtrBenchError
 from .fingerprints import file_sha256
+from .losses import posthoc_rule
 from .metrics import summarize
 from .models import Classifier, load_model, read_manifest, write_manifest
 from .registry import LOSSES, METHODS, WEIGHTS
@@ -344,6 +345,9 @@ class Prediction:
     ``score_kind`` says what ``scores`` are (:data:`ltrbench.metrics.SCORE_KINDS`: ``logits``,
     ``probabilities`` or ``scores``), which decides how ``nll``, ``ece`` and the oracle prior
     correction read them; ``rule_kinds`` the same per rule (a rule not named: ``logits``).
+    ``val_scores``/``val_labels``: the same scores on the val split, where the method has them;
+    for logits, the evaluate stage then records the post-hoc logit adjustment (τ chosen on val) as
+    the rule ``posthoc_la`` (unless the method records its own).
     """
     scores: np.ndarray
     labels: np.ndarray
@@ -353,6 +357,18 @@ class Prediction:
     info: dict[str, Any] = field(default_factory=dict)
     score_kind: str = "logits"
     rule_kinds: Mapping[str, str] = field(default_factory=dict)
+    val_scores: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
+
+
+def classifier_prediction(ctx: StageContext, scale: float = 1.0) -> Prediction:
+    """A classifier's logits on the evaluation split (input ``features``) and on val (input ``val``,
+    or ``features`` where val is the evaluation split), times ``scale`` (a cosine head whose loss
+    applies the scale outputs cosines: its logits are scale · cos)."""
+    ev = ctx.input("features")
+    val = ctx.input("val") if ctx.has_input("val") else ev
+    return Prediction(scores=scale * np.asarray(load_array(ev, "logits")), labels=load_array(ev, "labels"),
+                      val_scores=scale * np.asarray(load_array(val, "logits")), val_labels=load_array(val, "labels"))
 
 
 @dataclass(frozen=True)
@@ -379,7 +395,8 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
     correction for each SADE test distribution (:func:`ltrbench.metrics.oracle_per_class`).
     The scores are read as the method declares them (``Prediction.score_kind``, recorded as
     ``score_kind``), and the oracle corrects from the prior they are calibrated to
-    (``EvaluateConfig.score_prior``). Version 3: before it every score was read as logits and
+    (``EvaluateConfig.score_prior``). Where the method gives its val scores and they are logits,
+    the post-hoc logit adjustment is recorded as the rule ``posthoc_la``. Version 3: before it every score was read as logits and
     corrected from the training frequencies (VL-LTR's probabilities and zero-shot's similarities got
     a meaningless oracle, and a balanced method's was corrected twice); version 2: version 1 recorded
     overall/many/medium/few and per-class accuracy only."""
@@ -389,6 +406,11 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
     pred: Prediction = method.predict(ctx, ds)
     counts = ds.train_counts()
     labels = np.asarray(pred.labels)
+    rules, info = dict(pred.rules), dict(pred.info)
+    if pred.val_scores is not None and pred.score_kind == "logits" and "posthoc_la" not in rules:
+        rules["posthoc_la"], posthoc = posthoc_rule(pred.scores, pred.val_scores, pred.val_labels, counts)
+        info.update(posthoc)
+    pred = dataclasses.replace(pred, rules=rules, info=info)
     res = evaluation(pred.scores, labels, counts, pred.rules.get(pred.bucket_rule) if pred.bucket_rule else None,
                      seed=ctx.seed, score_kind=pred.score_kind, score_prior=ctx.config.score_prior)
     kinds = {name: pred.rule_kinds.get(name, "logits") for name in pred.rules}

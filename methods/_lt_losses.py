@@ -13,32 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-import numpy as np
-
-from ltrbench.plugin import Method, Prediction, RunContext, load_array, loss_prior, posthoc_rule
-
-
-def logits_with_posthoc(ctx, ds) -> Prediction:
-    """A classifier's evaluation logits (input ``features``) and, from its val logits (input
-    ``val``, or ``features`` where val is the evaluation split), the post-hoc LA rule. The evaluate
-    stage's ``score_scale`` param (default 1) multiplies both: a cosine head whose loss applies the
-    scale (LDAM's s) outputs cosines, and its logits are s · cos."""
-    ev = ctx.input("features")
-    val = ctx.input("val") if ctx.has_role("val") else ev
-    scale = float(ctx.config.params.get("score_scale", 1.0))
-    logits, labels = scale * np.asarray(load_array(ev, "logits")), load_array(ev, "labels")
-    val_logits = scale * np.asarray(load_array(val, "logits"))
-    adjusted, info = posthoc_rule(logits, val_logits, load_array(val, "labels"), ds.train_counts())
-    return Prediction(scores=logits, labels=labels, rules={"posthoc_la": adjusted}, info=info)
-
-
-def eval_and_val_features(run: RunContext, model):
-    """``features`` of the evaluation split and, named ``val``, of val when it is another split."""
-    val = "val" if "val" in run.ds.splits else run.eval_split
-    out = {"features": run.features(model, run.eval_split)}
-    if val != run.eval_split:
-        out["val"] = run.features(model, val)
-    return out
+from ltrbench.plugin import Method, Prediction, RunContext, classifier_prediction, loss_prior
 
 
 class LossMethod(Method):
@@ -66,10 +41,12 @@ class LossMethod(Method):
         model = run.finetune(run.clip_weights(), train, label=self.name, loss=self.loss,
                              loss_params=self.loss_params(run), head=head, head_scale=scale)
         scale = self.score_scale(run)
-        return run.evaluate(eval_and_val_features(run, model), **({"score_scale": scale} if scale != 1.0 else {}))
+        return run.evaluate(run.eval_and_val(model), **({"score_scale": scale} if scale != 1.0 else {}))
 
     def score_prior(self, run: RunContext) -> str:
         return loss_prior(self.loss, self.loss_params(run), getattr(run.cfg, self.name).sampler)
 
     def predict(self, ctx, ds) -> Prediction:
-        return logits_with_posthoc(ctx, ds)
+        """The logits (times the ``score_scale`` param) on the evaluation split and val; the
+        evaluate stage adds the post-hoc rule."""
+        return classifier_prediction(ctx, float(ctx.config.params.get("score_scale", 1.0)))

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ltrbench.plugin import (METHODS, SAMPLER_PRIOR, Method, Prediction, RunContext, TrainConfig, load_array,
-                             register_section)
+from ltrbench.plugin import (METHODS, SAMPLER_PRIOR, Method, Prediction, RunContext, TrainConfig,
+                             classifier_prediction, register_section)
 
 
 @register_section("baseline")
@@ -30,11 +30,10 @@ class Baseline(Method):
 
     def plan(self, run: RunContext):
         model = run.finetune(run.clip_weights(), run.cfg.baseline.train, label="baseline")
-        return run.evaluate({"features": run.features(model, run.eval_split)})
+        return run.evaluate(run.eval_and_val(model))  # val: the post-hoc rule's τ
 
     def score_prior(self, run: RunContext) -> str:
         return SAMPLER_PRIOR[run.cfg.baseline.train.sampler]  # square-root sampling: ∝ √n
 
     def predict(self, ctx, ds) -> Prediction:
-        feats = ctx.input("features")
-        return Prediction(scores=load_array(feats, "logits"), labels=load_array(feats, "labels"))
+        return classifier_prediction(ctx)  # + val: the evaluate stage records the post-hoc LA rule

@@ -46,7 +46,7 @@ class FC(TrainedHeadMethod):
     sections = ("fc",)
     description = "FC: a linear head on the frozen CVLP image encoder (Table 4)"
     config_cls = FCConfig
-    roles = ("train", "eval")  # + val when fc.train.select_best (HeadMethod.roles_of)
+    roles = ("train", "val", "eval")  # val: the post-hoc rule's τ (and fc.train.select_best)
 
     def score_prior(self, run: RunContext) -> str:
         return SAMPLER_PRIOR[run.cfg.fc.train.sampler]

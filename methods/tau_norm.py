@@ -42,6 +42,7 @@ class TauNorm(HeadMethod):
     def fit_head(self, data: HeadData, cfg: TauNormConfig, env: HeadEnv) -> HeadFit:
         data.need("weight", "val_x", "val_y")
         tau, sweep = select_tau(data.weight, data.val_x, data.val_y, cfg.taus)
-        logits = data.eval_x @ tau_normalize(data.weight, tau).T  # bias dropped (docs/algorithms.md#tau-normalisation)
+        w = tau_normalize(data.weight, tau)
+        logits = data.eval_x @ w.T  # bias dropped (docs/algorithms.md#tau-normalisation)
         return HeadFit(logits, {"tau": tau, "sweep": {f"{t:g}": acc for t, acc in sweep.items()},
-                                "selected_on": "val mean per-class accuracy"})
+                                "selected_on": "val mean per-class accuracy"}, val_logits=data.val_x @ w.T)

@@ -122,8 +122,9 @@ def test_cli_runs_six_heads_on_one_stage1_model(tmp_path):
     for conv in ("paper convention", "decoupling convention"):
         table = r.stdout.split(conv, 1)[1].split("###", 1)[0]
         assert sum(f"| {m} " in table for m in ("crt", "ncm", "tau_norm", "lws", "knn", "fc")) == 6
-    # The inline executor prints one line per executed stage: the stage-1 model is trained once.
-    assert sum(line.startswith("· finetune[stage1]") for line in r.stdout.splitlines()) == 1
+    # The inline executor prints one line per executed stage: the stage-1 model is trained once at
+    # most (not at all where an earlier test of the session cached it: the tests share one cache).
+    assert sum(line.startswith("· finetune[stage1]") for line in r.stdout.splitlines()) <= 1
     runs = {json.loads(f.read_text())["method"]: json.loads(f.read_text()) for f in (out / "runs").glob("*.json")}
     assert set(runs) == {"crt", "ncm", "tau_norm", "lws", "knn", "fc"}
     stage1 = {s["key"] for m in DECOUPLED for s in runs[m]["stages"] if s["kind"] == "finetune"}

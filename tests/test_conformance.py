@@ -56,6 +56,10 @@ def test_method_plans_runs_and_records_deterministically(method, tmp_path, monke
     # what the scores are and the prior the oracle starts from; the oracle exactly where it is defined
     assert rec["score_kind"] in SCORE_KINDS and rec["score_prior"] == plan.targets[0].config.score_prior
     assert (rec["shifted_oracle_per_class"] is None) == (rec["score_kind"] == "scores")
+    # the post-hoc logit adjustment (τ chosen on val) for every method whose prediction is logits
+    assert ("posthoc_la" in rec["rules"]) == (rec["score_kind"] == "logits"), sorted(rec["rules"])
+    if rec["score_kind"] == "logits":
+        assert "posthoc_tau" in rec["info"]
     # every training stage records what it trained (a method with none, e.g. zero-shot, records nothing)
     trains = [s for s in plan.stages if s.kind in ("finetune", "cvlp", "lgr", "lift")
               or (s.kind == "head" and isinstance(METHODS.get(method)(), TrainedHeadMethod))]
