@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .metrics import mean_class_accuracy
+from .metrics import SAMPLER_PRIOR, mean_class_accuracy
 from .registry import LOSSES
 
 DISTILL_TYPES = ("logits", "feature", "none")
@@ -372,8 +372,6 @@ BALANCING_LOSSES = ("logit_adjusted", "balanced_softmax", "lade_loss", "class_ba
 def loss_prior(loss: str, params: dict | None, sampler: str) -> str:
     """The class distribution (:data:`ltrbench.metrics.SCORE_PRIORS`) that a classifier trained
     with the registered ``loss`` (``params``) on batches of ``sampler`` is calibrated to."""
-    from .metrics import SAMPLER_PRIOR
-
     if loss in BALANCING_LOSSES or (loss == "ldam" and (params or {}).get("drw", True)):
         return "uniform"
     return SAMPLER_PRIOR[sampler]

@@ -30,6 +30,7 @@ import html
 import json
 import logging
 import re
+import textwrap
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -365,8 +366,6 @@ def _title(ax, text: str, fontsize: float = 11.0, **kw) -> None:
     """The figure's title (``suptitle``, centred on the whole figure, which a legend beside the axes
     does not narrow), every line wrapped to the figure's width: matplotlib never wraps, so a long
     subtitle ran past the figure's edge and was cut off. About 0.55 · size points a character."""
-    import textwrap
-
     fig = ax.figure
     per_char = 0.55 * fontsize * DPI / 72.0
     chars = max(30, int(fig.get_figwidth() * DPI * 0.94 / per_char))
