@@ -64,13 +64,17 @@ def test_probabilities_are_read_as_probabilities_not_as_logits():
         probabilities(z, labels, "logprobs")
 
 
-def test_the_oracle_reads_probabilities_as_their_logits_would_be_read_and_scores_have_none():
-    from ltrbench.metrics import oracle_per_class, prior_corrected_accuracy, shifted_prior
-    rng = np.random.default_rng(1)
+def _shifted_case(seed: int, ratio: float, backward: bool):
+    """Long-tailed counts, random logits and labels, and a SADE test prior q."""
+    from ltrbench.metrics import shifted_prior
+    rng = np.random.default_rng(seed)
     counts = np.array([400, 150, 60, 20, 8, 3])
-    z = rng.normal(size=(300, 6)) * 2
-    labels = rng.integers(0, 6, 300)
-    q = shifted_prior(counts, 10, True)
+    return counts, rng.normal(size=(300, 6)) * 2, rng.integers(0, 6, 300), shifted_prior(counts, ratio, backward)
+
+
+def test_the_oracle_reads_probabilities_as_their_logits_would_be_read_and_scores_have_none():
+    from ltrbench.metrics import oracle_per_class, prior_corrected_accuracy
+    counts, z, labels, q = _shifted_case(1, 10, True)
     by_logits = prior_corrected_accuracy(z, labels, counts, q, "logits")
     by_probs = prior_corrected_accuracy(_softmax(z), labels, counts, q, "probabilities")
     np.testing.assert_array_equal(by_logits, by_probs)
@@ -81,12 +85,8 @@ def test_the_oracle_reads_probabilities_as_their_logits_would_be_read_and_scores
 
 
 def test_the_oracle_corrects_from_the_prior_the_scores_are_calibrated_to():
-    from ltrbench.metrics import per_class_accuracy, prior_corrected_accuracy, score_prior, shifted_prior
-    rng = np.random.default_rng(2)
-    counts = np.array([400, 150, 60, 20, 8, 3])
-    z = rng.normal(size=(300, 6)) * 2
-    labels = rng.integers(0, 6, 300)
-    q = shifted_prior(counts, 25, False)
+    from ltrbench.metrics import per_class_accuracy, prior_corrected_accuracy, score_prior
+    counts, z, labels, q = _shifted_case(2, 25, False)
     np.testing.assert_allclose(score_prior(counts, "sqrt"), np.sqrt(counts) / np.sqrt(counts).sum())
     # a balanced method (uniform prior) is moved to q only: arg max z + log q, not corrected twice
     np.testing.assert_array_equal(prior_corrected_accuracy(z, labels, counts, q, "logits", "uniform"),
