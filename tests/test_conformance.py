@@ -56,10 +56,10 @@ def test_method_plans_runs_and_records_deterministically(method, tmp_path, monke
     # what the scores are and the prior the oracle starts from; the oracle exactly where it is defined
     assert rec["score_kind"] in SCORE_KINDS and rec["score_prior"] == plan.targets[0].config.score_prior
     assert (rec["shifted_oracle_per_class"] is None) == (rec["score_kind"] == "scores")
-    # the post-hoc logit adjustment (τ chosen on val) for every method whose prediction is logits
-    assert ("posthoc_la" in rec["rules"]) == (rec["score_kind"] == "logits"), sorted(rec["rules"])
-    if rec["score_kind"] == "logits":
-        assert "posthoc_tau" in rec["info"]
+    # the post-hoc logit adjustment (τ chosen on val) only for logits (test_posthoc_rule_for_every_
+    # shipped_method_with_logits: every shipped one whose scores are logits records it)
+    if "posthoc_la" in rec["rules"]:
+        assert rec["score_kind"] == "logits" and "posthoc_tau" in rec["info"], (rec["score_kind"], rec["info"])
     # every training stage records what it trained (a method with none, e.g. zero-shot, records nothing)
     trains = [s for s in plan.stages if s.kind in ("finetune", "cvlp", "lgr", "lift")
               or (s.kind == "head" and isinstance(METHODS.get(method)(), TrainedHeadMethod))]
@@ -79,3 +79,15 @@ def test_method_plans_runs_and_records_deterministically(method, tmp_path, monke
     assert again.records[0]["metrics"] == rec["metrics"]
     assert again.records[0]["per_class_accuracy"] == rec["per_class_accuracy"]
     json.dumps(again.records[0])  # a record is plain JSON
+
+
+SHIPPED_LOGITS = ("baseline", "la", "bs", "lade", "ldam_drw", "cb", "focal", "grw", "lift", "crt", "lws", "tau_norm", "fc")
+
+
+def test_posthoc_rule_for_every_shipped_method_with_logits(tmp_path):
+    """Every shipped method whose scores are logits records post-hoc logit adjustment (issue 19):
+    its prediction carries its val scores (``classifier_prediction``, a head's val logits)."""
+    res = ltrbench.run(ltrbench.Request(list(SHIPPED_LOGITS), "synthetic_lt", overrides=FAST))
+    for rec in res.records:
+        assert rec["score_kind"] == "logits", rec["method"]
+        assert "posthoc_la" in rec["rules"] and "posthoc_tau" in rec["info"], rec["method"]
