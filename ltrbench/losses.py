@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .metrics import SAMPLER_PRIOR, mean_class_accuracy
+from .errors import ConfigError
 from .registry import LOSSES
 
 DISTILL_TYPES = ("logits", "feature", "none")
@@ -374,6 +375,8 @@ def loss_prior(loss: str, params: dict | None, sampler: str) -> str:
     with the registered ``loss`` (``params``) on batches of ``sampler`` is calibrated to."""
     if loss in BALANCING_LOSSES or (loss == "ldam" and (params or {}).get("drw", True)):
         return "uniform"
+    if sampler not in SAMPLER_PRIOR:
+        raise ConfigError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLER_PRIOR)}.")
     return SAMPLER_PRIOR[sampler]
 
 

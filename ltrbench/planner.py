@@ -12,12 +12,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
+import torch
+
 from .stage_kinds import (Draw, EvaluateConfig, FeaturesConfig, FinetuneConfig, TextFeaturesConfig,
                           clip_weights_stage)
 from .backbones import check_input_size
 from .config import BenchConfig, TrainConfig
 from .data.base import LTDataset
 from .data.loaders import DatasetRef, ImageSettings, resolve_dataset
+from .data.samplers import SAMPLERS
 from .errors import ConfigError
 from .registry import LOSSES, METHODS
 from .resolve import RunSpec, resolve_configs  # noqa: F401  (resolve_configs: its old home)
@@ -103,7 +106,16 @@ class RunContext:
         """Image tower of ``src`` + a linear head (``head="cosine"``: a cosine classifier of scale
         ``head_scale``), trained with ``train`` and the classification loss registered as ``loss``
         (:data:`ltrbench.registry.LOSSES`) with ``loss_params``."""
-        LOSSES.get(loss)  # an unknown name fails at planning, not inside the stage
+        make = LOSSES.get(loss)  # an unknown name fails at planning, not inside the stage
+        if train.sampler not in SAMPLERS:  # a method may set the sampler from a section of its own
+            raise ConfigError(f"finetune[{label}]: unknown sampler {train.sampler!r}; use one of "
+                              f"{', '.join(SAMPLERS)} (--set <method>.sampler=... or <section>.train.sampler=...).")
+        try:  # bad loss parameters (a variant, a loss type, γ < 0) fail at planning, not in three attempts:
+            fn = make(self.ds.train_counts(), **dict(loss_params or {}))  # built, and called on one zero row
+            fn(torch.zeros(1, self.ds.num_classes, dtype=torch.float64), torch.zeros(1, dtype=torch.long))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"finetune[{label}]: loss {loss!r} with parameters {dict(loss_params or {})}: {e}. "
+                              "Fix the method's section with --set KEY=VALUE.") from None
         conf = FinetuneConfig(self.dataset_key(), self.img.key(), train, loss, dict(loss_params or {}), head,
                               float(head_scale))
         return self.stage("finetune", conf, {"weights": src}, label=label)

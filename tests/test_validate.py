@@ -133,3 +133,19 @@ def test_train_problems_cover_every_range():
 def test_plan_raises_the_config_error_in_the_library_too():
     with pytest.raises(ConfigError, match="baseline.train.epochs=-1: must be at least 1"):
         ltrbench.plan(ltrbench.Request(["baseline"], "synthetic_lt", overrides=[*TINY, "baseline.train.epochs=-1"]))
+
+
+@pytest.mark.parametrize("method,setting,says", [
+    ("ldam_drw", "ldam_drw.variant=bad", "variant must be one of"),
+    ("cb", "cb.loss_type=nope", "loss_type must be one of"),
+    ("focal", "focal.gamma=-1", "gamma must be >= 0"),
+    ("focal", "focal.sampler=bogus", "unknown sampler 'bogus'"),
+    ("la", "la.sampler=bogus", "unknown sampler 'bogus'"),
+])
+def test_a_bad_loss_setting_is_refused_at_planning_not_in_the_stage(method, setting, says):
+    """The loss family's own settings (a sampler, a variant, a loss parameter) are not TrainConfig
+    fields: the finetune stage's loss is built and called once while planning, so a bad one is a
+    user error before any work, not three failed attempts."""
+    with pytest.raises(ConfigError, match=says) as e:
+        ltrbench.plan(ltrbench.Request([method], "synthetic_lt", overrides=[*TINY, setting]))
+    assert f"finetune[{method}]" in str(e.value)
