@@ -54,32 +54,35 @@ def owners(infos: list[dict]) -> dict[str, set[str]]:
     return need
 
 
+SMALL_S = 2.0  # stages shorter than this are summed in one line
+
+
+def _rows(title: str, rows: list[tuple[str, float]], total: float) -> list[str]:
+    """A titled block of ``name  seconds  share`` lines, longest first."""
+    out = [f"\n{title:<44} {'s':>8} {'share':>7}"]
+    out += [f"{name[:44]:<44} {sec:>8.1f} {sec / total:>7.1%}" for name, sec in sorted(rows, key=lambda r: -r[1])]
+    return out
+
+
 def report(infos: list[dict], wall: float | None) -> str:
-    total = sum(i["elapsed"] for i in infos)
+    total = sum(i["elapsed"] for i in infos) or 1.0
     lines = [f"{len(infos)} stages, {total:.1f} s of stages" + (f", {wall:.1f} s wall for the command" if wall else "")]
-    lines.append(f"\n{'stage':<44} {'s':>8} {'share':>7}")
-    for i in sorted(infos, key=lambda i: -i["elapsed"]):
-        if i["elapsed"] < 0.05 * total / 10 and i["elapsed"] < 2:
-            continue
-        lines.append(f"{(i['kind'] + '[' + i['label'] + ']')[:44]:<44} {i['elapsed']:>8.1f} {i['elapsed'] / total:>7.1%}")
-    small = [i for i in infos if i["elapsed"] < 0.05 * total / 10 and i["elapsed"] < 2]
+    big = [i for i in infos if i["elapsed"] >= SMALL_S]
+    small = [i for i in infos if i["elapsed"] < SMALL_S]
+    rows = [(f"{i['kind']}[{i['label']}]", i["elapsed"]) for i in big]
     if small:
-        s = sum(i["elapsed"] for i in small)
-        lines.append(f"{f'{len(small)} stages under 2 s each':<44} {s:>8.1f} {s / total:>7.1%}")
+        rows.append((f"{len(small)} stages under {SMALL_S:g} s each", sum(i["elapsed"] for i in small)))
+    lines += _rows("stage", rows, total)
     by_kind: dict[str, float] = defaultdict(float)
     for i in infos:
         by_kind[i["kind"]] += i["elapsed"]
-    lines.append(f"\n{'by kind':<44} {'s':>8} {'share':>7}")
-    for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1]):
-        lines.append(f"{k:<44} {v:>8.1f} {v / total:>7.1%}")
+    lines += _rows("by kind", list(by_kind.items()), total)
     need = owners(infos)
     by_method: dict[str, float] = defaultdict(float)
     for i in infos:
         who = need.get(i["key"], set())
         by_method[next(iter(who)) if len(who) == 1 else ("shared" if who else "(no method)")] += i["elapsed"]
-    lines.append(f"\n{'by method (stages only it needs)':<44} {'s':>8} {'share':>7}")
-    for k, v in sorted(by_method.items(), key=lambda kv: -kv[1]):
-        lines.append(f"{k:<44} {v:>8.1f} {v / total:>7.1%}")
+    lines += _rows("by method (stages only it needs)", list(by_method.items()), total)
     return "\n".join(lines)
 
 

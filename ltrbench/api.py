@@ -7,10 +7,10 @@ these two functions.
     res.frame[["method", "seed", "overall", "few"]]
 
 A request goes one way through the core, each step in its own module: resolve
-(:mod:`ltrbench.resolve`: names, runs, configurations) → validate what needs no data and no cache
-(:mod:`ltrbench.validate`: names, configurations, weights files) → plan (:mod:`ltrbench.planner`:
-data sets read, stages) → validate the plan against the cache, once (which stages are cached, the
-tags and data the others need) → execute what is not cached (:mod:`ltrbench.execute`) → record
+(:mod:`ltrbench.resolve`: names, runs, configurations) → validate what needs no data set
+(:mod:`ltrbench.validate`: names, configurations, weights) → plan (:mod:`ltrbench.planner`: data
+sets read, stages) → validate the plan against the cache, once (planted links, which stages are
+cached, the data the others read) → execute what is not cached (:mod:`ltrbench.execute`) → record
 (:mod:`ltrbench.results`). Every check comes before any work.
 
 A stage that keeps failing fails only the runs that need it: :func:`run` returns (or, by default,

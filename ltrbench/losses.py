@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .metrics import SAMPLER_PRIOR, mean_class_accuracy
 from .errors import ConfigError
+from .metrics import SAMPLER_PRIOR, mean_class_accuracy
 from .registry import LOSSES
 
 DISTILL_TYPES = ("logits", "feature", "none")

@@ -22,6 +22,7 @@ from .data.base import LTDataset
 from .data.loaders import DatasetRef, ImageSettings, resolve_dataset
 from .data.samplers import SAMPLERS
 from .errors import ConfigError
+from .metrics import SAMPLER_PRIOR
 from .registry import LOSSES, METHODS
 from .resolve import RunSpec, resolve_configs  # noqa: F401  (resolve_configs: its old home)
 from .stages import Stage, by_kind, topological
@@ -48,8 +49,14 @@ class Method:
     def score_prior(self, run: "RunContext") -> str:
         """The class distribution this method's scores are calibrated to under ``run``'s config
         (:data:`ltrbench.metrics.SCORE_PRIORS`: ``train``, ``sqrt``, ``uniform``), from which the
-        oracle prior correction of the shifted-distribution evaluation starts. Default ``train``
-        (plain cross-entropy on instance sampling); a balanced method says ``uniform``."""
+        oracle prior correction of the shifted-distribution evaluation starts. Default: plain
+        cross-entropy on the sampler of the first of ``sections`` with a ``train`` recipe
+        (:data:`ltrbench.metrics.SAMPLER_PRIOR`), ``train`` where none has one. A method whose loss
+        or head balances the classes returns ``uniform``."""
+        for name in self.sections:
+            train = getattr(run.cfg.section(name), "train", None)
+            if isinstance(train, TrainConfig):
+                return SAMPLER_PRIOR[train.sampler]
         return "train"
 
 

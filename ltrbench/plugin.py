@@ -128,8 +128,8 @@ from .planner import Method, PlannedRun, RunContext, RunSpec
 from .safeio import refuse_link, write_atomic
 from .registry import BACKBONES, DATASETS, LOSSES, METHODS, SECTIONS, STAGES, WEIGHTS
 from .stage_kinds import (ClassifierTask, ClipWeightsConfig, Draw, EvaluateConfig, FeaturesConfig, FinetuneConfig,
-                          Prediction, TextFeaturesConfig, classifier_prediction, dataset_of, device, encode_texts, image_settings, load_array,
-                          parameter_counts, save_array)
+                          Prediction, TextFeaturesConfig, classifier_prediction, dataset_of, device, encode_texts,
+                          image_settings, load_array, parameter_counts, save_array)
 from .stages import Reads, Stage, StageContext, StageKind, config_value, stage_kind
 from .train import FitResult, TrainTask, seed_everything
 from .validate import train_problems

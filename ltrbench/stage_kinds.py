@@ -396,10 +396,12 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
     The scores are read as the method declares them (``Prediction.score_kind``, recorded as
     ``score_kind``), and the oracle corrects from the prior they are calibrated to
     (``EvaluateConfig.score_prior``). Where the method gives its val scores and they are logits,
-    the post-hoc logit adjustment is recorded as the rule ``posthoc_la``. Version 3: before it every score was read as logits and
-    corrected from the training frequencies (VL-LTR's probabilities and zero-shot's similarities got
-    a meaningless oracle, and a balanced method's was corrected twice); version 2: version 1 recorded
-    overall/many/medium/few and per-class accuracy only."""
+    the post-hoc logit adjustment is recorded as the rule ``posthoc_la``.
+
+    Version 3: before it every score was read as logits and corrected from the training
+    frequencies (VL-LTR's probabilities and zero-shot's similarities got a meaningless oracle, and a
+    balanced method's was corrected twice). Version 2: version 1 recorded overall/many/medium/few
+    and per-class accuracy only."""
 
     method = METHODS.get(ctx.config.method)()
     ds = dataset_of(ctx)

@@ -213,10 +213,10 @@ def check_configs(resolved: Sequence[tuple[RunSpec, BenchConfig]]) -> None:
 
 def check_request(resolved: Sequence[tuple[RunSpec, BenchConfig]], cache: Path, *,
                   methods: Sequence[str] | None = None, seeds: Sequence[int] = (), executor: str | None = None) -> None:
-    """What needs no data set read, in order: the request's method names and
-    seeds (given once, in range), the cache and data root folders, every configuration (step 2);
-    with ``executor="inline"``, that no training recipe is data-parallel (it needs Ray); then the
-    weights files (3)."""
+    """What needs no data set read, in order: the request's method names and seeds (given once, in
+    range), the cache and data root folders, every configuration (step 2); with
+    ``executor="inline"``, that no training recipe is data-parallel (it needs Ray); then the
+    weights (3)."""
     check_names(methods, seeds)
     check_storage(resolved, cache)
     check_configs(resolved)
@@ -263,9 +263,9 @@ def check_weights(resolved: Sequence[tuple[RunSpec, BenchConfig]], cache: Path) 
 
 
 def check_plan(stages: Sequence[Stage], cache: Path, *, progress: bool = False) -> frozenset[str]:
-    """Step 5: the planned stages against the cache, before any work. Raises on a planted link, an
-    data that is not there; returns the keys of the stages
-    whose artifacts are cached and verified (the executor's done set)."""
+    """Step 5: the planned stages against the cache, before any work. Raises on a planted link or on
+    data that is not there; returns the keys of the stages whose artifacts are cached and verified
+    (the executor's done set)."""
     check_stage_paths(stages, cache)
     done = frozenset(s.key for s in stages if verify(cache, s))
     check_data(stages, done, progress=progress)

@@ -20,8 +20,8 @@ from typing import Any, Mapping
 import torch
 
 from ltrbench.plugin import (ConfigError, DISTILL_TYPES, Reads, RunContext, Stage, StageContext, TrainConfig,
-    create_clip, cvlp_loss, dataset_of, device, gather, global_rand, image_settings, load_model, parameter_counts, read_manifest,
-    register_section, stage_kind, tokenizer, train_loader, write_manifest)
+    create_clip, cvlp_loss, dataset_of, device, gather, global_rand, image_settings, load_model, parameter_counts,
+    read_manifest, register_section, stage_kind, tokenizer, train_loader, write_manifest)
 
 ENCODERS = ("cvlp", "clip")  # the frozen encoders KNN and FC can use
 

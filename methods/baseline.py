@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ltrbench.plugin import (METHODS, SAMPLER_PRIOR, Method, Prediction, RunContext, TrainConfig,
+from ltrbench.plugin import (METHODS, Method, Prediction, RunContext, TrainConfig,
                              classifier_prediction, register_section)
 
 
@@ -31,9 +31,6 @@ class Baseline(Method):
     def plan(self, run: RunContext):
         model = run.finetune(run.clip_weights(), run.cfg.baseline.train, label="baseline")
         return run.evaluate(run.eval_and_val(model))  # val: the post-hoc rule's τ
-
-    def score_prior(self, run: RunContext) -> str:
-        return SAMPLER_PRIOR[run.cfg.baseline.train.sampler]  # square-root sampling: ∝ √n
 
     def predict(self, ctx, ds) -> Prediction:
         return classifier_prediction(ctx)  # + val: the evaluate stage records the post-hoc LA rule

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ltrbench.plugin import (SAMPLER_PRIOR, CRTHead, HeadData, METHODS, RunContext, TrainConfig, TrainedHeadMethod,
+from ltrbench.plugin import (CRTHead, HeadData, METHODS, RunContext, TrainConfig, TrainedHeadMethod,
     register_section)
 from ltrbench.methods._decoupling import decoupling_recipe, decoupling_tiny, stage1_features
 
@@ -36,9 +36,6 @@ class CRT(TrainedHeadMethod):
     config_cls = CRTConfig
     roles = ("train", "val", "eval")
     decay_all = True
-
-    def score_prior(self, run: RunContext) -> str:
-        return SAMPLER_PRIOR[run.cfg.crt.train.sampler]
 
     def plan(self, run: RunContext):
         return self.plan_head(run, stage1_features(run))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ltrbench.plugin import (SAMPLER_PRIOR, ConfigError, HeadData, METHODS, RunContext, TrainConfig, TrainedHeadMethod,
+from ltrbench.plugin import (ConfigError, HeadData, METHODS, RunContext, TrainConfig, TrainedHeadMethod,
     register_section)
 from ltrbench.methods._cvlp import ENCODERS, encoder_stage
 
@@ -47,9 +47,6 @@ class FC(TrainedHeadMethod):
     description = "FC: a linear head on the frozen CVLP image encoder (Table 4)"
     config_cls = FCConfig
     roles = ("train", "val", "eval")  # val: the post-hoc rule's τ (and fc.train.select_best)
-
-    def score_prior(self, run: RunContext) -> str:
-        return SAMPLER_PRIOR[run.cfg.fc.train.sampler]
 
     def plan(self, run: RunContext):
         c = run.cfg.fc

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltrbench.plugin import (LOSSES, METHODS, ClassifierTask, loss_prior, ConfigError, CosineHead, Method, Prediction, Reads,
+from ltrbench.plugin import (LOSSES, METHODS, ClassifierTask, ConfigError, CosineHead, Method, Prediction, Reads,
                              RunContext, StageContext, TrainConfig, crops_loader, dataset_of, device, encode_texts,
-                             image_settings, load_array, load_model, parameter_counts, peft, posthoc_rule,
+                             image_settings, load_array, load_model, loss_prior, parameter_counts, peft, posthoc_rule,
                              read_manifest, register_section, save_array, stage_kind, train_loader)
 
 #: LIFT's parameterisation of each loss (its trainer.py/utils/losses.py): used unless

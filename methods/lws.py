@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ltrbench.plugin import (SAMPLER_PRIOR, HeadData, LWSHead, METHODS, RunContext, TrainConfig, TrainedHeadMethod,
+from ltrbench.plugin import (HeadData, LWSHead, METHODS, RunContext, TrainConfig, TrainedHeadMethod,
     register_section)
 from ltrbench.methods._decoupling import decoupling_recipe, decoupling_tiny, stage1_features
 
@@ -32,9 +32,6 @@ class LWS(TrainedHeadMethod):
     config_cls = LWSConfig
     roles = ("train", "val", "eval")
     decay_all = True
-
-    def score_prior(self, run: RunContext) -> str:
-        return SAMPLER_PRIOR[run.cfg.lws.train.sampler]
 
     def plan(self, run: RunContext):
         return self.plan_head(run, stage1_features(run))
