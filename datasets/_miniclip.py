@@ -8,9 +8,21 @@ attributes, never a class name), with the one training loop. The ``clip_weights`
 ``builtin`` weights source registered here for that file, which is then loaded exactly as real
 CLIP weights are (``open_clip.create_model(name, pretrained=<file>)``). That makes
 "CLIP-initialised", zero-shot and distillation meaningful on a laptop.
+
+Pretraining on the default world takes about three minutes of a 2-core machine, so the weights of
+the default world and recipe ship with the code (``datasets/miniclip/``: ``mini-clip-builtin.pt``
+and its record ``mini-clip-builtin.json``, written by ``python bench/miniclip_weights.py``), as real
+CLIP weights come pretrained. The ``clip_weights`` stage copies the shipped file only when the
+record's stage key is the stage's own key (the same world, recipe, backbone and kind version) and
+the file's SHA-256 is the recorded one; any other world or recipe is pretrained as before, and
+``LTRBENCH_PRETRAIN_MINICLIP=1`` pretrains even the default (what the bench script does to rebuild
+and compare). The stage's ``stage.json`` says which (``source``: ``shipped`` or ``pretrained``).
 """
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,11 +32,14 @@ import open_clip
 import torch
 
 from ltrbench.plugin import (BACKBONES, BackboneSpec, BatchLoader, BenchConfig, ConfigError, InstanceSampler,
-    StageContext, TrainConfig, WEIGHTS, cache_root, create_clip, open_rgb, register_section, seed_everything,
-    stage_device, tokenizer, train_problems)
+    LtrBenchError, StageContext, TrainConfig, WEIGHTS, cache_root, create_clip, file_sha256, open_rgb,
+    register_section, seed_everything, stage_device, tokenizer, train_problems)
 from ltrbench.datasets._world import WorldSpec, generate_world
 
 BUILTIN_PRETRAINED = "builtin"  # the backbone.pretrained tag of mini-CLIP's generated weights
+SHIPPED = Path(__file__).resolve().parent / "miniclip" / "mini-clip-builtin.pt"  # the default world's weights
+SHIPPED_RECORD = SHIPPED.with_suffix(".json")  # their stage key, SHA-256 and pretraining record
+FORCE_PRETRAIN = "LTRBENCH_PRETRAIN_MINICLIP"  # set to 1: pretrain even where shipped weights fit
 
 open_clip.add_model_config(Path(__file__).resolve().parent / "model_configs")
 BACKBONES.add("mini-clip", BackboneSpec("mini-clip", image_size=32, eval_resize=32, embed_dim=64,
@@ -111,7 +126,30 @@ def pretrain_mini_clip(ctx: StageContext, backbone: str, builtin: Mapping[str, A
     model.to(dev)
     res = ctx.train(ClipTask(model), loader, cfg, device=dev, seed=seed, desc="mini-CLIP pretraining")
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out)
-    return {**res.info, "captions": len(captions), "recipe": recipe}
+    return {**res.info, "captions": len(captions), "recipe": recipe, "source": "pretrained"}
+
+
+def shipped_record(key: str) -> dict[str, Any] | None:
+    """The shipped weights' record when they are the weights of the stage with ``key`` (None
+    otherwise, or when ``LTRBENCH_PRETRAIN_MINICLIP`` asks to pretrain)."""
+    if os.environ.get(FORCE_PRETRAIN, "") not in ("", "0") or not SHIPPED_RECORD.is_file() or not SHIPPED.is_file():
+        return None
+    record = json.loads(SHIPPED_RECORD.read_text(encoding="utf-8"))
+    return record if record.get("key") == key else None
+
+
+def copy_shipped(record: Mapping[str, Any], out: Path) -> dict[str, Any]:
+    """Copy the shipped weights to ``out``, checking their SHA-256 against ``record``."""
+    tmp = out.with_suffix(".copy")
+    shutil.copyfile(SHIPPED, tmp)
+    digest = file_sha256(tmp)
+    if digest != record["sha256"]:
+        tmp.unlink()
+        raise LtrBenchError(f"The shipped mini-CLIP weights {SHIPPED} have SHA-256 {digest}, not the {record['sha256']} "
+                          f"that {SHIPPED_RECORD} records: the file was changed or damaged. Restore it "
+                          f"(git checkout -- {SHIPPED.parent}), or set {FORCE_PRETRAIN}=1 to pretrain instead.")
+    os.replace(tmp, out)
+    return {**record.get("info", {}), "source": "shipped", "file": SHIPPED.name, "sha256": digest}
 
 
 class MiniClipWeights:
@@ -125,6 +163,9 @@ class MiniClipWeights:
         return {"builtin": {"world": asdict(cfg.world), "recipe": asdict(cfg.miniclip)}}
 
     def build(self, ctx: StageContext, out: Path) -> dict[str, Any]:
+        record = shipped_record(ctx.stage.key)
+        if record is not None:  # the default world and recipe: the weights that ship with the code
+            return copy_shipped(record, out)
         return pretrain_mini_clip(ctx, ctx.config.backbone, ctx.config.generated["builtin"], out)
 
 

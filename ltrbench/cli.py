@@ -84,12 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="run_bench.py",
         description="ltrbench: long-tailed recognition methods on a common CLIP backbone. "
-        "With no command, runs every method on the built-in world.",
+        "With no command, runs the default methods on the built-in world.",
     )
     sub = p.add_subparsers(dest="command")
     run = sub.add_parser("run", parents=[common], help="run methods on a data set (the default command)")
     run.add_argument("--methods", default=None,
-                     help="comma-separated method names (default: every registered method)")
+                     help="comma-separated method names, or all (default: every method but the long-tail "
+                          "loss family, which `list` marks *)")
     run.add_argument("--executor", choices=("inline", "ray"), default="inline",
                      help="run stages in this process in order (inline) or as Ray tasks (ray)")
     run.add_argument("--table", default=None,
@@ -238,9 +239,10 @@ def _terminate_like_interrupt():
 
 def cmd_list() -> int:
     """Every registered name, read from the plugin files' index (no plugin is imported)."""
-    print("methods:")
+    print("methods (* not in a run that names none: --methods all runs every one):")
     for n, info in METHODS.summaries().items():
-        print(f"  {n:<10} {info.get('description', '')}".rstrip())
+        mark = " " if info.get("default_run", True) else "*"
+        print(f" {mark}{n:<10} {info.get('description', '')}".rstrip())
     print("datasets:")
     for n in DATASETS.summaries():
         print(f"  {n}")

@@ -34,11 +34,15 @@ class Method:
     ``plan(run)`` returns the run's ``evaluate`` stage; ``predict(ctx, ds)`` (called inside that
     stage, in whatever process runs it) returns a :class:`~ltrbench.stage_kinds.Prediction`.
     ``sections`` names the config sections the method reads (recorded with each result).
+    ``default_run = False`` leaves the method out of a run that names no methods (``python
+    run_bench.py``); ``--methods all`` and the tables that list it still run it. Write it, like
+    ``description``, as a literal in the class body: the CLI reads it from the file unimported.
     """
 
     name: ClassVar[str] = ""
     sections: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    default_run: ClassVar[bool] = True
 
     def plan(self, run: "RunContext") -> Stage:  # pragma: no cover - interface
         raise NotImplementedError

@@ -116,6 +116,7 @@ from .data.samplers import SAMPLERS, InstanceSampler, build_sampler, sampler_key
 from .devices import stage_device
 from .distributed import Shard, gather, global_rand, shard
 from .errors import ConfigError, DataError, LtrBenchError, PluginError
+from .fingerprints import file_sha256
 from .head_fit import (HeadData, HeadEnv, HeadFit, HeadMethod, HeadStageConfig, TrainedHeadMethod, head_logits,
                        load_head_data, train_head)
 from .heads import (ANCHOR_MODES, DEFAULT_TAUS, NCM_DIST_TYPES, NCM_FEAT_TYPES, CosineHead, CRTHead, LGRHead, LWSHead,
@@ -156,7 +157,7 @@ __all__ = [
     "SAMPLERS", "InstanceSampler", "build_sampler", "sampler_key",
     # models, training, building blocks
     "BackboneSpec", "create_clip", "tokenizer", "Classifier", "load_model", "read_manifest", "write_manifest",
-    "FitResult", "TrainTask", "seed_everything", "cache_root", "refuse_link", "write_atomic",
+    "FitResult", "TrainTask", "seed_everything", "cache_root", "refuse_link", "write_atomic", "file_sha256",
     # data-parallel training (train.devices): whole-batch losses gather, per-sample draws are global
     "Shard", "shard", "gather", "global_rand",
     "DISTILL_TYPES", "cvlp_loss", "posthoc_rule", "soft_cross_entropy",

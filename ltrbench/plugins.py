@@ -111,13 +111,18 @@ def load_all() -> None:
 INDEXED = ("METHODS", "DATASETS", "BACKBONES", "WEIGHTS")
 
 
+#: What the index reads from a registered class's body (literals only): a method's one line and
+#: whether a run that names no methods runs it (:class:`ltrbench.planner.Method`).
+CLASS_INFO = ("description", "default_run")
+
+
 class IndexEntry(NamedTuple):
     """One name a plugin file registers, found by reading the file (not importing it)."""
 
     registry: str  # one of INDEXED
     name: str
     path: Path  # the file that registers it
-    info: Mapping[str, Any]  # ``description`` (a method's one line), or a BackboneSpec's fields
+    info: Mapping[str, Any]  # a method's CLASS_INFO, or a BackboneSpec's fields
 
 
 class PluginIndex(NamedTuple):
@@ -139,8 +144,8 @@ def index() -> PluginIndex:
     ``run_bench.py --help``, ``list`` and an unknown name's error answer from here without importing
     a plugin (and so without torch, open_clip or timm). A call ``METHODS.register("name")`` or
     ``BACKBONES.add("name", BackboneSpec(...))`` whose name is a literal string (or a module-level
-    constant bound to one) is indexed; a method's ``description`` is read from its class body, a
-    backbone's spec from the literal arguments. A file registering a computed name makes that
+    constant bound to one) is indexed; a method's ``description`` and ``default_run`` are read from
+    its class body, a backbone's spec from the literal arguments. A file registering a computed name makes that
     registry :meth:`PluginIndex.dynamic`. ``tests/test_registry.py`` checks the index against the
     registries after the plugins load.
     """
@@ -208,13 +213,16 @@ def _read(path: Path, dynamic: set[str]) -> list[IndexEntry]:
         out.append(IndexEntry(registry, name, path, info))
     for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
         for i in (by_call[id(d)] for d in cls.decorator_list if id(d) in by_call):
+            info = {}
             for stmt in cls.body:
-                if (isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "description"
-                                                         for t in stmt.targets)):
-                    try:
-                        out[i] = out[i]._replace(info={"description": literal(stmt.value)})
-                    except (ValueError, TypeError, SyntaxError):
-                        pass
+                for t in (stmt.targets if isinstance(stmt, ast.Assign) else ()):
+                    if isinstance(t, ast.Name) and t.id in CLASS_INFO:
+                        try:
+                            info[t.id] = literal(stmt.value)
+                        except (ValueError, TypeError, SyntaxError):
+                            pass
+            if info:
+                out[i] = out[i]._replace(info=info)
     return out
 
 

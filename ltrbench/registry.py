@@ -48,7 +48,8 @@ class Registry(Generic[T]):
 
     def summaries(self) -> dict[str, dict]:
         """``name → info`` of every name, sorted: from the index while the plugins are not loaded
-        (a method's ``description``, a backbone's ``spec``), else from the registered objects."""
+        (a method's ``description`` and ``default_run``, a backbone's ``spec``), else from the
+        registered objects."""
         entries = self._index()
         if entries is None:
             self._load()
@@ -125,8 +126,9 @@ def _summary(obj: object) -> dict:
     """What :meth:`Registry.summaries` shows of a registered object (as the index reads it)."""
     if hasattr(obj, "image_size") and hasattr(obj, "embed_dim"):
         return {"spec": obj}
-    desc = getattr(obj, "description", None)
-    return {"description": desc} if isinstance(desc, str) else {}
+    desc, default = getattr(obj, "description", None), getattr(obj, "default_run", None)
+    return {**({"description": desc} if isinstance(desc, str) else {}),
+            **({"default_run": default} if isinstance(default, bool) else {})}
 
 
 def _where(obj: object) -> str:

@@ -35,9 +35,9 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class Request:
-    """What to run: ``methods`` (None: every registered method) × ``seeds`` on ``dataset``, or
-    every row of paper table ``table`` (on the paper's data sets, or on ``dataset`` when given);
-    the configuration resolved as the CLI does: data set YAML → ``config_files`` → ``overrides``
+    """What to run: ``methods`` (None: :func:`default_methods`; ``["all"]``: every registered
+    method) × ``seeds`` on ``dataset``, or every row of paper table ``table`` (on the paper's data
+    sets, or on ``dataset`` when given); the configuration resolved as the CLI does: data set YAML → ``config_files`` → ``overrides``
     (``section.field=value``); ``data_root``: the data set's root folder."""
 
     methods: tuple[str, ...] | None = None
@@ -84,10 +84,15 @@ def run_specs(request: Request) -> list[RunSpec]:
     else:
         if r.dataset is None:
             raise ConfigError("No data set given; pass one, e.g. dataset='synthetic_lt' (--dataset NAME).")
-        methods = METHODS.names() if r.methods is None else list(r.methods)
+        methods = default_methods() if r.methods is None else list(r.methods)
+        if methods == [ALL]:
+            methods = METHODS.names()
+        elif ALL in methods:
+            raise ConfigError(f"methods={methods!r}: {ALL!r} stands alone (every registered method); name the "
+                              "methods, or pass only 'all'.")
         if not methods:
             raise ConfigError("The list of methods is empty; name at least one (see `run_bench.py list`), or "
-                              "leave it out to run every registered method.")
+                              "leave it out to run the default methods ('all': every registered method).")
         specs = [RunSpec(m, r.dataset, r.backbone, seed) for seed in seeds for m in methods]
     for s in specs:  # unknown names: one error with "did you mean", before anything is resolved or imported
         METHODS.check(s.method)
@@ -95,6 +100,16 @@ def run_specs(request: Request) -> list[RunSpec]:
         if s.backbone is not None:
             BACKBONES.check(s.backbone)
     return specs
+
+
+#: The method list that stands for every registered method (``--methods all``).
+ALL = "all"
+
+
+def default_methods() -> list[str]:
+    """The methods of a request that names none: every registered method whose class does not set
+    ``default_run = False`` (the long-tail loss family: ``--methods all`` or ``--table lt_losses``)."""
+    return [n for n, info in METHODS.summaries().items() if info.get("default_run", True)]
 
 
 def table_runs(spec: TableSpec, seeds: Sequence[int], dataset: str | None = None,

@@ -21,3 +21,4 @@ class BS(LossMethod):
     loss = "balanced_softmax"
     sections = ("bs", "baseline")
     description = "Balanced softmax (Ren et al.) on the baseline's recipe"
+    default_run = False  # the loss family: --methods all, --table lt_losses

@@ -30,3 +30,4 @@ class CB(LossMethod):
     loss = "class_balanced"
     sections = ("cb", "baseline")
     description = "Class-balanced loss (Cui et al.) on the baseline's recipe"
+    default_run = False  # the loss family: --methods all, --table lt_losses

@@ -22,3 +22,4 @@ class Focal(LossMethod):
     loss = "softmax_focal"
     sections = ("focal", "baseline")
     description = "Softmax focal loss on the baseline's recipe"
+    default_run = False  # the loss family: --methods all, --table lt_losses

@@ -23,3 +23,4 @@ class GRW(LossMethod):
     loss = "generalized_reweight"
     sections = ("grw", "baseline")
     description = "Generalised re-weighting (DisAlign's GRW) on the baseline's recipe"
+    default_run = False  # the loss family: --methods all, --table lt_losses

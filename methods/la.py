@@ -26,3 +26,4 @@ class LA(LossMethod):
     loss = "logit_adjusted"
     sections = ("la", "baseline")
     description = "Logit-adjusted loss (Menon et al.) on the baseline's recipe"
+    default_run = False  # the loss family: --methods all, --table lt_losses

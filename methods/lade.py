@@ -25,3 +25,4 @@ class LADE(LossMethod):
     loss = "lade_loss"
     sections = ("lade", "baseline")
     description = "LADE (Hong et al.) on the baseline's recipe"
+    default_run = False  # the loss family: --methods all, --table lt_losses

@@ -33,6 +33,7 @@ class LDAMDRW(LossMethod):
     loss = "ldam"
     sections = ("ldam_drw", "baseline")
     description = "LDAM with deferred re-weighting (Cao et al.) on the baseline's recipe, cosine head"
+    default_run = False  # the loss family: --methods all, --table lt_losses
 
     def head(self, run):
         c = run.cfg.ldam_drw

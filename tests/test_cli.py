@@ -66,12 +66,17 @@ def test_same_seed_in_a_fresh_cache_gives_identical_metrics(first_run, tmp_path)
     assert json.loads(mine.read_text())["metrics"] == json.loads(theirs.read_text())["metrics"]
 
 
-@slow
-def test_list_command():
-    r = run_cli("list")
-    assert r.returncode == 0
+def test_list_command_marks_the_methods_a_plain_run_leaves_out(capsys):
+    from ltrbench.cli import main
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
     for name in ("baseline", "zeroshot", "synthetic_lt", "places_lt", "mini-clip", "RN50"):
-        assert name in r.stdout
+        assert name in out
+    lines = {ln.split()[0]: ln for ln in out.splitlines() if ln.startswith(" ")}
+    assert lines["*focal"].startswith(" *focal") and lines["baseline"].startswith("  baseline")
+    assert {n.lstrip("*") for n, ln in lines.items() if n.startswith("*")} == {"bs", "cb", "focal", "grw", "la",
+                                                                                "lade", "ldam_drw"}
 
 
 @slow

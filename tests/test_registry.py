@@ -62,6 +62,7 @@ def test_plugin_index_equals_the_registries_after_loading():
         assert set(ix.entries[key]) == set(reg._items), key
     for name, e in ix.entries["METHODS"].items():
         assert e.info["description"] == METHODS.get(name).description
+        assert e.info.get("default_run", True) is METHODS.get(name).default_run, name
     for name, e in ix.entries["BACKBONES"].items():
         assert e.info["spec"] == BACKBONES.get(name)
 
@@ -106,3 +107,26 @@ def test_help_list_and_name_errors_import_no_torch(argv):
     assert "HEAVY []" in p.stderr, p.stderr[-2000:]
     if argv[0] == "run" and "--help" not in argv:
         assert "error:" in p.stderr  # the error itself was found, before any import
+
+
+LOSS_FAMILY = {"bs", "cb", "focal", "grw", "la", "lade", "ldam_drw"}
+
+
+def test_a_run_naming_no_methods_runs_all_but_the_loss_family_and_all_names_every_one():
+    """``python run_bench.py`` runs the paper's comparison and LIFT (the loss family is left out by
+    ``default_run = False``, read from the files unimported); ``--methods all`` runs every method."""
+    from ltrbench import plugins
+    from ltrbench.errors import ConfigError
+    from ltrbench.registry import METHODS
+    from ltrbench.resolve import Request, default_methods, run_specs
+
+    assert set(default_methods()) == set(METHODS.names()) - LOSS_FAMILY
+    assert {"zeroshot", "baseline", "crt", "ncm", "tau_norm", "lws", "knn", "fc", "vlltr", "lift"} <= set(default_methods())
+    plain = {s.method for s in run_specs(Request(dataset="synthetic_lt"))}
+    assert plain == set(default_methods())
+    every = [s.method for s in run_specs(Request(["all"], "synthetic_lt", seeds=[0, 1]))]
+    assert sorted(set(every)) == METHODS.names() and len(every) == 2 * len(METHODS.names())
+    with pytest.raises(ConfigError, match="stands alone"):
+        run_specs(Request(["all", "baseline"], "synthetic_lt"))
+    METHODS.get("baseline")  # loaded: the registered classes answer the same
+    assert plugins.loaded() and set(default_methods()) == set(METHODS.names()) - LOSS_FAMILY

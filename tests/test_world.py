@@ -210,3 +210,45 @@ def test_crash_leaves_no_finished_folder(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(RuntimeError):
         generate_world(tmp_path, SMALL, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- the shipped mini-CLIP weights
+
+
+def test_the_shipped_mini_clip_weights_are_the_default_runs_and_intact():
+    """datasets/miniclip/ holds the weights of the default run's clip_weights stage: the record's key
+    is that stage's key (else the default run pretrains; rebuild with bench/miniclip_weights.py) and
+    the file's SHA-256 is the recorded one."""
+    from ltrbench.datasets import _miniclip as mc
+    from ltrbench.fingerprints import file_sha256
+    from ltrbench.resolve import Request, resolve
+    from ltrbench.stage_kinds import clip_weights_stage
+
+    record = json.loads(mc.SHIPPED_RECORD.read_text())
+    (_, cfg), *_ = resolve(Request(["baseline"], "synthetic_lt"))
+    assert record["key"] == clip_weights_stage(cfg).key, "stale: run python bench/miniclip_weights.py"
+    assert file_sha256(mc.SHIPPED) == record["sha256"] and mc.SHIPPED.stat().st_size == record["bytes"]
+    assert record["info"]["captions"] == asdict(WorldSpec())["num_captions"]
+
+
+def test_clip_weights_copy_the_shipped_file_only_for_its_own_key(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from ltrbench.datasets import _miniclip as mc
+    from ltrbench.errors import LtrBenchError
+
+    record = json.loads(mc.SHIPPED_RECORD.read_text())
+    ctx = SimpleNamespace(stage=SimpleNamespace(key=record["key"]))
+    info = mc.MiniClipWeights().build(ctx, tmp_path / "weights.pt")
+    assert info["source"] == "shipped" and info["sha256"] == record["sha256"]
+    assert (tmp_path / "weights.pt").read_bytes() == mc.SHIPPED.read_bytes()
+    assert mc.shipped_record(record["key"][::-1]) is None  # another world or recipe: pretrained
+    monkeypatch.setenv(mc.FORCE_PRETRAIN, "1")
+    assert mc.shipped_record(record["key"]) is None
+    monkeypatch.delenv(mc.FORCE_PRETRAIN)
+    damaged = tmp_path / "shipped.pt"
+    damaged.write_bytes(b"not the weights")
+    monkeypatch.setattr(mc, "SHIPPED", damaged)
+    with pytest.raises(LtrBenchError, match="changed or damaged"):
+        mc.copy_shipped(record, tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists() and not (tmp_path / "out.copy").exists()
