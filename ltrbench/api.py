@@ -10,7 +10,8 @@ A request goes one way through the core, each step in its own module: resolve
 (:mod:`ltrbench.resolve`: names, runs, configurations) → validate what needs no data set
 (:mod:`ltrbench.validate`: names, configurations, weights) → plan (:mod:`ltrbench.planner`: data
 sets read, stages) → validate the plan against the cache, once (planted links, which stages are
-cached, the data the others read) → execute what is not cached (:mod:`ltrbench.execute`) → record
+cached, the data the others read) → execute what is not cached (with the ``ray`` executor,
+:func:`ltrbench.cluster.connect_for` first; then :func:`ltrbench.execute.run_ordered`) → record
 (:mod:`ltrbench.results`). Every check comes before any work.
 
 A stage that keeps failing fails only the runs that need it: :func:`run` returns (or, by default,
@@ -32,7 +33,8 @@ import pandas as pd
 
 from . import fingerprints, validate
 from .errors import RunFailedError
-from .execute import ExecOptions, StageFailure, execute
+from .cluster import connect_for
+from .execute import ExecOptions, StageFailure, run_ordered
 from .paths import cache_root
 from .planner import PlannedRun, plan_request
 from .resolve import Request, RunSpec, resolve
@@ -133,7 +135,10 @@ def run(request: Request, options: ExecOptions | None = None, *, raise_on_failur
         validate.check_output(opts.out)
     p = plan(request, progress=opts.progress, executor=opts.executor)  # inline: no data-parallel stage
     t0 = time.time()
-    ex = execute(p.stages, p.cache, done=p.done, options=opts)
+    conn = None  # the ray executor's cluster, connected (and its storage probed) before any stage is submitted
+    if opts.executor == "ray" and any(s.key not in p.done for s in p.stages):
+        conn = connect_for(opts.address, p.cache, ship_code=opts.ship_code, out=opts.out)
+    ex = run_ordered(p.stages, p.cache, p.done, opts, conn)
     records, failures = [], []
     for r in p.runs:
         failed = ex.failure_of(r.stages)

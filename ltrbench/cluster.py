@@ -65,6 +65,7 @@ class Connection:
     by_caller: bool = False  # Ray was connected before ltrbench was asked: used as it is
     nodes: list[dict[str, Any]] = field(default_factory=list)  # alive nodes: id, host, resources
     resources: dict[str, float] = field(default_factory=dict)  # the cluster's totals now
+    notes: list[str] = field(default_factory=list)  # what the executor prints first (connect_for)
 
     @property
     def embedded(self) -> bool:
@@ -189,6 +190,21 @@ def connect(address: str | None, cache: Path, *, ship_code: bool = True) -> Conn
     _current = Connection(address=address, auth=_auth_mode(), code=code)
     _refresh(_current)
     return _current
+
+
+def connect_for(address: str | None, cache: Path, *, ship_code: bool = True, out: Path | None = None) -> Connection:
+    """The execute step's Ray, ready before any stage is submitted: :func:`connect`, then, on a
+    cluster that is not this machine's embedded one (or one the caller connected), :func:`probe`
+    from every node that the cache and ``out`` are shared. ``notes``: what was found, in lines the
+    executor prints first."""
+    conn = connect(address, cache, ship_code=ship_code)
+    conn.notes = [conn.describe()]
+    if not conn.embedded or conn.by_caller:
+        reports = probe(conn, cache, out)
+        where = sorted({r["ltrbench"] for r in reports})
+        conn.notes.append(f"Ray: {len(reports)} node(s) see the cache{' and --out' if out else ''}; workers import "
+                          f"ltrbench from {', '.join(where)}")
+    return conn
 
 
 def _quiet_placement_group_cleaner():

@@ -60,14 +60,15 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 
 from . import head_fit, stage_kinds  # noqa: F401  (the core stage kinds register themselves)
-from .cluster import GPU_TASK_ENV, Connection, connect, forwarded_env, probe
+from .cluster import GPU_TASK_ENV, Connection, connect_for, forwarded_env
 from .cluster import task_env as _task_env
 from .devices import DEVICE_CHOICES, DEVICE_ENV, describe, stage_device
 from .errors import ConfigError, LtrBenchError
 from .registry import STAGES
 from .safeio import StorageError, open_append
 from .parallel import describe_workers, group_stage
-from .stages import Stage, artifact_dir, read_info, run_stage, stage_devices, topological, verify
+from .planner import topological
+from .stages import Stage, artifact_dir, read_info, run_stage, stage_devices, verify
 
 log = logging.getLogger(__name__)
 
@@ -147,21 +148,35 @@ def execute(stages: Sequence[Stage], cache: Path, *, done: Iterable[str] | None 
             cpus_per_stage: int | None = None, out: Path | None = None) -> Execution:
     """Run ``stages``, isolating failures; see the module's docstring.
 
-    ``stages``: the stages to have (a :class:`~ltrbench.api.Plan`'s ``stages``, or any targets: their
-    inputs are added, inputs first).
-    ``done``: the keys already cached and verified (the plan's ``done``, from
-    :func:`ltrbench.validate.check_plan`); ``None`` asks the cache here. ``options`` (what
-    :func:`ltrbench.run` passes) replaces the keywords after it."""
+    ``stages``: the stages to have (any targets: their inputs are added, inputs first).
+    ``done``: the keys already cached and verified; ``None`` asks the cache here. ``options``
+    replaces the keywords after it. Orders the stages, connects to Ray where it runs them
+    (:func:`ltrbench.cluster.connect_for`) and hands over to :func:`run_ordered`, which
+    :func:`ltrbench.run` calls itself with its plan's order, cache state and connection."""
     opts = (options or ExecOptions("ray" if ray_address else executor, ray_address, retries, device, ship_code,
                                    cpus_per_stage, progress, out)).check()
-    t0 = time.time()
-    order = topological(stages)  # inputs first; a plan's stages are already in this order
+    order = topological(stages)  # inputs first
     if done is None:
         done = {s.key for s in order if verify(cache, s)}
-    dag = _Dag(order, frozenset(done))
+    done = frozenset(done)
+    conn = None
+    if opts.executor == "ray" and any(s.key not in done for s in order):
+        conn = connect_for(opts.address, cache, ship_code=opts.ship_code, out=opts.out)
+    return run_ordered(order, cache, done, opts, conn)
+
+
+def run_ordered(order: Sequence[Stage], cache: Path, done: Iterable[str], opts: ExecOptions,
+                conn: Connection | None = None) -> Execution:
+    """The execute step: run the stages of ``order`` (every stage needed, inputs first: a plan's
+    ``stages``) whose keys are not in ``done``; ``conn``: the Ray the stages run on (the ``ray``
+    executor, :func:`ltrbench.cluster.connect_for`), connected before any stage is submitted."""
+    t0 = time.time()
+    dag = _Dag(list(order), frozenset(done))
     log.info("%d stages needed, %d cached, %d to run", len(dag.order), len(dag.order) - dag.todo, dag.todo)
     if dag.todo and opts.executor == "ray":
-        failures = _ray(dag, Path(cache), opts)
+        if conn is None:
+            raise ValueError("run_ordered: the ray executor needs the connection (ltrbench.cluster.connect_for)")
+        failures = _ray(dag, Path(cache), opts, conn)
     elif dag.todo:
         failures = _inline(dag, Path(cache), opts)
     else:
@@ -429,15 +444,10 @@ class _GpuStage:
         yield from _ray_stage_body(*args)
 
 
-def _ray(dag: _Dag, cache: Path, opts: ExecOptions) -> dict[str, StageFailure]:
+def _ray(dag: _Dag, cache: Path, opts: ExecOptions, conn: Connection) -> dict[str, StageFailure]:
     progress = _Progress(dag, opts.progress)
-    conn = connect(opts.address, cache, ship_code=opts.ship_code)
-    progress.say(conn.describe(), counts=False)
-    if not conn.embedded or conn.by_caller:
-        reports = probe(conn, cache, opts.out)
-        where = sorted({r["ltrbench"] for r in reports})
-        progress.say(f"Ray: {len(reports)} node(s) see the cache{' and --out' if opts.out else ''}; workers import "
-                     f"ltrbench from {', '.join(where)}", counts=False)
+    for note in conn.notes:  # where the stages run and what the nodes see (connect_for)
+        progress.say(note, counts=False)
     gpus_used, caps = gpu_policy(conn, opts)
     _warn_unplaceable(conn, [s for s in dag.order if dag.state[s.key] == "todo"], opts, gpus_used, caps, progress)
     return _RayRun(dag, cache, opts, progress, gpus_used, caps).run()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import torch
 
@@ -25,7 +25,7 @@ from .errors import ConfigError
 from .metrics import SAMPLER_PRIOR
 from .registry import LOSSES, METHODS
 from .resolve import RunSpec, resolve_configs  # noqa: F401  (resolve_configs: its old home)
-from .stages import Stage, by_kind, topological
+from .stages import Stage, by_kind
 
 
 class Method:
@@ -204,6 +204,25 @@ def plan_runs(resolved: Sequence[tuple[RunSpec, BenchConfig]], *, progress: bool
         ctx = RunContext(spec, cfg, ref, ds, img)
         out.append(PlannedRun(spec, cfg, method.plan(ctx), ctx))
     return out
+
+
+def topological(targets: Iterable[Stage]) -> list[Stage]:
+    """All stages needed by ``targets``, each key once, inputs before the stages that use them (a
+    plan's order; :func:`ltrbench.execute.execute` orders any targets it is given the same way)."""
+    order: list[Stage] = []
+    seen: set[str] = set()
+
+    def visit(s: Stage) -> None:
+        if s.key in seen:
+            return
+        for i in s.inputs:
+            visit(i)
+        seen.add(s.key)
+        order.append(s)
+
+    for t in targets:
+        visit(t)
+    return order
 
 
 def plan_request(resolved: Sequence[tuple[RunSpec, BenchConfig]], *,

@@ -59,11 +59,14 @@ class StorageError(LtrBenchError):
     """A file could not be written (a full disk, a read-only or missing folder)."""
 
 
+#: The paragraph of a refused name: ``what`` it is, its ``path`` and what was ``found`` there.
+PLANTED = ("Refusing to write {what} {path}: {found}. ltrbench never follows a link at a name it writes in a shared "
+           "folder (someone who can write the folder could point it at one of your files). Delete {path} if you "
+           "did not make it (check who did: `ls -l {path}`), then run again.")
+
+
 def _planted(path: Path, what: str, found: str) -> UnsafePathError:
-    return UnsafePathError(
-        f"Refusing to write {what} {path}: {found}. ltrbench never follows a link at a name it writes in a shared "
-        f"folder (someone who can write the folder could point it at one of your files). Delete {path} if you "
-        f"did not make it (check who did: `ls -l {path}`), then run again.")
+    return UnsafePathError(PLANTED.format(what=what, path=path, found=found))
 
 
 def _storage(path: Path, what: str, e: OSError) -> StorageError:

@@ -1,4 +1,5 @@
-"""Stages: content-keyed, cached units of work, and the plan (a de-duplicated DAG of them).
+"""Stages: content-keyed, cached units of work, and the cache store that builds and verifies them
+(the plan, a de-duplicated DAG of them in input order, is :mod:`ltrbench.planner`).
 
 A stage is a pure function of its config, its inputs and (for a stage that draws random numbers
 per run) the run's seed (docs/design.md#stages): the engine builds
@@ -100,7 +101,7 @@ from .distributed import announce, hear, shard
 from .errors import CacheError, LtrBenchError
 from .fingerprints import sha256_file
 from .registry import STAGES
-from .safeio import links_inside, open_update, real_dir, refuse_link, write_atomic
+from .safeio import PLANTED, UnsafePathError, links_inside, open_update, real_dir, refuse_link, write_atomic
 from .train import FitResult, TrainTask, fit, seed_everything
 
 log = logging.getLogger(__name__)
@@ -442,9 +443,12 @@ def artifact_dir(cache: Path, stage: Stage) -> Path:
 def check_stage_paths(cache: Path, stage: Stage) -> None:
     """Raise :class:`~ltrbench.safeio.UnsafePathError` when a name the engine writes or renames for
     ``stage`` is a symbolic link (one planted in a shared cache): its folder ``<cache>/<kind>``, its
-    artifact, its ``.partial`` folder, its lock file and its log (:mod:`ltrbench.safeio`)."""
+    artifact, its ``.partial`` folder, its lock file and its log (:mod:`ltrbench.safeio`'s rule and
+    paragraph, checked here, where the names are made, before any of them is written)."""
     for what, p in stage_paths(cache, stage).items():
-        refuse_link(p, f"{what} of stage {stage.describe()}")
+        if os.path.islink(p):
+            raise UnsafePathError(PLANTED.format(what=f"{what} of stage {stage.describe()}", path=p,
+                                                 found=f"it is a symbolic link to {os.readlink(p)!r}"))
 
 
 def stage_paths(cache: Path, stage: Stage) -> dict[str, Path]:
@@ -550,24 +554,6 @@ def _quarantine(final: Path, stage: Stage, found: ArtifactCheck) -> None:
         return
     log.warning("stage %s (kind %s, key %s): %s. Moved %s aside to %s (delete it when no longer needed); "
                 "rebuilding the stage.", stage.describe(), stage.kind, stage.key, found.problem, final, aside.name)
-
-
-def topological(targets: Iterable[Stage]) -> list[Stage]:
-    """All stages needed by ``targets``, each key once, inputs before the stages that use them."""
-    order: list[Stage] = []
-    seen: set[str] = set()
-
-    def visit(s: Stage) -> None:
-        if s.key in seen:
-            return
-        for i in s.inputs:
-            visit(i)
-        seen.add(s.key)
-        order.append(s)
-
-    for t in targets:
-        visit(t)
-    return order
 
 
 def run_stage(stage: Stage, cache: str | os.PathLike, progress: bool = True,

@@ -2,7 +2,7 @@
 each trial one plan on the val split, sharing the stage cache; a ranked markdown table at the end.
 
 Part of the execution layer (it imports Ray Tune, so the CLI imports this module only for
-``sweep``). :func:`sweep` connects to Ray as a run does (:func:`ltrbench.cluster.connect`: the
+``sweep``). :func:`sweep` connects to Ray as a run does (:func:`ltrbench.cluster.connect_for`: the
 embedded local cluster, or ``ray_address``), checks every
 value on the driver before any trial starts, and runs a ``tune.Tuner`` whose trials each call
 :func:`ltrbench.run` inline, one seed after the other, reporting the running mean of the chosen
@@ -36,7 +36,7 @@ from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler
 
 from . import api, validate
-from .cluster import connect, forwarded_env, probe
+from .cluster import connect_for, forwarded_env
 from .errors import ConfigError
 from .execute import ExecOptions, gpu_policy, stage_resources
 from .paths import cache_root
@@ -188,11 +188,9 @@ def sweep(request: api.Request, search: Search, options: ExecOptions | None = No
     points = [list(c) for c in itertools.product(*[[f"{k}={v}" for v in vs] for k, vs in grid.items()])]
     # every point of the grid is planned here (random samples are drawn from these same points)
     plans = _plans(points, spec)
-    conn = connect(ray_address, cache, ship_code=ship_code)
+    conn = connect_for(ray_address, cache, ship_code=ship_code, out=root)
     if progress:
-        print(conn.describe(), flush=True)
-    if not conn.embedded or conn.by_caller:
-        probe(conn, cache, root)
+        print(conn.notes[0], flush=True)
     gpus_used, caps = gpu_policy(conn, opts)
     res = _resources(plans, opts, gpus_used, caps)
     if scheduler == "asha" and len(spec.seeds) == 1:

@@ -15,6 +15,33 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+MAX_WORKERS = 4  # `-n auto` (pyproject addopts): one pytest-xdist worker per core, at most this many
+#: Modules whose tests start Ray clusters: one worker runs them all, one after the other (two Ray
+#: clusters at once on a small machine slow both far more than running them in turn).
+RAY_MODULES = ("test_ray.py", "test_data_parallel.py", "test_faults.py")
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.path.name in RAY_MODULES:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
+def _share_the_cores() -> None:
+    """Each xdist worker's torch (and the CLI runs it starts) gets its share of the cores, set before
+    torch is imported, so that the workers' threads do not oversubscribe the machine."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        share = str(max(1, (os.cpu_count() or 1) // workers))
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, share)
+
+
+_share_the_cores()
 
 
 def _real_splits() -> Path:
@@ -44,11 +71,16 @@ TINY = [
 ]
 
 
+#: A test session started by a test reuses its parent session's cache (read by ``_private_cache``).
+PARENT_CACHE = "LTRBENCH_TEST_CACHE"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
-    """Every test session gets its own LTRBENCH_CACHE, so tests never touch the user's cache."""
+    """Every test session gets its own LTRBENCH_CACHE, so tests never touch the user's cache; a test
+    session started by a test (tests/test_readme.py) may be given its parent's in ``LTRBENCH_TEST_CACHE``."""
     old = os.environ.get("LTRBENCH_CACHE")
-    os.environ["LTRBENCH_CACHE"] = str(tmp_path_factory.mktemp("ltrbench-cache"))
+    os.environ["LTRBENCH_CACHE"] = os.environ.get(PARENT_CACHE) or str(tmp_path_factory.mktemp("ltrbench-cache"))
     yield
     if old is None:
         os.environ.pop("LTRBENCH_CACHE", None)

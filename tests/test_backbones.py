@@ -139,7 +139,7 @@ def test_the_384_row_plans_every_image_stage_at_384(monkeypatch):
     row, base = runs["t3r23"], runs["t3r22"]
     assert row.ctx.img.image_size == 384 and row.ctx.img.eval_resize == 438 and row.cfg.backbone.name == "ViT-B-16"
     assert base.ctx.img.image_size == 224
-    from ltrbench.stages import topological
+    from ltrbench.planner import topological
 
     def image_stages(run):
         return [s for s in topological([run.target]) if hasattr(s.config, "image")]

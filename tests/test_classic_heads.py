@@ -96,7 +96,7 @@ def test_decoupled_heads_share_one_stage1_finetune_and_features():
 
 
 def test_knn_and_fc_read_the_chosen_encoder():
-    from ltrbench.stages import topological
+    from ltrbench.planner import topological
 
     for encoder in ("cvlp", "clip"):
         sets = [*TINY, f"knn.encoder={encoder}", f"fc.encoder={encoder}"]

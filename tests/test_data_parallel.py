@@ -36,7 +36,8 @@ from ltrbench.data.sharding import shard_loader
 from ltrbench.distributed import KILL_ENV
 from ltrbench.errors import ConfigError
 from ltrbench.execute import ExecOptions, execute
-from ltrbench.stages import artifact_dir, config_json, is_done, read_info, topological
+from ltrbench.planner import topological
+from ltrbench.stages import artifact_dir, config_json, is_done, read_info
 from ltrbench.train import STEP_LOSSES_ENV
 
 BATCH16 = ["baseline.train.batch_size=16", "baseline.train.epochs=2"]

@@ -24,7 +24,8 @@ from ltrbench.devices import DEVICE_ENV, stage_device
 from ltrbench.errors import ConfigError, LtrBenchError, RunFailedError
 from ltrbench.execute import _task_env, execute, attempts_log, stage_resources
 from ltrbench.stage_kinds import ClipWeightsConfig
-from ltrbench.stages import FAULT_ENV, Stage, artifact_dir, fault_plan, is_done, stage_kind, topological
+from ltrbench.planner import topological
+from ltrbench.stages import FAULT_ENV, Stage, artifact_dir, fault_plan, is_done, stage_kind
 
 CALLS: list[str] = []
 
@@ -267,3 +268,16 @@ def test_shipped_code_holds_the_paper_numbers_and_no_run_outputs(tmp_path):
     assert shipped("results/paper_numbers.csv") and shipped("datasets/miniclip/mini-clip-builtin.pt")
     assert not shipped("results/runs/a.json") and not shipped("results/report/report.html")
     assert not shipped(".cache-in-checkout/finetune/x/model.pt") and not shipped(".git/HEAD")
+
+
+def test_the_execute_step_runs_on_the_ray_it_is_handed_or_refuses(tmp_path):
+    """ltrbench.run connects to Ray (and probes the nodes) before the execute step; run_ordered never
+    connects itself, so a ray execution without a connection is a programming error, said at once."""
+    from ltrbench.execute import ExecOptions, run_ordered
+
+    s = Stage("test_exec_write", {"name": "handed"})
+    with pytest.raises(ValueError, match="connect_for"):
+        run_ordered([s], tmp_path, frozenset(), ExecOptions(executor="ray"))
+    assert not is_done(tmp_path, s)
+    ex = run_ordered([s], tmp_path, frozenset(), ExecOptions(progress=False))  # inline: no connection needed
+    assert ex.executed == 1 and is_done(tmp_path, s)

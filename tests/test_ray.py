@@ -15,7 +15,8 @@ import pytest
 
 import ltrbench
 from conftest import REPO, TINY, run_cli, tiny_set, token_cluster
-from ltrbench.stages import FAULT_ENV, is_done, read_info, topological
+from ltrbench.planner import topological
+from ltrbench.stages import FAULT_ENV, is_done, read_info
 
 pytestmark = pytest.mark.slow  # a Ray cluster per module, CLI subprocesses
 

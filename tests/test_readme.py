@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, tiny_set
+from conftest import PARENT_CACHE, REPO, tiny_set
 from test_docs import marked_blocks
 
 #: The marker of the example's blocks in docs/extending.md (tests/test_docs.py checks every marker).
@@ -76,8 +76,12 @@ def test_the_example_leaves_the_key_and_conformance_tests_green(tmp_path):
     for item in ("run_bench.py", "pyproject.toml", "results/paper_numbers.csv"):  # results/: no run outputs
         shutil.copy(REPO / item, copy / item)
     (copy / path).write_text(block)
-    env = {**os.environ, "PYTHONPATH": str(copy), "LTRBENCH_CACHE": str(tmp_path / "cache")}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "tests/test_stage_keys.py",
+    # This session's cache: the copy's keys are this checkout's (what the key-pinning test checks), so
+    # the world, mini-CLIP and what tests/test_conformance.py built here are reused; the copy's
+    # conformance test still recomputes each method from scratch once, in a cache of its own.
+    env = {**os.environ, "PYTHONPATH": str(copy), PARENT_CACHE: os.environ["LTRBENCH_CACHE"]}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-n", "0", "-p", "no:cacheprovider",
+                        "tests/test_stage_keys.py",
                         "tests/test_conformance.py"], cwd=copy, env=env, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     name = REPO.joinpath(path).stem

@@ -5,7 +5,8 @@ import time
 import pytest
 
 from ltrbench.execute import execute
-from ltrbench.stages import Stage, artifact_dir, is_done, stage_kind, topological
+from ltrbench.planner import topological
+from ltrbench.stages import Stage, artifact_dir, is_done, stage_kind
 
 CALLS: list[str] = []
 
