@@ -146,8 +146,8 @@ def copy_shipped(record: Mapping[str, Any], out: Path) -> dict[str, Any]:
     if digest != record["sha256"]:
         tmp.unlink()
         raise LtrBenchError(f"The shipped mini-CLIP weights {SHIPPED} have SHA-256 {digest}, not the {record['sha256']} "
-                          f"that {SHIPPED_RECORD} records: the file was changed or damaged. Restore it "
-                          f"(git checkout -- {SHIPPED.parent}), or set {FORCE_PRETRAIN}=1 to pretrain instead.")
+                            f"that {SHIPPED_RECORD} records: the file was changed or damaged. Restore it "
+                            f"(git checkout -- {SHIPPED.parent}), or set {FORCE_PRETRAIN}=1 to pretrain instead.")
     os.replace(tmp, out)
     return {**record.get("info", {}), "source": "shipped", "file": SHIPPED.name, "sha256": digest}
 
