@@ -25,6 +25,7 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the marker into the worker's group
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if item.path.name in RAY_MODULES:

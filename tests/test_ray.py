@@ -1,20 +1,25 @@
 """The Ray executor: the embedded local cluster through the CLI, and a simulated cluster
 (``ray.cluster_utils.Cluster``: a head and two nodes of one logical GPU each, token authentication
-on) joined with --ray-address: stages placed one per node at once, a stage failing once retried, a
-stage failing always failing only its runs, a killed driver rerun without redoing finished stages,
-and a sweep on Ray Tune."""
+on) joined with --ray-address: two training stages placed one per GPU node at once, a stage failing
+once retried, a stage failing always failing only its runs, a killed driver rerun without redoing
+finished stages, and a sweep on Ray Tune.
+
+Only the placement test asks for the nodes' GPUs (each GPU stage runs in a fresh process, about 10 s
+of start-up per stage here); the others pass ``--device cpu``, whose stages run as CPU tasks in
+workers reused from stage to stage: the same driver loop, retries and messages, in a fifth of the
+time. The placement test runs the training stages alone (``execute``), not the whole method.
+"""
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 import ltrbench
 from conftest import REPO, TINY, run_cli, tiny_set, token_cluster
+from ltrbench.execute import ExecOptions, execute
 from ltrbench.planner import topological
 from ltrbench.stages import FAULT_ENV, is_done, read_info
 
@@ -60,17 +65,18 @@ def cluster():
         yield c
 
 
-def _stage_info(kind: str, stages) -> list[dict]:
-    cache = Path(os.environ["LTRBENCH_CACHE"])
-    return [json.loads((cache / kind / s["key"] / "stage.json").read_text()) for s in stages if s["kind"] == kind]
+def _finetunes(seeds: list[int], sets: list[str]):
+    """The plan's cache and the baseline's fine-tune stage of each seed (the stages a test runs alone)."""
+    p = ltrbench.plan(ltrbench.Request(["baseline"], "synthetic_lt", seeds=seeds, overrides=sets))
+    return p.cache, [next(s for s in topological([t]) if s.kind == "finetune") for t in p.targets]
 
 
 def test_two_training_stages_run_at_once_one_per_node(cluster):
     c, gpu_nodes = cluster
-    sets = [*TINY, "baseline.train.epochs=6"]
-    df = ltrbench.run(ltrbench.Request(["baseline"], "synthetic_lt", seeds=[0, 1], overrides=sets), ltrbench.ExecOptions(address=c.address, progress=False))
-    assert list(df.frame["seed"]) == [0, 1]
-    a, b = [_stage_info("finetune", rec["stages"])[0] for rec in df.records]
+    cache, stages = _finetunes([0, 1], [*TINY, "baseline.train.epochs=6"])
+    ex = execute(stages, cache, options=ExecOptions("ray", c.address, progress=False))
+    assert not ex.failures, ex.failures
+    a, b = [read_info(cache, s) for s in stages]
     assert {a["node"], b["node"]} == gpu_nodes  # one per GPU node (both nodes share this host's name)
     assert a["started"] < b["finished"] and b["started"] < a["finished"]  # at the same time
     for info in (a, b):
@@ -82,18 +88,19 @@ def test_two_training_stages_run_at_once_one_per_node(cluster):
 def test_a_stage_failing_once_is_retried_and_the_run_succeeds(cluster, monkeypatch):
     c, _ = cluster
     monkeypatch.setenv(FAULT_ENV, "finetune:1")  # forwarded to the workers; counted in the cache
-    df = ltrbench.run(ltrbench.Request(["baseline"], "synthetic_lt", seeds=[2], overrides=[*TINY, "baseline.train.epochs=2"]), ltrbench.ExecOptions(address=c.address, progress=False))
-    assert len(df.frame) == 1 and not df.failures
-    (ft,) = _stage_info("finetune", df.records[0]["stages"])
+    cache, (stage,) = _finetunes([2], [*TINY, "baseline.train.epochs=2"])
+    ex = execute([stage], cache, options=ExecOptions("ray", c.address, device="cpu", progress=False))
+    assert not ex.failures, ex.failures
+    ft = read_info(cache, stage)
     assert ft["attempt"] == 2 and ft["resumed_after_epoch"] == 2  # the retry resumed from the checkpoint
-    log = (Path(os.environ["LTRBENCH_CACHE"]) / "finetune" / f"{ft['key']}.log").read_text()
+    log = (cache / "finetune" / f"{ft['key']}.log").read_text()
     assert "attempt 1 of finetune[baseline]" in log and "InjectedFault" in log and "attempt 2 of" in log
 
 
 def test_a_stage_failing_always_fails_only_its_runs(cluster, tmp_path):
     c, _ = cluster
-    r = run_cli("--methods", "baseline,zeroshot", "--seeds", "3", "--ray-address", c.address, "--retries", "1",
-                "--out", str(tmp_path), *tiny_set(["baseline.train.epochs=2"]),
+    r = run_cli("--methods", "baseline,zeroshot", "--seeds", "3", "--ray-address", c.address, "--device", "cpu",
+                "--retries", "1", "--out", str(tmp_path), *tiny_set(["baseline.train.epochs=2"]),
                 env={FAULT_ENV: "finetune", "TQDM_DISABLE": "1"})
     assert r.returncode == 1, r.stderr[-3000:]
     methods = [json.loads(p.read_text())["method"] for p in (tmp_path / "runs").glob("*.json")]
@@ -111,7 +118,7 @@ def test_the_driver_killed_mid_plan_and_rerun_redoes_no_finished_stage(cluster, 
     sets = [*TINY, "baseline.train.epochs=4"]
     plan = ltrbench.plan(ltrbench.Request(["baseline"], "synthetic_lt", seeds=[4, 5], overrides=sets))
     proc = subprocess.Popen([sys.executable, str(REPO / "run_bench.py"), "--methods", "baseline", "--seeds", "4,5",
-                             "--ray-address", c.address, "--out", str(tmp_path), "--quiet",
+                             "--ray-address", c.address, "--device", "cpu", "--out", str(tmp_path), "--quiet",
                              *[a for t in sets for a in ("--set", t)]], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
@@ -124,7 +131,8 @@ def test_the_driver_killed_mid_plan_and_rerun_redoes_no_finished_stage(cluster, 
         proc.wait(30)
     finished = {s.key: read_info(plan.cache, s)["started"] for s in plan.stages if is_done(plan.cache, s)}
     assert 0 < len(finished) < len(plan.stages)
-    df = ltrbench.run(ltrbench.Request(["baseline"], "synthetic_lt", seeds=[4, 5], overrides=sets), ltrbench.ExecOptions(address=c.address, progress=False))
+    df = ltrbench.run(ltrbench.Request(["baseline"], "synthetic_lt", seeds=[4, 5], overrides=sets),
+                      ltrbench.ExecOptions(address=c.address, device="cpu", progress=False))
     assert list(df.frame["seed"]) == [4, 5]
     for s in plan.stages:
         if s.key in finished:  # not recomputed: the same artifact, started before the kill
@@ -135,7 +143,8 @@ def test_the_driver_killed_mid_plan_and_rerun_redoes_no_finished_stage(cluster, 
 def test_a_sweep_on_the_cluster_prints_its_ranked_table(cluster, tmp_path):
     c, _ = cluster
     r = run_cli("sweep", "--method", "baseline", "--grid", "baseline.train.lr=0.001,0.003", "--seeds", "0",
-                "--ray-address", c.address, "--out", str(tmp_path), *tiny_set(), env={"TQDM_DISABLE": "1"})
+                "--ray-address", c.address, "--device", "cpu", "--out", str(tmp_path), *tiny_set(),
+                env={"TQDM_DISABLE": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     table = r.stdout[r.stdout.index("| rank"):].split("\n\n")[0].strip().splitlines()
     assert len(table) == 4 and "baseline.train.lr" in table[0] and "val overall" in table[0]
