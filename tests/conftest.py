@@ -16,9 +16,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_WORKERS = 4  # `-n auto` (pyproject addopts): one pytest-xdist worker per core, at most this many
-#: Modules whose tests start Ray clusters: one worker runs them all, one after the other (two Ray
-#: clusters at once on a small machine slow both far more than running them in turn).
-RAY_MODULES = ("test_ray.py", "test_data_parallel.py", "test_faults.py")
+#: The marker of the tests that start Ray (``@pytest.mark.ray``): one worker runs them all, one after
+#: the other (two Ray clusters at once on a small machine slow both far more than running them in turn).
+RAY_MARK = "ray"
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
@@ -28,7 +28,7 @@ def pytest_xdist_auto_num_workers(config) -> int:
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the marker into the worker's group
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
-        if item.path.name in RAY_MODULES:
+        if item.get_closest_marker(RAY_MARK):
             item.add_marker(pytest.mark.xdist_group("ray"))
 
 

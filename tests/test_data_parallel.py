@@ -171,6 +171,7 @@ def test_what_cannot_split_is_refused_before_any_work(sets, needle):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_cvlp_on_two_workers_one_killed_mid_epoch_equals_one_process(monkeypatch):
     from ltrbench.cluster import connect
 
@@ -207,6 +208,7 @@ def two_nodes():
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_finetune_on_two_nodes_one_worker_each_equals_one_process(two_nodes, monkeypatch, capsys):
     c, node_ids = two_nodes
     ref = single_process("baseline", "finetune", BATCH16, "model.pt", monkeypatch)

@@ -102,6 +102,7 @@ def test_sigint_exits_130_with_one_line(tmp_path, seeded):
     assert err.strip().splitlines() == ["interrupted; finished stages are kept in the cache and a rerun resumes"]
 
 
+@pytest.mark.ray
 def test_sigterm_ends_a_ray_run_like_sigint_with_exit_143(tmp_path, seeded):
     cache = _copy(seeded, tmp_path / "cache")
     proc = _start("--methods", "baseline", "--quiet", "--executor", "ray", "--out", str(tmp_path / "out"),
