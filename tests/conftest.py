@@ -108,11 +108,65 @@ def tiny_set(extra: list[str] = ()) -> list[str]:
     return out
 
 
-def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python run_bench.py ARGS`` in a subprocess, as a user would."""
-    e = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, str(REPO / "run_bench.py"), *args], cwd=cwd, env=e,
-                          capture_output=True, text=True, timeout=900)
+def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, process: bool = False):
+    """Run the CLI (``python run_bench.py ARGS``) and return its exit status, stdout and stderr.
+
+    By default in this process: ``ltrbench.cli.main(ARGS)`` with ``env`` set, ``cwd`` as the working
+    folder and stdout/stderr captured, then everything a process boundary would reset put back (the
+    environment, the folder, the logging handler, a Ray connection the run made). That saves the 5-6 s
+    of importing torch and open_clip a fresh interpreter pays. A Ray connection this process held
+    before the run (a test's ``execute`` on a cluster) is the run's, as ``ltrbench.cli`` reuses one
+    (``ltrbench.cluster.connect``): its workers are warm. ``process=True`` runs a real
+    ``python run_bench.py`` instead: for what only a process shows (signals, imports, the script, a
+    cold connection)."""
+    if process:
+        e = {**os.environ, **(env or {})}
+        return subprocess.run([sys.executable, str(REPO / "run_bench.py"), *args], cwd=cwd, env=e,
+                              capture_output=True, text=True, timeout=900)
+    return _run_cli_here(list(args), cwd, env or {})
+
+
+def _run_cli_here(argv: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    import io
+    import traceback
+
+    from ltrbench import cli
+
+    ray = sys.modules.get("ray")
+    ray_before = bool(ray and ray.is_initialized())
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    out, err = io.StringIO(), io.StringIO()
+    # main()'s logging.basicConfig does nothing under pytest (its handlers sit on the root logger):
+    # the handler a fresh process gets, writing to the captured stderr
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        os.environ.update(env)
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(argv)
+            except SystemExit as e:  # argparse's errors and --help
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+            except Exception:  # what the interpreter would print before exiting 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        root.removeHandler(handler)
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized() and not ray_before:  # the process would have ended
+            from ltrbench import cluster
+
+            ray.shutdown()
+            cluster._current = None
+    return subprocess.CompletedProcess(["run_bench.py", *argv], code, out.getvalue(), err.getvalue())
 
 
 class _Evil:

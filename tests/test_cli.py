@@ -1,5 +1,6 @@
-"""End-to-end runs of the CLI (subprocesses, as a user runs it: marked slow) on the tiny built-in
-world, and its errors for bad input. tests/test_api.py covers the same ground in-process."""
+"""End-to-end runs of the CLI (marked slow) on the tiny built-in world, and its errors for bad
+input: the first run in a subprocess, as a user runs it, the others in this process
+(``conftest.run_cli``). tests/test_api.py covers the same ground through the Python API."""
 import json
 import sys
 
@@ -18,7 +19,7 @@ REQUIRED = ["method", "dataset", "backbone", "seed", "metrics", "per_class_accur
 def first_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     r = run_cli("--methods", "baseline,zeroshot", "--dataset", "synthetic_lt", "--out", str(out), "--quiet",
-                *tiny_set())
+                *tiny_set(), process=True)
     assert r.returncode == 0, r.stderr[-3000:]
     return out, r
 

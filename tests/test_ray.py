@@ -23,7 +23,7 @@ from ltrbench.execute import ExecOptions, execute
 from ltrbench.planner import topological
 from ltrbench.stages import FAULT_ENV, is_done, read_info
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray]  # a Ray cluster per module, CLI subprocesses
+pytestmark = [pytest.mark.slow, pytest.mark.ray]  # a Ray cluster per module; the CLI run in-process
 
 FAST = ["cvlp.train.epochs=1", "lgr.train.epochs=1", "cvlp.train.batch_size=64", "lgr.train.batch_size=64"]
 
