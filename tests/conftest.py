@@ -162,10 +162,7 @@ def _run_cli_here(argv: list[str], cwd: Path, env: dict) -> subprocess.Completed
         os.environ.update(saved_env)
         ray = sys.modules.get("ray")
         if ray is not None and ray.is_initialized() and not ray_before:  # the process would have ended
-            from ltrbench import cluster
-
-            ray.shutdown()
-            cluster._current = None
+            ray.shutdown()  # (ltrbench.cluster.connect starts afresh whenever Ray is down)
     return subprocess.CompletedProcess(["run_bench.py", *argv], code, out.getvalue(), err.getvalue())
 
 
